@@ -9,6 +9,7 @@ template must agree byte for byte; tests render all of them and compare.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
@@ -138,9 +139,11 @@ class ChatML(PromptFormat):
             "{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
             + "{{ .Suffix }}" + self.fim_middle + "\n"
             "{{- else }}"
+            "{{- if ne (index .Messages 0).Role \"system\" }}<|im_start|>system\n{{ "
+            + _go_str(self.system) + " }}<|im_end|>\n{{ end }}"
             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
             "<|im_start|>assistant\n"
-            "{{- end }}"
+            "{{ end }}"
         )
 
 
@@ -183,7 +186,7 @@ class Llama2Inst(PromptFormat):
             "{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
             + "{{ .Suffix }}" + self.fim_middle + "\n"
             "{{- else }}"
-            "{{- $system := \"\" }}{{- $first := true }}"
+            "{{- $system := " + _go_str(self.system) + " }}{{- $first := true }}"
             "{{- range .Messages }}"
             "{{- if eq .Role \"system\" }}{{ $system = .Content }}"
             "{{- else if eq .Role \"user\" }}"
@@ -194,6 +197,12 @@ class Llama2Inst(PromptFormat):
             "{{- end }}"
             "{{- end }}"
         )
+
+
+def _go_str(text: str) -> str:
+    """A Go string literal for ``text`` (JSON escapes are valid Go escapes; non-ASCII stays
+    literal because Go rejects escaped surrogate pairs)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _jinja_str(text: str) -> str:
