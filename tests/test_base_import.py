@@ -24,6 +24,12 @@ def test_record_names_package_version_and_sha(base_dir, embedded_gguf):
 
 
 def test_greedy_tokens_match_llama_cpp(base_dir, embedded_gguf):
+    """HF on the imported checkpoint and llama.cpp on the original GGUF pick the same greedy
+    tokens. Compared teacher-forced: llama.cpp multiplies Q4_1 weights with Q8-quantized
+    activations and its one-token decode kernel rounds differently from the batched one, so
+    logits differ by up to ~1.0 and free-running generation can flip at a near-tie (seen: a
+    0.47-logit margin at token 8) and then drift. On one fixed sequence every choice agrees."""
+    import numpy as np
     import torch
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -32,19 +38,24 @@ def test_greedy_tokens_match_llama_cpp(base_dir, embedded_gguf):
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     ids = tok(PROMPT, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
-        hf = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+        seq = model.generate(ids, max_new_tokens=16, do_sample=False)[0]
+        hf_logits = model(seq[None]).logits[0].numpy()
 
-    llm = Llama(str(embedded_gguf), n_ctx=256, n_threads=2, verbose=False, seed=0)
-    cpp_prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
-    assert cpp_prompt == ids[0].tolist(), "tokenizers disagree on the prompt"
-    cpp = []
-    for token in llm.generate(cpp_prompt, temp=0.0, top_k=1):
-        if token == llm.token_eos() or len(cpp) == 12:
+    llm = Llama(str(embedded_gguf), n_ctx=256, n_threads=2, verbose=False, logits_all=True)
+    assert llm.tokenize(PROMPT.encode(), add_bos=False, special=True) == ids[0].tolist()
+    llm.eval(seq.tolist())
+    cpp_logits = np.asarray(llm.scores[: len(seq)])
+    steps = range(ids.shape[1] - 1, len(seq) - 1)
+    assert [int(cpp_logits[i].argmax()) for i in steps] == seq[ids.shape[1]:].tolist()
+    for i in steps:
+        assert np.corrcoef(hf_logits[i], cpp_logits[i])[0, 1] > 0.998
+    # Free-running, the first tokens agree too.
+    free = []
+    for token in llm.generate(ids[0].tolist(), temp=0.0, top_k=1, reset=True):
+        free.append(token)
+        if len(free) == 5:
             break
-        cpp.append(token)
-    # Both run the same dequantized Q4_1 weights; llama.cpp computes the matmuls with
-    # Q8-quantized activations, so a near-tie may flip late tokens: require the first 8.
-    assert hf[:8] == cpp[:8], (tok.decode(hf), llm.detokenize(cpp))
+    assert free == seq[ids.shape[1]: ids.shape[1] + 5].tolist(), tok.decode(free)
 
 
 def test_refuses_to_overwrite(base_dir):
