@@ -1,0 +1,262 @@
+"""Ollama Modelfiles rendered from the one prompt format: ``csound-assistant modelfile``.
+
+The Modelfile points at the export stage's quantized GGUF (``FROM ./<name>.Q4_K_M.gguf``) or at
+a base plus the LoRA GGUF (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the
+TEMPLATE from ``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a
+``PARAMETER stop`` for every end token and turn marker, and the training system prompt.
+``tests/test_modelfiles_*.py`` parse the result the way ``ollama create`` does and render it with
+Go's text/template (``modelfiles/gotemplate``) to prove it reproduces the training text.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from csound_assistant.artifacts import (
+    RECORD_NAME, read_record, sha256_file, stage_output, write_record,
+)
+from csound_assistant.constants import (
+    DEFAULT_MODEL_NAME, DEFAULT_QUANT, EMBEDDED_LICENSE, MODELFILE_ADAPTER, MODELFILE_FROM,
+    MODELFILE_PARAMETER, QUANT_TYPES,
+)
+from csound_assistant.errors import ArtifactError, ConfigError
+from csound_assistant.prompt_format import PromptFormat, get_format
+
+TEMPLATE_PATH = Path(__file__).with_name("csound-assistant.Modelfile.tmpl")
+MODELFILE_NAME = "Modelfile"
+LINK_MODES = ("symlink", "copy", "path")
+
+# Strings that open a new turn: a model that wrote one has finished its answer. The end tokens
+# themselves come from ``PromptFormat.stop``.
+TURN_MARKERS: dict[str, list[str]] = {
+    "chatml": ["<|im_start|>"],
+    "llama2-codellama": ["[INST]", "<s>"],
+}
+
+DEFAULT_PARAMETERS = {"temperature": 0.2, "top_p": 0.95, "num_ctx": 4096}
+
+LICENSE_TEXTS = {
+    EMBEDDED_LICENSE: (
+        "Apache-2.0: the base model (HuggingFaceTB/SmolLM2-135M-Instruct) and this fine-tune.\n"
+        "Training data derived from The Canonical Csound Reference Manual, "
+        "GFDL-1.2-or-later."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What the Modelfile needs from an export folder."""
+
+    export_dir: Path
+    gguf: Path  # the quantized merged model
+    lora: Path | None  # the LoRA adapter as GGUF, if exported
+    prompt_format: PromptFormat
+    record: dict
+
+
+def _format_name(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name")
+    return value
+
+
+def read_export(export_dir: str | os.PathLike, *, quant: str = DEFAULT_QUANT,
+                prompt_format: str | None = None) -> ExportedModel:
+    """Find the GGUF files and the prompt format of a finished export folder."""
+    export_dir = Path(export_dir)
+    if quant not in QUANT_TYPES:
+        raise ConfigError(f"unknown quant type {quant!r}; choose one of: {', '.join(QUANT_TYPES)}")
+    if not export_dir.is_dir():
+        raise ArtifactError(
+            f"export folder {export_dir} does not exist: run `csound-assistant export` first "
+            "or pass --export-dir"
+        )
+    record = read_record(export_dir)
+    ggufs = sorted(export_dir.glob(f"*.{quant}.gguf"))
+    stem = record.get("name")
+    if stem and (export_dir / f"{stem}.{quant}.gguf").is_file():
+        ggufs = [export_dir / f"{stem}.{quant}.gguf"]
+    if len(ggufs) != 1:
+        found = ", ".join(p.name for p in sorted(export_dir.glob("*.gguf"))) or "no GGUF files"
+        raise ArtifactError(
+            f"{export_dir} should hold exactly one <name>.{quant}.gguf; found {found}. "
+            "Rerun `csound-assistant export` or pass --quant"
+        )
+    gguf = ggufs[0]
+    lora = gguf.with_name(gguf.name.removesuffix(f".{quant}.gguf") + ".lora.gguf")
+    name = prompt_format or _format_name(record.get("prompt_format"))
+    if not name:
+        raise ArtifactError(
+            f"{export_dir / RECORD_NAME} names no prompt_format; pass --prompt-format "
+            "(chatml for SmolLM2, llama2-codellama for CodeLlama)"
+        )
+    return ExportedModel(export_dir, gguf, lora if lora.is_file() else None, get_format(name),
+                         record)
+
+
+def stop_strings(prompt_format: PromptFormat) -> list[str]:
+    """Every string that ends a generation: end tokens first, then turn markers."""
+    return list(dict.fromkeys([*prompt_format.stop, *TURN_MARKERS.get(prompt_format.name, [])]))
+
+
+def _check_quotable(label: str, text: str) -> None:
+    """Ollama's parser ends a value at the next triple quote and drops non-printable runes."""
+    if '"""' in text:
+        raise ConfigError(f"the {label} contains '\"\"\"', which a Modelfile cannot quote")
+    for ch in text:
+        if ch not in "\n\t\r " and unicodedata.category(ch)[0] in "CZ":
+            raise ConfigError(
+                f"the {label} contains {ch!r} ({unicodedata.name(ch, 'control')}), which "
+                "Ollama's Modelfile parser drops"
+            )
+
+
+def _parameter(name: str, value) -> str:
+    text = str(value)
+    if text != text.strip() or '"' in text or not text:
+        raise ConfigError(f"PARAMETER {name} value {value!r} cannot be written unquoted")
+    return f"{MODELFILE_PARAMETER} {name} {text}"
+
+
+def render_modelfile(prompt_format: PromptFormat, *, model_lines: list[str],
+                     name: str = DEFAULT_MODEL_NAME, source: str = "a built model",
+                     parameters: dict | None = None, license_text: str | None = None,
+                     modelfile_hint: str = MODELFILE_NAME) -> str:
+    """The Modelfile text, from the shipped template ``csound-assistant.Modelfile.tmpl``."""
+    template = prompt_format.ollama_template()
+    parameters = {**DEFAULT_PARAMETERS, **(parameters or {})}
+    license_text = license_text or "See the base model's licence."
+    for label, text in (("TEMPLATE", template), ("SYSTEM", prompt_format.system),
+                        ("LICENSE", license_text)):
+        _check_quotable(label, text)
+    for line in model_lines:
+        _check_quotable("FROM/ADAPTER line", line)
+    stop_lines = [_parameter("stop", stop) for stop in stop_strings(prompt_format)]
+    value_lines = [_parameter(key, value) for key, value in parameters.items()]
+    return string.Template(TEMPLATE_PATH.read_text()).substitute(
+        name=name,
+        description="a Csound code assistant",
+        source=source,
+        prompt_format=prompt_format.name,
+        modelfile_hint=modelfile_hint,
+        model_lines="\n".join(model_lines),
+        template=template,
+        system=prompt_format.system,
+        parameter_lines="\n".join(stop_lines + value_lines),
+        license=license_text,
+    )
+
+
+def _place(src: Path, folder: Path, link: str) -> str:
+    """Make ``src`` reachable from ``folder``; return the path to write after FROM/ADAPTER."""
+    if link == "path":
+        return os.path.relpath(os.path.abspath(src), os.path.abspath(folder))
+    target = folder / src.name
+    if link == "symlink":
+        target.symlink_to(os.path.relpath(os.path.abspath(src), os.path.abspath(folder)))
+    else:
+        shutil.copy2(src, target)
+    return f"./{src.name}"
+
+
+def _license_for(record: dict) -> str | None:
+    key = record.get("license") or record.get("base_license")
+    if isinstance(key, str):
+        return LICENSE_TEXTS.get(key.lower(), key)
+    return None
+
+
+def _gguf_digest(model: ExportedModel, path: Path) -> str:
+    sums = model.export_dir / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, fname = line.partition("  ")
+            if fname.strip().lstrip("*") == path.name:
+                return digest
+    return sha256_file(path)
+
+
+def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                    name: str = DEFAULT_MODEL_NAME, use_adapter: bool = False,
+                    force: bool = False, base: str | None = None, quant: str = DEFAULT_QUANT,
+                    link: str = "symlink", prompt_format: str | None = None,
+                    parameters: dict | None = None, license_text: str | None = None) -> Path:
+    """Write ``<out_dir>/Modelfile`` (+ record.json) for the model in ``export_dir``.
+
+    ``link`` says how the Modelfile reaches the GGUF: ``symlink`` (``FROM ./x.gguf`` with a
+    relative link into the export folder), ``copy`` (a self-contained folder) or ``path``
+    (``FROM ../export/x.gguf``). With ``use_adapter`` it writes ``FROM <base>`` +
+    ``ADAPTER ./<name>.lora.gguf``; ``base`` is an Ollama model name or the base GGUF file the
+    adapter was trained on. Returns the Modelfile's path.
+    """
+    if link not in LINK_MODES:
+        raise ConfigError(f"unknown link mode {link!r}; choose one of: {', '.join(LINK_MODES)}")
+    if not name or any(ch.isspace() for ch in name):
+        raise ConfigError(f"model name {name!r} must be one word, e.g. {DEFAULT_MODEL_NAME}")
+    model = read_export(export_dir, quant=quant, prompt_format=prompt_format)
+    out_dir = Path(out_dir)
+    parameters = {**DEFAULT_PARAMETERS, **(model.record.get("ollama_parameters") or {}),
+                  **(parameters or {})}
+    base = base or model.record.get("base_ollama") or model.record.get("base_gguf")
+    if use_adapter:
+        if model.lora is None:
+            raise ArtifactError(
+                f"{model.export_dir} has no <name>.lora.gguf: export the adapter "
+                "(`csound-assistant export --lora`) or drop --adapter"
+            )
+        if not base:
+            raise ConfigError(
+                "--adapter needs --base: the Ollama model name (e.g. codellama:7b-code) or the "
+                "GGUF of the non-quantized base the adapter was trained on"
+            )
+    # A package folder holding only other stages' files (the Continue config) is no Modelfile
+    # to protect: fill it in without --force, keeping those files.
+    force = force or (out_dir.is_dir() and not (out_dir / MODELFILE_NAME).exists())
+    with stage_output(out_dir, force=force) as tmp:
+        _keep_foreign_files(out_dir, tmp)
+        files = {}
+        if use_adapter:
+            base_path = Path(base).expanduser()
+            from_value = (_place(base_path, tmp, "path") if base_path.is_file() else base)
+            adapter = _place(model.lora, tmp, link)
+            model_lines = [f"{MODELFILE_FROM} {from_value}", f"{MODELFILE_ADAPTER} {adapter}"]
+            files["adapter"] = {"path": str(model.lora), "sha256": _gguf_digest(model, model.lora)}
+        else:
+            from_value = _place(model.gguf, tmp, link)
+            model_lines = [f"{MODELFILE_FROM} {from_value}"]
+            files["gguf"] = {"path": str(model.gguf), "sha256": _gguf_digest(model, model.gguf)}
+        text = render_modelfile(
+            model.prompt_format, model_lines=model_lines, name=name,
+            source=str(model.export_dir), parameters=parameters,
+            license_text=license_text or _license_for(model.record),
+            modelfile_hint=str(out_dir / MODELFILE_NAME),
+        )
+        (tmp / MODELFILE_NAME).write_text(text)
+        write_record(
+            tmp, "modelfile", name=name, export_dir=str(model.export_dir), link=link,
+            use_adapter=use_adapter, base=base if use_adapter else None,
+            prompt_format=model.prompt_format.name, stop=stop_strings(model.prompt_format),
+            parameters=parameters, files=files,
+            ollama_create=f"ollama create {name} -f {out_dir / MODELFILE_NAME}",
+        )
+    return out_dir / MODELFILE_NAME
+
+
+OWN_FILES = {MODELFILE_NAME, RECORD_NAME}
+
+
+def _keep_foreign_files(old_dir: Path, new_dir: Path) -> None:
+    """Carry files other stages wrote into the package folder (the Continue config) over."""
+    if not old_dir.is_dir():
+        return
+    for path in old_dir.iterdir():
+        if path.name in OWN_FILES or path.is_symlink() or path.suffix == ".gguf":
+            continue
+        if path.is_file():
+            shutil.copy2(path, new_dir / path.name)
