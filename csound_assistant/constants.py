@@ -53,3 +53,10 @@ MODELFILE_LICENSE = "LICENSE"
 # The header every orchestra fragment is wrapped with (FACTS.md: without it Csound
 # defaults to 0dbfs=32768 and mono, and output looks silent).
 CSOUND_HEADER = "sr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n"
+
+# llama.cpp's llama_ftype values (GGUF `general.file_type`) by the names llama-quantize prints.
+GGUF_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}

@@ -1,8 +1,79 @@
-"""Commands of the runtime stage."""
+"""Commands of the runtime stage: ``csound-assistant serve MODEL.gguf``."""
+
+from __future__ import annotations
 
 import click
 
+from csound_assistant.clicommon import domain_errors
+from csound_assistant.constants import DEFAULT_MODEL_NAME
 
-@click.group()
-def cli():
-    """Serve a GGUF over OpenAI, Ollama and llama.cpp-style HTTP APIs."""
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False), envvar="CSOUND_ASSISTANT_MODEL_PATH")
+@click.option("--lora", "lora_path", type=click.Path(dir_okay=False), default=None,
+              envvar="CSOUND_ASSISTANT_LORA_PATH", help="A GGUF LoRA adapter to apply.")
+@click.option("--model-name", default=None, envvar="CSOUND_ASSISTANT_MODEL_NAME",
+              help=f"Name clients use for the model [default: {DEFAULT_MODEL_NAME}].")
+@click.option("--prompt-format", default=None, envvar="CSOUND_ASSISTANT_PROMPT_FORMAT",
+              help="Use the project's chat template and FIM tokens (chatml, llama2-codellama) "
+                   "instead of the GGUF's; required when the GGUF has no chat template.")
+@click.option("--host", default=None, envvar="CSOUND_ASSISTANT_HOST",
+              help="Bind address [default: 127.0.0.1, this machine only].")
+@click.option("--port", type=int, default=None, envvar="CSOUND_ASSISTANT_PORT",
+              help="TCP port [default: 8080].")
+@click.option("--api-key", default=None, envvar="CSOUND_ASSISTANT_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route "
+                   "except /health.")
+@click.option("--n-ctx", type=int, default=None, help="Context length in tokens [default: 4096].")
+@click.option("--threads", "n_threads", type=int, default=None, help="CPU threads.")
+@click.option("--n-gpu-layers", type=int, default=None, help="Layers on the GPU (-1: all).")
+@click.option("--max-queue", type=int, default=None,
+              help="Requests allowed to wait; more get 503 + Retry-After [default: 16].")
+@click.option("--timeout", "request_timeout", type=float, default=None,
+              help="Seconds a request may take, waiting included [default: 120].")
+@click.option("--max-tokens-limit", type=int, default=None,
+              help="Largest max_tokens accepted [default: 2048].")
+@click.option("--max-body-bytes", type=int, default=None,
+              help="Request body limit; larger bodies get 413 [default: 2000000].")
+@click.option("--cache-slots", type=int, default=None,
+              help="KV states kept for prompt-prefix reuse across files [default: 4].")
+@click.option("--feedback-db", type=click.Path(dir_okay=False), default=None,
+              envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
+              help="Record every completion (SQLite) and accept POST /v1/feedback.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def cli(model, log_level, **options):
+    """Serve MODEL (a GGUF) over OpenAI, Ollama and llama.cpp-style HTTP APIs.
+
+    \b
+    Routes: /v1/models /v1/chat/completions /v1/completions (suffix = FIM)
+            /infill /completion (llama.vscode) /api/generate /api/chat /api/tags /api/show
+            /complete /v1/csound/check /v1/feedback /health /metrics
+    \b
+    Example (the embedded SmolLM2 with the project's ChatML format):
+        csound-assistant serve runs/default/export/csound-assistant.Q4_K_M.gguf
+        csound-assistant serve model.gguf --prompt-format chatml --api-key secret --port 8080
+    """
+    import logging
+
+    import uvicorn
+
+    from .backend import LlamaBackend
+    from .server import create_app
+    from .settings import Settings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    with domain_errors():
+        settings = Settings.from_env(model_path=model, **options)
+        backend = LlamaBackend(
+            settings.model_path, lora_path=settings.lora_path, n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
+            cache_slots=settings.cache_slots)
+        app = create_app(settings, backend)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "
+                   "reach this port can use the model", err=True)
+    click.echo(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port} "
+               f"(OpenAI base URL http://{settings.host}:{settings.port}/v1)", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+                timeout_graceful_shutdown=5)

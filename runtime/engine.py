@@ -1,0 +1,298 @@
+"""One worker thread owns the model; requests wait their turn in a bounded FIFO queue.
+
+The asyncio side submits a ``Job`` and reads its events (text pieces, then a final summary)
+from an ``asyncio.Queue`` the worker fills with ``call_soon_threadsafe``. Between tokens the
+worker checks whether the job was cancelled (the client went away) or ran past its deadline,
+so a departed client frees the model after at most one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .backend import Sampling
+
+log = logging.getLogger("csound_assistant.serve")
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the server is busy: the queue is full (retry after {retry_after} s)")
+        self.retry_after = retry_after
+
+
+class QueueTimeout(Exception):
+    """The request's deadline passed before the model was free."""
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str  # stop | length | cancelled | timeout
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    truncated: bool = False
+    queued_s: float = 0.0
+    prompt_s: float = 0.0  # submit-to-first-token minus queueing
+    decode_s: float = 0.0
+
+    @property
+    def ttft_s(self) -> float:
+        return self.queued_s + self.prompt_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        n = self.completion_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass(eq=False)
+class Job:
+    tokens: list[int]
+    sampling: Sampling
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    stop_ids: frozenset = frozenset()
+    truncated: bool = False
+    clear_cache: bool = False
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+    started: bool = False
+    result: Result | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def _post(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            self.cancel()
+
+    async def wait_started(self) -> None:
+        """Wait until the worker takes this job; QueueTimeout if the deadline passes first."""
+        while not self.started:
+            try:
+                kind, value = await asyncio.wait_for(
+                    self.events.get(), max(self.deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                self.cancel()
+                raise QueueTimeout("timed out waiting for the model") from None
+            if kind == "error":
+                raise value
+            if kind == "done":
+                self.result = value
+            self.started = True
+
+    async def pieces(self):
+        """Yield text pieces; the summary is left in ``self.result``."""
+        await self.wait_started()
+        while self.result is None:
+            kind, value = await self.events.get()
+            if kind == "text":
+                yield value
+            elif kind == "done":
+                self.result = value
+            elif kind == "error":
+                raise value
+
+
+class Metrics:
+    """Counters and recent timings for /health and /metrics."""
+
+    def __init__(self, window: int = 200):
+        self.counts = collections.Counter()
+        self.ttft = collections.deque(maxlen=window)
+        self.decode_tps = collections.deque(maxlen=window)
+        self.started = time.time()
+
+    def record(self, result: Result) -> None:
+        self.counts["requests_finished"] += 1
+        self.counts[f"finish_{result.finish_reason}"] += 1
+        self.counts["prompt_tokens"] += result.prompt_tokens
+        self.counts["cached_prompt_tokens"] += result.cached_tokens
+        self.counts["completion_tokens"] += result.completion_tokens
+        if result.completion_tokens:
+            self.ttft.append(result.ttft_s)
+        if result.tokens_per_s:
+            self.decode_tps.append(result.tokens_per_s)
+
+    def summary(self) -> dict:
+        def stats(values):
+            if not values:
+                return {"mean": None, "p50": None, "p95": None}
+            s = sorted(values)
+            return {"mean": sum(s) / len(s), "p50": s[len(s) // 2],
+                    "p95": s[min(len(s) - 1, int(len(s) * 0.95))]}
+        return {"counts": dict(self.counts), "time_to_first_token_s": stats(self.ttft),
+                "decode_tokens_per_s": stats(self.decode_tps),
+                "uptime_s": time.time() - self.started}
+
+
+class Engine:
+    def __init__(self, backend, *, max_queue: int = 16, request_timeout: float = 120.0):
+        self.backend = backend
+        self.max_queue = max_queue
+        self.request_timeout = request_timeout
+        self.metrics = Metrics()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: Job | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- asyncio side ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="llama-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            for job in self._queue:
+                job.cancel()
+                job._post(("error", QueueTimeout("the server is shutting down")))
+            self._queue.clear()
+            if self._running:
+                self._running.cancel()
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def submit(self, tokens, sampling: Sampling, *, stop_ids=frozenset(), truncated=False,
+               clear_cache=False, timeout: float | None = None) -> Job:
+        job = Job(tokens=list(tokens), sampling=sampling, loop=asyncio.get_running_loop(),
+                  deadline=time.monotonic() + (timeout or self.request_timeout),
+                  stop_ids=frozenset(stop_ids), truncated=truncated, clear_cache=clear_cache)
+        with self._cond:
+            waiting = sum(1 for j in self._queue if not j.cancelled.is_set())
+            if waiting >= self.max_queue:
+                self.metrics.counts["rejected_queue_full"] += 1
+                raise QueueFull(self._retry_after(waiting))
+            self._queue.append(job)
+            self.metrics.counts["requests_submitted"] += 1
+            self._cond.notify()
+        return job
+
+    def _retry_after(self, waiting: int) -> int:
+        tps = self.metrics.decode_tps
+        per_job = 2.0 if not tps else 64 / (sum(tps) / len(tps))
+        return max(1, min(60, round(per_job * (waiting + 1))))
+
+    # --- worker thread ---------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                self._running = job
+            try:
+                if job.cancelled.is_set():
+                    self.metrics.counts["cancelled_while_queued"] += 1
+                    job._post(("done", self._result(job, "", "cancelled", 0, 0, 0.0, 0.0)))
+                elif time.monotonic() > job.deadline:
+                    self.metrics.counts["timeout_while_queued"] += 1
+                    job._post(("error", QueueTimeout("timed out waiting for the model")))
+                else:
+                    job._post(("start", None))
+                    result = self._run(job)
+                    self.metrics.record(result)
+                    job._post(("done", result))
+            except Exception as exc:  # a backend failure must not kill the worker
+                log.exception("generation failed")
+                self.metrics.counts["errors"] += 1
+                job._post(("error", exc))
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _result(self, job, text, reason, n_out, cached, prompt_s, decode_s) -> Result:
+        return Result(text=text, finish_reason=reason, prompt_tokens=len(job.tokens),
+                      completion_tokens=n_out, cached_tokens=cached, truncated=job.truncated,
+                      queued_s=getattr(job, "t_start", job.submitted) - job.submitted,
+                      prompt_s=prompt_s, decode_s=decode_s)
+
+    def _run(self, job: Job) -> Result:
+        backend, s = self.backend, job.sampling
+        job.t_start = time.monotonic()
+        if job.clear_cache:
+            backend.clear_cache()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = [x for x in s.stop if x]
+        max_tokens = min(s.max_tokens, backend.n_ctx - len(job.tokens))
+        held, out, n, reason = "", [], 0, "length"
+        t_first = None
+        gen = backend.generate(job.tokens, s)
+        cached = backend.last_cached_tokens
+        try:
+            for token in gen:
+                now = time.monotonic()
+                if t_first is None:
+                    t_first = now
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                if token in job.stop_ids or backend.is_eog(token):
+                    reason = "stop"
+                    break
+                n += 1
+                held += decoder.decode(backend.token_bytes(token))
+                cut, hit = _find_stop(held, stops)
+                if hit:
+                    held, reason = held[:cut], "stop"
+                    break
+                emit, held = held[: len(held) - cut], held[len(held) - cut:]
+                if emit:
+                    out.append(emit)
+                    job._post(("text", emit))
+                if n >= max_tokens:
+                    break
+                if now > job.deadline or (s.time_limit and now - t_first > s.time_limit):
+                    self.metrics.counts["timeouts"] += 1
+                    break
+        finally:
+            gen.close()
+        if reason != "stop" or not stops or held:
+            held += decoder.decode(b"", final=True)
+        if held:
+            out.append(held)
+            job._post(("text", held))
+        end = time.monotonic()
+        t_first = t_first or end
+        return self._result(job, "".join(out), reason, n, cached, t_first - job.t_start,
+                            end - t_first)
+
+
+def _find_stop(text: str, stops: list[str]) -> tuple[int, bool]:
+    """(index of the earliest stop string, True) or (length of the longest tail of ``text``
+    that could begin a stop string, False) — that tail is held back."""
+    hits = [i for i in (text.find(x) for x in stops) if i >= 0]
+    if hits:
+        return min(hits), True
+    keep = 0
+    for x in stops:
+        for k in range(min(len(x) - 1, len(text)), keep, -1):
+            if text.endswith(x[:k]):
+                keep = k
+                break
+    return keep, False

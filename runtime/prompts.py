@@ -1,0 +1,235 @@
+"""Prompts as token ids: chat through the model's Jinja chat template, FIM from token ids.
+
+Where the template and FIM tokens come from is decided once, at start:
+- ``--prompt-format NAME``: the project format (``csound_assistant.prompt_format``) supplies the
+  chat template and the FIM tokens (for SmolLM2's ``chatml`` these are unused special tokens of
+  its vocabulary);
+- otherwise the GGUF's own ``tokenizer.chat_template`` and ``tokenizer.ggml.fim_*_token_id``.
+There is no silent fallback: without a chat template the server refuses to start, and without
+FIM tokens the FIM endpoints answer 501 saying which option to pass.
+
+FIM text (prefix, suffix, extra chunks) is tokenized with special tokens NOT parsed, so code
+cannot inject a FIM marker; a rendered chat prompt is parsed with them, as llama.cpp does.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from csound_assistant.constants import (
+    GGUF_CHAT_TEMPLATE,
+    GGUF_FIM_MID_TOKEN_ID,
+    GGUF_FIM_PRE_TOKEN_ID,
+    GGUF_FIM_SUF_TOKEN_ID,
+)
+from csound_assistant.errors import ConfigError, CsoundAssistantError
+from csound_assistant.prompt_format import FORMATS, get_format
+
+GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
+GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
+GGUF_EOS_TOKEN_ID = "tokenizer.ggml.eos_token_id"
+# llama.cpp's separator for extra context chunks when the model has no FIM_SEP token.
+SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+class PromptError(CsoundAssistantError):
+    """A request's prompt cannot be built (bad messages, template error, no FIM tokens)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    pre: int
+    suf: int
+    mid: int
+
+
+class PromptBuilder:
+    def __init__(self, backend, prompt_format: str | None = None):
+        self.backend = backend
+        meta = backend.metadata
+        self.format = get_format(prompt_format) if prompt_format else None
+        self.stop_ids: set[int] = set()
+        if self.format:
+            self.template = self.format.jinja_chat_template()
+            self.template_source = f"prompt format {self.format.name}"
+            self.bos_text = self.format.bos
+            self.add_bos = False  # the format spells its BOS in the text
+            self.fim = FimTokens(*(self._special_id(t) for t in (
+                self.format.fim_prefix, self.format.fim_suffix, self.format.fim_middle)))
+            self.stop_ids = {self._special_id(self.format.eos), self._special_id(self.format.fim_end)}
+            self.fim_source = f"prompt format {self.format.name}"
+        else:
+            self.template = meta.get(GGUF_CHAT_TEMPLATE)
+            if not self.template:
+                raise ConfigError(
+                    f"{getattr(backend, 'model_path', 'the model')} has no chat template "
+                    f"({GGUF_CHAT_TEMPLATE} is missing from the GGUF) and none is guessed: pass "
+                    f"--prompt-format NAME (one of: {', '.join(FORMATS)}) to use the project's "
+                    "format, or export the model with its template embedded"
+                )
+            self.template_source = "gguf"
+            bos_id = meta.get(GGUF_BOS_TOKEN_ID)
+            self.bos_text = backend.token_text(int(bos_id)) if bos_id is not None else ""
+            self.add_bos = str(meta.get(GGUF_ADD_BOS, "false")).lower() == "true"
+            ids = [meta.get(k) for k in (GGUF_FIM_PRE_TOKEN_ID, GGUF_FIM_SUF_TOKEN_ID,
+                                         GGUF_FIM_MID_TOKEN_ID)]
+            self.fim = FimTokens(*map(int, ids)) if all(i is not None for i in ids) else None
+            self.fim_source = "gguf" if self.fim else None
+        eos_id = meta.get(GGUF_EOS_TOKEN_ID)
+        self.eos_text = backend.token_text(int(eos_id)) if eos_id is not None else ""
+        self._jinja = _compile(self.template)
+
+    def _special_id(self, text: str) -> int:
+        ids = self.backend.tokenize(text.strip(), special=True)
+        if len(ids) != 1:
+            raise ConfigError(
+                f"prompt format token {text!r} is not one token of this model's vocabulary "
+                f"(it tokenizes to {ids}); is --prompt-format right for this model?"
+            )
+        return ids[0]
+
+    # --- chat ------------------------------------------------------------------------------
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        text = self.chat_text(messages)
+        ids = self.backend.tokenize(text, special=True)
+        if self.add_bos and not text.startswith(self.bos_text or "\0"):
+            ids = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID]), *ids]
+        return ids
+
+    def chat_text(self, messages: list[dict]) -> str:
+        try:
+            return self._jinja.render(
+                messages=messages, add_generation_prompt=True, bos_token=self.bos_text,
+                eos_token=self.eos_text,
+            )
+        except PromptError:
+            raise
+        except Exception as exc:  # a template's own checks (e.g. "roles must alternate")
+            raise PromptError(f"the chat template rejected these messages: {exc}") from None
+
+    # --- raw text -------------------------------------------------------------------------
+    def text_tokens(self, text: str) -> list[int]:
+        """A raw prompt: special tokens are parsed, as in llama.cpp's /completion."""
+        ids = self.backend.tokenize(text, special=True)
+        if self.add_bos and (not ids or ids[0] != int(self.backend.metadata[GGUF_BOS_TOKEN_ID])):
+            ids = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID]), *ids]
+        return ids
+
+    # --- fill in the middle ----------------------------------------------------------------
+    def require_fim(self) -> FimTokens:
+        if self.fim is None:
+            raise PromptError(
+                "this model has no fill-in-the-middle tokens (the GGUF lacks "
+                f"{GGUF_FIM_PRE_TOKEN_ID}); restart the server with --prompt-format NAME "
+                f"(one of: {', '.join(FORMATS)}) to use the project's FIM tokens", status=501)
+        return self.fim
+
+    def fim_tokens(self, prefix: str, suffix: str, extra: list[tuple[str, str]] = (), *,
+                   budget: int) -> tuple[list[int], bool]:
+        """FIM prompt ids for at most ``budget`` tokens: the prefix's end, the suffix's start
+        (a quarter of the budget at most) and extra context chunks while room is left, as
+        llama.cpp's server trims them. Returns (ids, truncated)."""
+        fim = self.require_fim()
+        head = []
+        if self.format and self.format.bos:
+            head = self.backend.tokenize(self.format.bos, special=True)
+        elif self.add_bos:
+            head = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID])]
+        prefix_ids = self.backend.tokenize(prefix, special=False)
+        suffix_ids = self._strip_dummy_space(suffix, self.backend.tokenize(suffix, special=False))
+        room = budget - len(head) - 3
+        if room < 2:
+            raise PromptError(f"the context ({budget} tokens left) is too small for a FIM prompt")
+        truncated = False
+        suffix_take = min(len(suffix_ids), max(room // 4, room - len(prefix_ids)))
+        if suffix_take < len(suffix_ids):
+            suffix_ids, truncated = suffix_ids[:suffix_take], True
+        prefix_take = room - len(suffix_ids)
+        if prefix_take < len(prefix_ids):
+            prefix_ids, truncated = prefix_ids[len(prefix_ids) - prefix_take:], True
+        extra_ids: list[int] = []
+        for filename, text in extra:
+            chunk = self.backend.tokenize(
+                f"{SNIPPET_SEPARATOR if extra_ids else ''}; {filename}\n{text}\n", special=False)
+            if len(extra_ids) + len(chunk) > prefix_take - len(prefix_ids):
+                truncated = True
+                break
+            extra_ids += chunk
+        # Extra chunks go first inside the prefix, so the cursor's context stays nearest.
+        ids = [*head, fim.pre, *extra_ids, *prefix_ids, fim.suf, *suffix_ids, fim.mid]
+        return ids, truncated
+
+    def _strip_dummy_space(self, text: str, ids: list[int]) -> list[int]:
+        """SentencePiece adds a leading space to the suffix that the reference FIM omits."""
+        if ids and not text.startswith(" ") and self.backend.token_bytes(ids[0]) == b" ":
+            return ids[1:]
+        return ids
+
+    def describe(self) -> dict:
+        return {"chat_template_source": self.template_source, "fim_source": self.fim_source,
+                "fim_token_ids": None if self.fim is None else
+                [self.fim.pre, self.fim.suf, self.fim.mid]}
+
+    def ollama_template(self) -> str:
+        """The TEMPLATE /api/show reports (Continue looks for ``.Suffix`` to allow FIM)."""
+        if self.format:
+            return self.format.ollama_template()
+        if self.fim is None:
+            return "{{ .Prompt }}"
+        pre, suf, mid = (self.backend.token_text(t) for t in (self.fim.pre, self.fim.suf,
+                                                              self.fim.mid))
+        return (f"{{{{- if .Suffix }}}}{pre}{{{{ .Prompt }}}}{suf}{{{{ .Suffix }}}}{mid}"
+                "{{- else }}{{ .Prompt }}{{- end }}")
+
+
+def _compile(template: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise PromptError(f"the chat template rejected these messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template)
+    except TemplateError as exc:
+        raise ConfigError(f"the chat template does not compile: {exc}") from None
+
+
+def normalize_messages(messages) -> list[dict]:
+    """Validate OpenAI/Ollama chat messages; text parts are joined, anything else is a 400."""
+    if not isinstance(messages, list) or not messages:
+        raise PromptError("'messages' must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise PromptError(f"messages[{i}] must be an object, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content", "")
+        if role not in CHAT_ROLES:
+            raise PromptError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, "
+                              f"got {role!r}")
+        if content is None:
+            content = ""
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") != "text" \
+                        or not isinstance(part.get("text"), str):
+                    raise PromptError(f"messages[{i}].content[{j}]: only text parts "
+                                      "({\"type\": \"text\", \"text\": ...}) are supported")
+                parts.append(part["text"])
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise PromptError(f"messages[{i}].content must be a string or a list of text parts")
+        if m.get("images"):
+            raise PromptError(f"messages[{i}]: images are not supported by this model")
+        out.append({"role": role, "content": content})
+    return out

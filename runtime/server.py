@@ -1,0 +1,397 @@
+"""The HTTP app: ``create_app(settings, backend=None)``.
+
+Run with ``csound-assistant serve MODEL.gguf``. The backend (a ``LlamaBackend`` unless a test
+injects a fake) is loaded once; routes come from ``api_openai``, ``api_ollama`` and
+``api_llamacpp``; this module holds what they share (``Service``), the safety middleware
+(API key, body limit) and the project routes (/health, /metrics, /complete, /v1/csound/check,
+/v1/feedback). Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from csound_assistant.errors import SandboxRefused
+
+from .backend import Sampling
+from .engine import Engine, QueueFull, QueueTimeout, Result
+from .prompts import PromptBuilder, PromptError
+from .settings import Settings
+from .validation import ApiError, Fields, read_json, sampling_from
+
+log = logging.getLogger("csound_assistant.serve")
+OPEN_PATHS = ("/health",)  # answered without an API key: load balancers and editors probe it
+MAX_CODE_CHARS = 200_000
+
+
+class Service:
+    """What every route needs: settings, model, prompts, the engine and the feedback store."""
+
+    def __init__(self, settings: Settings, backend):
+        self.settings, self.backend = settings, backend
+        self.prompts = PromptBuilder(backend, settings.prompt_format)
+        self.engine = Engine(backend, max_queue=settings.max_queue,
+                             request_timeout=settings.request_timeout)
+        self.check_slots = asyncio.Semaphore(settings.check_workers)
+        self._feedback_pool = None
+        self.feedback = None
+        self.started = time.time()
+
+    def start(self) -> None:
+        self.engine.start()
+        if self.settings.feedback_db:
+            from .feedback import FeedbackStore
+
+            # sqlite connections belong to one thread: the store lives in its own.
+            self._feedback_pool = ThreadPoolExecutor(1, thread_name_prefix="feedback")
+            self.feedback = self._feedback_pool.submit(
+                FeedbackStore, self.settings.feedback_db).result()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        if self._feedback_pool:
+            self._feedback_pool.shutdown(wait=True)
+
+    # --- model names -----------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
+
+    def check_model(self, name) -> None:
+        if name in (None, "", self.model_name, f"{self.model_name}:latest"):
+            return
+        raise ApiError(404, f"model {name!r} not found; this server serves "
+                            f"{self.model_name!r}", param="model")
+
+    # --- generation ------------------------------------------------------------------------
+    def fit(self, tokens: list[int], sampling: Sampling) -> None:
+        n_ctx = self.backend.n_ctx
+        if len(tokens) >= n_ctx:
+            raise ApiError(400, f"the prompt is {len(tokens)} tokens but the context holds "
+                                f"{n_ctx} (including at least one generated token); shorten it "
+                                "or restart the server with a larger --n-ctx", param="prompt")
+        if tokens and max(tokens) >= self.backend.n_vocab:
+            raise ApiError(400, f"token id {max(tokens)} is outside the vocabulary "
+                                f"(0..{self.backend.n_vocab - 1})", param="prompt")
+
+    async def start_job(self, request: Request, tokens, sampling: Sampling, **kw):
+        self.fit(tokens, sampling)
+        try:
+            job = self.engine.submit(tokens, sampling, stop_ids=self.prompts.stop_ids, **kw)
+        except QueueFull as exc:
+            raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        job.watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+        try:
+            await job.wait_started()
+        except QueueTimeout as exc:
+            job.watcher.cancel()
+            self.engine.metrics.counts["timeout_while_queued"] += 1
+            raise ApiError(503, f"{exc} (waited {self.settings.request_timeout:g} s)",
+                           headers={"Retry-After": "5"}) from None
+        except BaseException:
+            job.watcher.cancel()
+            job.cancel()
+            raise
+        return job
+
+    async def complete(self, request: Request, tokens, sampling: Sampling, **kw) -> Result:
+        job = await self.start_job(request, tokens, sampling, **kw)
+        try:
+            async for _ in job.pieces():
+                pass
+        finally:
+            job.cancel()
+            job.watcher.cancel()
+        return job.result
+
+    async def pieces(self, job):
+        """Text pieces of a started job; stops the job when the consumer goes away."""
+        try:
+            async for piece in job.pieces():
+                yield piece
+        finally:
+            job.cancel()
+            job.watcher.cancel()
+
+    async def record(self, prompt, output: str, endpoint: str) -> str | None:
+        if self.feedback is None:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            completion_id = await loop.run_in_executor(
+                self._feedback_pool, lambda: self.feedback.record_completion(
+                    prompt if isinstance(prompt, str) else _as_text(prompt), output,
+                    self.model_name, endpoint))
+        except Exception:  # feedback is best effort: never fail a completion over it
+            log.exception("could not record a completion")
+            return None
+        return str(completion_id)
+
+    def sampling(self, f: Fields, **kw) -> Sampling:
+        return sampling_from(f, self.settings, **kw)
+
+
+def _as_text(obj) -> str:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False)
+
+
+async def _cancel_on_disconnect(request: Request, job) -> None:
+    """Cancel ``job`` as soon as the client closes its connection."""
+    with contextlib.suppress(Exception):
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                job.cancel()
+                return
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# --- middleware -------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    pass
+
+
+class SafetyMiddleware:
+    """API key on every route but /health, and a request body limit (413)."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            return await _error(scope, 401, "missing or wrong API key: send 'Authorization: "
+                                "Bearer KEY' or 'x-api-key: KEY'",
+                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _error(scope, 413, f"the request body is larger than the limit of "
+                                f"{self.max_body} bytes")(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _authorized(self, headers: dict) -> bool:
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+
+def _error(scope, status: int, message: str, headers=None):
+    return error_response(scope.get("path", ""), ApiError(status, message, headers=headers))
+
+
+def error_response(path: str, exc: ApiError) -> JSONResponse:
+    if path.startswith("/api/"):  # Ollama's shape
+        body = {"error": exc.message}
+    else:  # OpenAI's shape (llama.cpp's server uses it too)
+        body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param,
+                          "code": exc.status}}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+# --- project routes ---------------------------------------------------------------------------
+async def health(request: Request):
+    svc: Service = request.app.state.service
+    return JSONResponse({
+        "status": "ok", "model": svc.model_name, "queue_depth": svc.engine.queue_depth,
+        "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
+        **svc.engine.metrics.summary(),
+    })
+
+
+async def metrics(request: Request):
+    svc: Service = request.app.state.service
+    m = svc.engine.metrics.summary()
+    lines = [
+        "# TYPE csound_assistant_queue_depth gauge",
+        f"csound_assistant_queue_depth {svc.engine.queue_depth}",
+        "# TYPE csound_assistant_busy gauge",
+        f"csound_assistant_busy {int(svc.engine.busy)}",
+    ]
+    for name, value in sorted(m["counts"].items()):
+        lines += [f"# TYPE csound_assistant_{name}_total counter",
+                  f"csound_assistant_{name}_total {value}"]
+    for label, key in (("time_to_first_token_seconds", "time_to_first_token_s"),
+                       ("decode_tokens_per_second", "decode_tokens_per_s")):
+        for stat, value in m[key].items():
+            if value is not None:
+                lines.append(f'csound_assistant_{label}{{stat="{stat}"}} {value:.6f}')
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+async def complete(request: Request):
+    """The seed's API: {prompt, max_tokens, temperature} -> {completion}."""
+    svc: Service = request.app.state.service
+    f = Fields(await read_json(request))
+    prompt = f.get("prompt", str, required=True)
+    sampling = svc.sampling(f)
+    f.check()
+    result = await svc.complete(request, svc.prompts.text_tokens(prompt), sampling)
+    completion_id = await svc.record(prompt, result.text, "/complete")
+    body = {"completion": result.text}
+    if completion_id:
+        body["completion_id"] = completion_id
+    return JSONResponse(body, headers=_id_header(completion_id))
+
+
+def _id_header(completion_id):
+    return {"X-Completion-Id": completion_id} if completion_id else {}
+
+
+async def csound_check(request: Request):
+    """Compile (and optionally render) Csound in the sandbox; diagnostics carry line numbers."""
+    svc: Service = request.app.state.service
+    f = Fields(await read_json(request))
+    code = f.get("code", str, required=True)
+    do_render = f.get("render", bool, False)
+    seconds = f.get("seconds", float, 2.0, low=0.01, high=10.0)
+    if code is not None and len(code) > MAX_CODE_CHARS:
+        f.problems.append(f"'code' is {len(code)} characters; the limit is {MAX_CODE_CHARS}")
+    if code is not None and not code.strip():
+        f.problems.append("'code' is empty")
+    f.check()
+    try:
+        from csound_assistant import sandbox
+    except ImportError:
+        raise ApiError(501, "the Csound sandbox is not installed in this build") from None
+    async with svc.check_slots:
+        try:
+            if do_render:
+                result = await run_in_threadpool(sandbox.render, code, seconds=seconds)
+            else:
+                result = await run_in_threadpool(sandbox.check, code)
+        except SandboxRefused as exc:
+            return JSONResponse({"ok": False, "category": "refused", "diagnostics": [],
+                                 "refused": [str(exc)], "rendered": False})
+    return JSONResponse(_check_json(result, do_render))
+
+
+def _check_json(result, rendered: bool) -> dict:
+    body = {
+        "ok": result.ok, "category": result.category, "rendered": rendered,
+        "diagnostics": [{"line": d.line, "severity": d.severity, "message": d.message}
+                        for d in result.diagnostics],
+        "refused": list(result.refused), "stderr": (result.stderr or "")[-4000:],
+    }
+    if rendered:
+        body["audio"] = {k: getattr(result, k, None)
+                         for k in ("peak", "rms", "silent", "clipping", "nan", "seconds")}
+    return body
+
+
+async def feedback(request: Request):
+    svc: Service = request.app.state.service
+    if svc.feedback is None:
+        raise ApiError(501, "feedback is off: start the server with --feedback-db PATH")
+    f = Fields(await read_json(request))
+    completion_id = f.get("id", str, required=True)
+    good = f.get("good", bool, required=True)
+    correction = f.get("correction", str)
+    f.check()
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(svc._feedback_pool,
+                                   lambda: svc.feedback.mark(completion_id, good, correction))
+    except (KeyError, LookupError, ValueError) as exc:
+        raise ApiError(404, f"no completion with id {completion_id!r} ({exc})",
+                       param="id") from None
+    return JSONResponse({"id": completion_id, "good": good, "recorded": True})
+
+
+# --- the app ----------------------------------------------------------------------------------
+def create_app(settings: Settings | None = None, backend=None) -> Starlette:
+    """The app. ``backend`` None: load ``settings.model_path`` with llama.cpp at startup."""
+    from . import api_llamacpp, api_ollama, api_openai
+
+    settings = settings or Settings.from_env()
+    holder = {"service": Service(settings, backend) if backend is not None else None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        owned = holder["service"] is None
+        if owned:
+            from .backend import LlamaBackend
+
+            loaded = await run_in_threadpool(
+                LlamaBackend, settings.model_path, lora_path=settings.lora_path,
+                n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                n_gpu_layers=settings.n_gpu_layers, cache_slots=settings.cache_slots)
+            holder["service"] = Service(settings, loaded)
+        service = holder["service"]
+        service.check_slots = asyncio.Semaphore(settings.check_workers)
+        app.state.service = service
+        service.start()
+        log.info("serving %s as %r (chat template: %s, FIM: %s)", settings.model_path,
+                 settings.model_name, service.prompts.template_source, service.prompts.fim_source)
+        try:
+            yield
+        finally:
+            service.stop()
+            if owned:
+                service.backend.close()
+                holder["service"] = None
+
+    async def api_error(request, exc: ApiError):
+        return error_response(request.url.path, exc)
+
+    async def prompt_error(request, exc: PromptError):
+        return error_response(request.url.path, ApiError(exc.status, str(exc)))
+
+    async def too_large(request, exc):
+        return error_response(request.url.path, ApiError(
+            413, f"the request body is larger than the limit of {settings.max_body_bytes} bytes"))
+
+    async def not_found(request, exc):
+        status = getattr(exc, "status_code", 404)
+        message = ("no such route: " + request.url.path) if status == 404 else \
+            f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(request.url.path, ApiError(status, message))
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/complete", complete, methods=["POST"]),
+        Route("/v1/csound/check", csound_check, methods=["POST"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
+        *api_openai.routes, *api_ollama.routes, *api_llamacpp.routes,
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan,
+        exception_handlers={ApiError: api_error, PromptError: prompt_error,
+                            BodyTooLarge: too_large, 404: not_found, 405: not_found},
+    )
+    app.state.settings = settings
+    app.add_middleware(SafetyMiddleware, api_key=settings.api_key,
+                       max_body_bytes=settings.max_body_bytes)
+    return app

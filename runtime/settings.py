@@ -1,0 +1,98 @@
+"""Server settings: one dataclass of defaults; CLI options > environment > defaults.
+
+Every field can be set from the environment as ``CSOUND_ASSISTANT_<FIELD>`` (upper case), e.g.
+``CSOUND_ASSISTANT_API_KEY``; the ``serve`` command passes its options on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from csound_assistant.constants import DEFAULT_MODEL_NAME
+from csound_assistant.errors import ConfigError
+
+ENV_PREFIX = "CSOUND_ASSISTANT_"
+
+
+@dataclass
+class Settings:
+    model_path: Path | None = field(default=None, metadata={"help": "GGUF model file"})
+    lora_path: Path | None = field(default=None, metadata={"help": "GGUF LoRA adapter"})
+    model_name: str = field(default=DEFAULT_MODEL_NAME, metadata={"help": "name clients use"})
+    prompt_format: str | None = field(default=None, metadata={
+        "help": "project prompt format (chatml, llama2-codellama): its chat template and FIM "
+                "tokens replace the GGUF's; required when the GGUF has no chat template"})
+    host: str = field(default="127.0.0.1", metadata={"help": "bind address"})
+    port: int = field(default=8080, metadata={"help": "TCP port"})
+    api_key: str | None = field(default=None, metadata={"help": "require this key (Bearer)"})
+    n_ctx: int = field(default=4096, metadata={"help": "context length in tokens"})
+    n_threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
+    n_gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1 all)"})
+    max_queue: int = field(default=16, metadata={"help": "requests waiting beyond the running one"})
+    request_timeout: float = field(default=120.0, metadata={"help": "seconds per request, queue included"})
+    max_tokens_limit: int = field(default=2048, metadata={"help": "largest max_tokens accepted"})
+    default_max_tokens: int = field(default=256, metadata={"help": "max_tokens when not given"})
+    max_body_bytes: int = field(default=2_000_000, metadata={"help": "request body limit (413)"})
+    cache_slots: int = field(default=4, metadata={
+        "help": "saved KV states for prompt-prefix reuse across files (0: only the last prompt)"})
+    feedback_db: Path | None = field(default=None, metadata={"help": "record completions here"})
+    check_workers: int = field(default=2, metadata={"help": "parallel Csound sandbox checks"})
+
+    def __post_init__(self):
+        for name in ("model_path", "lora_path", "feedback_db"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        problems = []
+        for name in ("port", "n_ctx", "max_queue", "max_tokens_limit", "default_max_tokens",
+                     "max_body_bytes", "check_workers"):
+            if getattr(self, name) < (0 if name == "max_queue" else 1):
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cache_slots < 0:
+            problems.append(f"cache_slots must be >= 0, got {self.cache_slots}")
+        if self.request_timeout <= 0:
+            problems.append(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            problems.append(f"default_max_tokens ({self.default_max_tokens}) exceeds "
+                            f"max_tokens_limit ({self.max_tokens_limit})")
+        if problems:
+            raise ConfigError("bad server settings: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        """Defaults, replaced by ``CSOUND_ASSISTANT_*`` variables, replaced by ``overrides``
+        (values of None in ``overrides`` mean "not given")."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def public(self) -> dict:
+        """Settings safe to show over HTTP (no key)."""
+        out = dataclasses.asdict(self)
+        out["api_key"] = bool(self.api_key)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {ENV_PREFIX}{f.name.upper()}={raw!r} is not a number"
+        ) from None
+    return raw

@@ -1,0 +1,125 @@
+"""Request bodies: JSON parsing and field checks that end in one clear 400, never a 500."""
+
+from __future__ import annotations
+
+import json
+
+from .backend import Sampling
+
+MISSING = object()
+MAX_STOP_STRINGS = 16
+KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+              list: "a list", dict: "an object", "stop": "a string or a list of strings"}
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, message, and the offending field if any."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 headers: dict | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.headers = headers or {}
+        self.kind = kind or {400: "invalid_request_error", 401: "authentication_error",
+                             404: "not_found_error", 413: "request_too_large",
+                             501: "not_implemented_error"}.get(status, "server_busy_error")
+
+
+async def read_json(request) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line "
+                            f"{exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+class Fields:
+    """Read typed fields from a JSON object, collecting every problem before failing."""
+
+    def __init__(self, data: dict, where: str = ""):
+        self.data, self.where, self.problems = data, where, []
+
+    def _name(self, name):
+        return f"{self.where}{name}"
+
+    def get(self, name, kind, default=None, *, low=None, high=None, required=False):
+        """``kind``: str, int, float, bool, list, dict, "stop" (str or list of str)."""
+        value = self.data.get(name, MISSING)
+        if value is MISSING or value is None:
+            if required:
+                self.problems.append(f"'{self._name(name)}' is required")
+            return default
+        ok = {
+            str: isinstance(value, str),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            bool: isinstance(value, bool),
+            list: isinstance(value, list),
+            dict: isinstance(value, dict),
+            "stop": isinstance(value, str) or (isinstance(value, list)
+                                               and all(isinstance(x, str) for x in value)),
+        }[kind]
+        if not ok:
+            label = KIND_NAMES[kind]
+            self.problems.append(f"'{self._name(name)}' must be {label}, got {json.dumps(value)[:60]}")
+            return default
+        if kind is float:
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                self.problems.append(f"'{self._name(name)}' must be a finite number")
+                return default
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.problems.append(f"'{self._name(name)}' must be between {low} and {high}, "
+                                 f"got {value}")
+            return default
+        if kind == "stop":
+            value = [value] if isinstance(value, str) else value
+            if len(value) > MAX_STOP_STRINGS:
+                self.problems.append(f"'{self._name(name)}' has {len(value)} strings; at most "
+                                     f"{MAX_STOP_STRINGS} are allowed")
+                return default
+        return value
+
+    def check(self) -> None:
+        if self.problems:
+            raise ApiError(400, "invalid request: " + "; ".join(self.problems))
+
+
+def sampling_from(f: Fields, settings, *, max_tokens_keys=("max_tokens",),
+                  default_temperature: float = 0.8, unlimited=(-1,)) -> Sampling:
+    """Common decoding fields (OpenAI, Ollama ``options`` and llama.cpp spellings alike)."""
+    limit = settings.max_tokens_limit
+    max_tokens = None
+    for key in max_tokens_keys:
+        value = f.get(key, int)
+        if value is None:
+            continue
+        if value in unlimited:
+            value = limit
+        elif not 1 <= value <= limit:
+            f.problems.append(f"'{f._name(key)}' must be between 1 and {limit}, got {value}")
+            value = None
+        max_tokens = value if max_tokens is None else max_tokens
+    seed = f.get("seed", int)
+    if seed is not None and seed < 0:
+        seed = None  # llama.cpp and Ollama use -1 for "random"
+    return Sampling(
+        max_tokens=max_tokens or settings.default_max_tokens,
+        temperature=f.get("temperature", float, default_temperature, low=0.0, high=5.0),
+        top_p=f.get("top_p", float, 0.95, low=0.0, high=1.0),
+        top_k=f.get("top_k", int, 40, low=0, high=100_000),
+        min_p=f.get("min_p", float, 0.05, low=0.0, high=1.0),
+        repeat_penalty=f.get("repeat_penalty", float, 1.0, low=0.0, high=10.0),
+        presence_penalty=f.get("presence_penalty", float, 0.0, low=-2.0, high=2.0),
+        frequency_penalty=f.get("frequency_penalty", float, 0.0, low=-2.0, high=2.0),
+        seed=seed,
+        stop=tuple(f.get("stop", "stop", [])),
+    )
