@@ -1,8 +1,194 @@
-"""Commands of the data stage."""
+"""Commands of the data stage: build, validate, split, stats, push."""
+
+from pathlib import Path
 
 import click
+
+from csound_assistant.clicommon import domain_errors, force_option, run_option, work_dir_option
+
+
+def _work(work_dir, run) -> Path:
+    from csound_assistant.artifacts import work_dir as resolve
+
+    return resolve(work_dir, run)
 
 
 @click.group()
 def cli():
     """Build, validate, split and inspect Csound training data."""
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <work-dir>/<run>/data].")
+@click.option("--manual-dir", type=click.Path(path_type=Path, file_okay=False),
+              default="/usr/share/doc/csound-doc/html", show_default=True,
+              help="The Csound manual's HTML folder (Debian package csound-doc).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N manual examples (quick runs).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Parallel Csound processes.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              envvar="CSOUND_ASSISTANT_CACHE",
+              help="Cache of Csound verdicts by content [env CSOUND_ASSISTANT_CACHE; "
+                   "default: ~/.cache/csound-assistant/data].")
+@click.option("--no-cache", is_flag=True, help="Check everything again, ignoring the cache.")
+@work_dir_option
+@run_option
+@force_option
+def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, work_dir, run, force):
+    """Build a Csound-verified training set from the installed manual: instruction, chat,
+    completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
+    by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
+
+    \b
+    Examples:
+        csound-assistant data build
+        csound-assistant data build --limit 50 --out /tmp/data --force
+    """
+    from .build import build_dataset
+
+    out_dir = out_dir or _work(work_dir, run) / "data"
+    with domain_errors():
+        record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
+                               force=force, cache_dir=cache_dir, use_cache=not no_cache,
+                               progress=True, log=lambda m: click.echo(m, err=True))
+    click.echo(summary(record))
+    click.echo(f"rows written to {out_dir / record['rows_file']}")
+
+
+def summary(record: dict) -> str:
+    lines = [f"{record['rows']} rows ({record['code_answers_checked']} code answers compile-checked) "
+             f"in {record['wall_seconds']} s wall, {record['cpu_seconds']} s CPU",
+             "examples: " + ", ".join(f"{k} {v}" for k, v in record["examples"].items())]
+    for key in ("example_check", "example_render", "example_dropped", "fix_verified",
+                "fix_rejected_still_compiles", "fragment", "row_dropped"):
+        if record["counts"].get(key):
+            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in record["counts"][key].items()))
+    lines.append("rows by task: " + ", ".join(f"{k} {v}" for k, v in record["rows_by_task"].items()))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="Flag rows longer than this (the training context length).")
+@click.option("--tokenizer", default=None,
+              help="Folder or tokenizer.json to count tokens with (e.g. runs/default/base); "
+                   "default: estimate 3.5 characters per token.")
+@click.option("--prompt-format", default="chatml", show_default=True,
+              help="Prompt format used to render rows when measuring length.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Also compile-check every code answer with Csound (sandboxed).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+def validate(file, max_tokens, tokenizer, prompt_format, compile_, workers):
+    """Check a JSONL file (or a JSON array) of training rows and report every problem at once
+    with its line number; exit non-zero if there is any. The file is never modified.
+
+    Accepts chat {"messages": [...]}, {"instruction", "input", "output"}, {"prompt",
+    "completion"} and FIM {"prefix", "middle", "suffix"} rows.
+
+    \b
+    Examples:
+        csound-assistant data validate my_rows.jsonl
+        csound-assistant data validate runs/default/data/rows.jsonl --max-tokens 2048 --compile
+    """
+    from .validate import validate_file
+
+    with domain_errors():
+        report = validate_file(file, max_tokens=max_tokens, tokenizer=tokenizer,
+                               prompt_format=prompt_format, compile=compile_, workers=workers)
+    kinds = ", ".join(f"{k} {v}" for k, v in report.kinds.items())
+    extra = f"; {report.compiled} code answers compile" if compile_ else ""
+    click.echo(f"{file}: {report.rows} rows OK ({kinds}){extra}")
+
+
+@cli.command()
+@click.argument("rows_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <work-dir>/<run>/splits].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ratios", default="0.9,0.05,0.05", show_default=True,
+              help="train,validation,test shares (normalized).")
+@work_dir_option
+@run_option
+@force_option
+def split(rows_file, out_dir, seed, ratios, work_dir, run, force):
+    """Split rows into train/validation/test deterministically by --seed, keeping all rows of
+    one source example (meta.group) in the same split.
+
+    \b
+    Examples:
+        csound-assistant data split
+        csound-assistant data split my_rows.jsonl --out /tmp/splits --ratios 0.8,0.1,0.1 --seed 1
+    """
+    from .split import split_dataset
+
+    work = _work(work_dir, run)
+    rows_file = rows_file or work / "data" / "rows.jsonl"
+    out_dir = out_dir or work / "splits"
+    with domain_errors():
+        record = split_dataset(rows_file, out_dir, seed=seed, ratios=ratios, force=force)
+    click.echo("rows: " + ", ".join(f"{k} {v}" for k, v in record["rows"].items())
+               + "; groups: " + ", ".join(f"{k} {v}" for k, v in record["groups"].items()))
+    click.echo(f"splits written to {out_dir}")
+
+
+@cli.command()
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Where stats.json, stats.md and tokens.png go [default: <file's folder>/stats].")
+@click.option("--tokenizer", default=None,
+              help="Folder or tokenizer.json to count tokens with; default: chars/3.5.")
+@click.option("--prompt-format", default="chatml", show_default=True)
+@click.option("--manual-dir", type=click.Path(path_type=Path, file_okay=False),
+              default="/usr/share/doc/csound-doc/html", show_default=True,
+              help="Manual used to measure opcode coverage (skipped when absent).")
+@work_dir_option
+@run_option
+def stats(file, out_dir, tokenizer, prompt_format, manual_dir, work_dir, run):
+    """Counts per format, task and category, opcode coverage and a token-length histogram.
+
+    \b
+    Examples:
+        csound-assistant data stats
+        csound-assistant data stats runs/default/splits/train.jsonl --tokenizer runs/default/base
+    """
+    from .stats import markdown, write_stats
+
+    file = file or _work(work_dir, run) / "data" / "rows.jsonl"
+    out_dir = out_dir or file.parent / "stats"
+    known = None
+    with domain_errors():
+        if (manual_dir / "examples").is_dir():
+            from .manual import load_manual
+
+            known = {n for n in load_manual(manual_dir, limit=1).known}
+        result = write_stats(file, out_dir, tokenizer=tokenizer, prompt_format=prompt_format,
+                             known_opcodes=known)
+    click.echo(markdown(result))
+    click.echo(f"written to {out_dir}/stats.json, stats.md, tokens.png")
+
+
+@cli.command()
+@click.argument("repo_id")
+@click.option("--splits", "splits_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="Split folder [default: <work-dir>/<run>/splits].")
+@click.option("--token", envvar="HF_TOKEN", default=None, help="Hub token [env HF_TOKEN].")
+@click.option("--public", is_flag=True, help="Make a new repository public (default: private).")
+@work_dir_option
+@run_option
+def push(repo_id, splits_dir, token, public, work_dir, run):
+    """Upload the split dataset to the Hugging Face Hub as REPO_ID (a dataset repository), with
+    a dataset card carrying the GFDL licence and attribution.
+
+    \b
+    Example:
+        HF_TOKEN=hf_... csound-assistant data push me/csound-assistant-data
+    """
+    from .push import push_dataset
+
+    splits_dir = splits_dir or _work(work_dir, run) / "splits"
+    with domain_errors():
+        url = push_dataset(splits_dir, repo_id, token=token, private=not public)
+    click.echo(f"pushed to {url}")

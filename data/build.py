@@ -1,0 +1,246 @@
+"""``csound-assistant data build``: a Csound-verified training set from the installed manual.
+
+Top to bottom: read the manual; check every example CSD with Csound (sandboxed, syntax and type
+check only) and render the good ones briefly; propose fragments and broken variants and verify
+them the same way; turn what survived into rows; check every code answer once more; write
+``rows.jsonl`` and ``record.json`` (counts by reason) into the stage folder atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import resource
+import time
+from pathlib import Path
+
+from csound_assistant.artifacts import stage_output, write_record
+from csound_assistant.errors import DataError
+
+from . import csdcode, rows
+from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
+from .verify import Verifier
+
+ROWS_NAME = "rows.jsonl"
+RENDER_SECONDS = 1.0
+MAX_CODE_CHARS = 5000  # longer examples still count, but make no code-answer rows
+MAX_FIX_CHARS = 3500
+FIXES_PER_EXAMPLE = 2
+# Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
+KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "timeout", "plugin"}
+LICENSE = "GFDL-1.2-or-later"
+ATTRIBUTION = ("Derived from The Canonical Csound Reference Manual (Debian package csound-doc), "
+               "GNU Free Documentation License 1.2 or later, no Invariant Sections, no "
+               "Front-Cover Texts, no Back-Cover Texts.")
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _render_flags(render: dict) -> dict:
+    return {k: render.get(k) for k in ("category", "peak", "silent", "clipping", "nan")}
+
+
+def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUAL_DIR,
+                  limit: int | None = None, workers: int = 2, force: bool = False,
+                  cache_dir: str | Path | None = None, use_cache: bool = True,
+                  progress: bool = False, log=print) -> dict:
+    """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
+
+    ``limit`` keeps the first N manual examples (quick runs and tests). Verdicts are cached by
+    content (``cache_dir``), so a rebuild only re-checks what changed.
+    """
+    t0, cpu0 = time.monotonic(), _cpu_seconds()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise DataError(f"{out_dir} already exists; pass --force to rebuild it")
+    manual = load_manual(manual_dir, limit=limit)
+    known, pages = manual.known, manual.pages
+    synopses = {name: page.synopsis for name, page in pages.items()}
+    verifier = Verifier(workers=workers, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    # 1. every example: check, then render those that compile
+    examples = list(manual.examples.values())
+    log(f"checking {len(examples)} manual examples with Csound ({workers} workers)")
+    checks = verifier.check([ex.code for ex in examples], "check examples")
+    compiled = [ex for ex, c in zip(examples, checks) if c["ok"]]
+    for c in checks:
+        counts["example_check"][c["category"] if not c["ok"] else "ok"] += 1
+    log(f"rendering {len(compiled)} compiling examples ({RENDER_SECONDS:g} s each)")
+    renders = verifier.render([ex.code for ex in compiled], RENDER_SECONDS, "render examples")
+    good: list[tuple[Example, dict]] = []
+    for ex, r in zip(compiled, renders):
+        counts["example_render"][r["category"]] += 1
+        if r.get("nan"):
+            counts["example_dropped"]["nan"] += 1
+        elif r["category"] not in KEEP_RENDER:
+            counts["example_dropped"][f"render-{r['category']}"] += 1
+        else:
+            good.append((ex, _render_flags(r)))
+    for c in checks:
+        if not c["ok"]:
+            counts["example_dropped"][c["category"]] += 1
+
+    # 2. orchestra fragments (the main instrument alone) and broken variants, verified
+    fragments = _fragments(good, known, verifier, counts)
+    fixes = _fixes(good, known, synopses, verifier, counts)
+
+    # 3. rows
+    out_rows = _make_rows(good, fragments, fixes, manual, counts)
+
+    # 4. every code answer once more: it must compile, and carry its render flags
+    answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
+    log(f"final check of {len(answers)} code answers")
+    final = verifier.check([code for _, code in answers], "final check")
+    final_render = verifier.render([code for _, code in answers], RENDER_SECONDS, "final render")
+    bad = set()
+    for (i, _), c, r in zip(answers, final, final_render):
+        if not c["ok"] or r.get("nan"):
+            bad.add(i)
+            counts["row_dropped"]["answer-failed-final-check"] += 1
+        elif "render" not in out_rows[i]["meta"]:
+            out_rows[i]["meta"]["render"] = _render_flags(r)
+    out_rows = [row for i, row in enumerate(out_rows) if i not in bad]
+    if not out_rows:
+        raise DataError("no rows survived verification: is Csound installed (`csound --version`)?")
+
+    by_task = collections.Counter(row["meta"]["task"] for row in out_rows)
+    by_format = collections.Counter(rows.row_kind(row) for row in out_rows)
+    categories = collections.Counter(row["meta"]["category"] for row in out_rows)
+    opcodes = collections.Counter(row["meta"]["opcode"] for row in out_rows if row["meta"]["opcode"])
+    wall, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
+    with stage_output(out_dir, force=force) as tmp:
+        with open(tmp / ROWS_NAME, "w") as fh:
+            for row in out_rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        record = write_record(
+            tmp, "data",
+            rows=len(out_rows), rows_file=ROWS_NAME, code_answers_checked=len(answers),
+            rows_by_task=dict(sorted(by_task.items())), rows_by_format=dict(by_format),
+            examples={"total": len(examples), "compiled": len(compiled), "used": len(good)},
+            counts={k: dict(sorted(v.items())) for k, v in counts.items()},
+            categories=dict(categories.most_common()), opcodes=dict(opcodes.most_common()),
+            eval_opcodes=_eval_opcodes(good, pages),
+            manual_dir=str(manual.directory), limit=limit, workers=workers,
+            render_seconds=RENDER_SECONDS,
+            cache={"hits": verifier.hits, "misses": verifier.misses,
+                   "path": str(verifier.cache_path) if verifier.cache_path else None},
+            wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
+            license=LICENSE, attribution=ATTRIBUTION,
+        )
+    return record
+
+
+def _fragments(good, known, verifier, counts) -> dict[str, tuple[str, dict]]:
+    """Example name -> (instrument block, render flags) for blocks that run on their own."""
+    proposals = {}
+    for ex, _ in good:
+        block = csdcode.main_instrument(ex.code, ex.opcode, known)
+        if block is None:
+            continue
+        text = csdcode.block_text(ex.code, block)
+        if len(text) > MAX_CODE_CHARS or csdcode.re.search(r"\bg[aikS]\w*|\bp\d+\b.*ftgen", text):
+            counts["fragment"]["skipped-uses-globals-or-too-long"] += 1
+            continue
+        proposals[ex.name] = text
+    checks = verifier.check(list(proposals.values()), "check fragments")
+    passing = {n: t for (n, t), c in zip(proposals.items(), checks) if c["ok"]}
+    counts["fragment"]["failed-check"] += len(proposals) - len(passing)
+    renders = verifier.render(list(passing.values()), RENDER_SECONDS, "render fragments")
+    kept = {}
+    for (name, text), r in zip(passing.items(), renders):
+        if r["category"] == "ok" and not r["silent"] and not r["nan"]:
+            kept[name] = (text, _render_flags(r))
+        else:
+            counts["fragment"][f"render-{r['category']}"] += 1
+    counts["fragment"]["kept"] = len(kept)
+    return kept
+
+
+def _fixes(good, known, synopses, verifier, counts) -> dict[str, list[tuple]]:
+    """Example name -> [(breakage, Csound's error)] for breakages that really fail."""
+    candidates: dict[str, list[csdcode.Breakage]] = {}
+    for ex, _ in good:
+        if len(ex.code) > MAX_FIX_CHARS:
+            continue
+        found = csdcode.breakages(ex.code, ex.opcode, known, synopses)
+        # rotate the preferred kinds so every kind is well represented
+        start = sum(map(ord, ex.name)) % len(csdcode.BREAKERS)
+        order = csdcode.BREAKERS[start:] + csdcode.BREAKERS[:start]
+        found.sort(key=lambda b: order.index(b.kind))
+        candidates[ex.name] = found
+    verified: dict[str, list[tuple]] = collections.defaultdict(list)
+    for round_ in range(2):  # second round: fall back to other kinds where the first ones compiled
+        batch = []
+        for name, found in candidates.items():
+            need = FIXES_PER_EXAMPLE - len(verified[name])
+            take = found[:need] if round_ == 0 else found[FIXES_PER_EXAMPLE:][:need]
+            batch += [(name, b) for b in take]
+        results = verifier.check([b.code for _, b in batch], f"check broken variants ({round_ + 1})")
+        for (name, b), c in zip(batch, results):
+            counts["fix_proposed"][b.kind] += 1
+            if c["ok"]:
+                counts["fix_rejected_still_compiles"][b.kind] += 1
+            elif c["category"] in ("timeout", "crash", "refused") or not c["error"]:
+                counts["fix_rejected_no_error"][b.kind] += 1
+            else:
+                verified[name].append((b, c["error"]))
+                counts["fix_verified"][b.kind] += 1
+    return verified
+
+
+def _make_rows(good, fragments, fixes, manual, counts) -> list[dict]:
+    pages, known = manual.pages, manual.known
+    out: list[dict] = []
+    page_example: dict[str, tuple[Example, dict]] = {}
+    good_by_name = {ex.name: (ex, r) for ex, r in good}
+    for page in pages.values():
+        for name in page.examples:
+            hit = good_by_name.get(name.removesuffix(".csd"))
+            if hit and len(hit[0].code) <= MAX_CODE_CHARS:
+                page_example[page.name] = hit
+                break
+    for ex, render in good:
+        page = pages.get(ex.opcode or "")
+        small = len(ex.code) <= MAX_CODE_CHARS
+        if not small:
+            counts["example_skipped"]["too-long-for-code-rows"] += 1
+        block = csdcode.main_instrument(ex.code, ex.opcode, known)
+        if page and small:
+            out.append(rows.write_row(ex, page, render))
+        if block is not None and (row := rows.explain_row(ex, block, pages, known)):
+            out.append(row)
+        if page and ex.name in fragments:
+            text, frender = fragments[ex.name]
+            out.append(rows.orchestra_row(ex, page, text, frender))
+        if small and block is not None:
+            out.append(rows.completion_row(ex, block))
+            out += rows.fim_rows(ex, known)
+        for breakage, error in fixes.get(ex.name, []):
+            out.append(rows.fix_row(ex, breakage, error))
+    for page in pages.values():
+        hit = page_example.get(page.name)
+        group = hit[0].name if hit else f"page:{page.name}"
+        if hit:
+            ex, render = hit
+            use_chat = rows.pick([True, False], page.name, "chat-or-instruction")
+            out.append((rows.chat_row if use_chat else rows.opcode_row)(page, ex, render))
+        if page.name in known and (row := rows.syntax_row(page, group)):
+            out.append(row)
+    return out
+
+
+def _eval_opcodes(good, pages) -> list[dict]:
+    """Opcodes with a working manual example, by category: prompts for the eval stage."""
+    seen, out = set(), []
+    for ex, render in good:
+        page = pages.get(ex.opcode or "")
+        if page and page.name not in seen and render.get("category") == "ok" and not render.get("silent"):
+            seen.add(page.name)
+            out.append({"opcode": page.name, "category": page.category, "summary": page.summary,
+                        "example": ex.name})
+    return sorted(out, key=lambda d: (d["category"], d["opcode"]))

@@ -1,0 +1,313 @@
+"""Training rows from manual examples and opcode pages, in the four row formats, with varied
+phrasing and provenance in ``meta``.
+
+Every function here is pure: it receives code that Csound already accepted (``data/build.py``
+checks it through the sandbox) and returns row dicts. Phrasing is picked by a seeded hash of the
+row's group and task, so a rebuild gives the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+from . import csdcode
+from .manual import Example, OpcodePage
+
+FENCE = "```csound\n{code}\n```"
+MAX_DESCRIPTION_CHARS = 420
+
+WRITE_PROMPTS = [
+    "Write a Csound instrument that uses {op} ({summary}).",
+    "Show me a complete Csound example that uses the {op} opcode.",
+    "How do I use {op} in Csound? Please give me a working .csd file.",
+    "I need a Csound patch built around {op}. Can you write one?",
+    "Write a CSD that demonstrates {op}{others}.",
+    "Give me an example .csd using {op}. Keep it self-contained.",
+    "Demonstrate the {op} opcode ({summary}) in a complete Csound file.",
+    "I'm learning Csound. Could you write an example that shows how {op} works?",
+    "Write a Csound orchestra and score that use {op}{others}.",
+    "Can you write a small Csound piece that uses {op}? ({summary})",
+]
+WRITE_INTROS = [
+    "Here is a complete CSD that uses `{op}` ({summary}).",
+    "This example is built around `{op}` ({summary}){others}.",
+    "Below is a self-contained Csound file that demonstrates `{op}`.",
+    "Here is a working example: `{op}` is {summary_lower}.",
+]
+EXPLAIN_PROMPTS = [
+    "Explain this Csound instrument.",
+    "What does this instrument do?",
+    "Walk me through this Csound code line by line.",
+    "Can you explain what each line of this instrument does?",
+    "I found this instrument in an example. What does it do?",
+    "Describe what this Csound instrument computes.",
+]
+OPCODE_PROMPTS = [
+    "What does the {op} opcode do? Show an example.",
+    "What is {op} in Csound, and how do I use it?",
+    "Explain {op} with a short example.",
+    "How does {op} work? Give me a working example.",
+    "What is {op} for? An example would help.",
+]
+SYNTAX_PROMPTS = [
+    "What is the syntax of {op}?",
+    "What arguments does {op} take?",
+    "How do I call the {op} opcode?",
+    "Show me the signature of {op} in Csound.",
+]
+CHAT_OPENERS = [
+    "What is {op} used for in Csound?",
+    "What does {op} do?",
+    "I keep seeing {op} in Csound code. What is it?",
+]
+CHAT_FOLLOWUPS = [
+    "Show me a complete example.",
+    "Can you give me a full .csd that uses it?",
+    "Great, could you write an example I can run?",
+]
+ORCHESTRA_PROMPTS = [
+    "Write just the instrument definition (no score) for a Csound instrument using {op}.",
+    "Give me only the instr ... endin block of an instrument that uses {op}.",
+    "Write the orchestra code for an instrument built on {op} ({summary}).",
+]
+FIX_PROMPTS = [
+    "This Csound code fails with the error below. Fix it.",
+    "Csound refuses to compile this. What's wrong?",
+    "I get this error when I run my .csd. How do I fix it?",
+    "Why does this fail? Please correct it.",
+    "Can you fix the bug in this Csound file?",
+]
+
+
+def pick(options: list[str], *key: str) -> str:
+    digest = hashlib.sha256("\x00".join(key).encode()).digest()
+    return options[int.from_bytes(digest[:8], "big") % len(options)]
+
+
+def rng_for(*key: str) -> random.Random:
+    return random.Random(hashlib.sha256("\x00".join(key).encode()).hexdigest())
+
+
+def fence(code: str) -> str:
+    return FENCE.format(code=code.strip("\n"))
+
+
+def lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def short_description(page: OpcodePage) -> str:
+    text = page.description
+    if not text or text.rstrip(". ").lower() == page.summary.lower():
+        return ""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    out = ""
+    for s in sentences:
+        if len(out) + len(s) > MAX_DESCRIPTION_CHARS and out:
+            break
+        out = f"{out} {s}".strip()
+    return out
+
+
+def meta(example: Example | None, task: str, *, group: str, opcode: str | None, category: str,
+         **extra) -> dict:
+    return {
+        "source": f"examples/{example.path.name}" if example else extra.pop("source", None),
+        "opcode": opcode, "category": category, "group": group, "task": task, **extra,
+    }
+
+
+def _others(example: Example, skip: set[str], n: int = 2) -> list[str]:
+    common = {"out", "outs", "outch", "outc", "print", "prints", "printk", "printks", "init", "ftgen"}
+    return [o for o in example.opcodes if o not in skip and o not in common][:n]
+
+
+def after_note(example: Example, render: dict | None) -> str:
+    """One sentence after the code: how to run it, or what it needs."""
+    category = (render or {}).get("category", "ok")
+    files = re.findall(r'"([^"/]+\.(?:wav|aif|aiff|mp3|ogg|flac|sf2|mid|txt|pvx|ats|het|lpc))"',
+                       example.code, flags=re.I)
+    if category == "needs-input-file" and files:
+        return f"It reads `{files[0]}`, so put that file next to the .csd before running it."
+    if category == "realtime":
+        return "It needs realtime input (MIDI or audio), so run it with your devices enabled."
+    if (render or {}).get("silent"):
+        return "It prints its results to the console rather than making sound."
+    if re.search(r"^\s*-odac", example.code, flags=re.M):
+        return f"Run it with `csound {example.name}.csd`; the `-odac` option plays it in real time."
+    return f"Render it with `csound -o {example.name}.wav {example.name}.csd`."
+
+
+def write_row(example: Example, page: OpcodePage, render: dict | None) -> dict:
+    key = (example.name, "write")
+    others = _others(example, {page.name})
+    others_txt = f" together with {' and '.join(others)}" if others else ""
+    fields = dict(op=page.name, summary=page.summary, summary_lower=lower_first(page.summary),
+                  others=others_txt)
+    prompt = pick(WRITE_PROMPTS, *key).format(**fields)
+    intro = pick(WRITE_INTROS, *key, "intro").format(
+        **{**fields, "others": f", combined with {', '.join(f'`{o}`' for o in others)}" if others else ""})
+    output = f"{intro}\n\n{fence(example.code)}\n\n{after_note(example, render)}"
+    return {"instruction": prompt, "input": "", "output": output,
+            "meta": meta(example, "write", group=example.name, opcode=page.name,
+                         category=page.category, opcodes=example.opcodes, render=render)}
+
+
+def explain_text(code: str, block: csdcode.Instrument, pages: dict[str, OpcodePage],
+                 known: set[str]) -> str:
+    sts = csdcode.statements(code, known, block)
+    lines = [f"This is instrument {block.name}."]
+    pfields = sorted(set(re.findall(r"\bp([4-9]|\d\d)\b", csdcode.block_text(code, block))), key=int)
+    if pfields:
+        lines[0] += " It reads " + ", ".join(f"p{p}" for p in pfields) + " from the score."
+    lines.append("")
+    described = 0
+    for st in sts:
+        page = pages.get(st.opcode)
+        if not page or described >= 10:
+            continue
+        text = code.split("\n")[st.line].strip()
+        text = csdcode.code_part(text).strip()
+        what = f"- `{text}`: `{st.opcode}` is {lower_first(page.summary)}"
+        if st.outputs:
+            what += f"; the result goes to `{', '.join(st.outputs)}`"
+        lines.append(what + ".")
+        described += 1
+    outs = [st for st in sts if st.opcode.startswith("out") or st.opcode in ("fout", "zaw", "chnset")]
+    lines.append("")
+    if outs:
+        lines.append(f"The instrument sends its signal out with `{outs[-1].opcode}`.")
+    else:
+        lines.append("It makes no audio output of its own; it works through the statements above.")
+    return "\n".join(lines)
+
+
+def explain_row(example: Example, block: csdcode.Instrument, pages: dict[str, OpcodePage],
+                known: set[str]) -> dict | None:
+    body = explain_text(example.code, block, pages, known)
+    if body.count("\n- ") < 2:
+        return None
+    return {"instruction": pick(EXPLAIN_PROMPTS, example.name, "explain"),
+            "input": fence(csdcode.block_text(example.code, block)), "output": body,
+            "meta": meta(example, "explain", group=example.name, opcode=example.opcode,
+                         category=example.category, opcodes=example.opcodes)}
+
+
+def opcode_answer(page: OpcodePage) -> str:
+    desc = short_description(page)
+    return f"`{page.name}`: {page.summary}." + (f" {desc}" if desc else "")
+
+
+def opcode_row(page: OpcodePage, example: Example, render: dict | None) -> dict:
+    prompt = pick(OPCODE_PROMPTS, page.name, "opcode").format(op=page.name)
+    output = (f"{opcode_answer(page)}\n\nHere is a complete example:\n\n{fence(example.code)}\n\n"
+              f"{after_note(example, render)}")
+    return {"instruction": prompt, "input": "", "output": output,
+            "meta": meta(example, "opcode", group=example.name, opcode=page.name,
+                         category=page.category, render=render)}
+
+
+def chat_row(page: OpcodePage, example: Example, render: dict | None) -> dict:
+    key = (page.name, "chat")
+    messages = [
+        {"role": "user", "content": pick(CHAT_OPENERS, *key).format(op=page.name)},
+        {"role": "assistant", "content": opcode_answer(page)},
+        {"role": "user", "content": pick(CHAT_FOLLOWUPS, *key, "follow")},
+        {"role": "assistant", "content": f"Here is a complete CSD that uses `{page.name}`.\n\n"
+                                         f"{fence(example.code)}\n\n{after_note(example, render)}"},
+    ]
+    return {"messages": messages,
+            "meta": meta(example, "chat", group=example.name, opcode=page.name,
+                         category=page.category, render=render)}
+
+
+def syntax_row(page: OpcodePage, group: str) -> dict | None:
+    if not page.synopsis:
+        return None
+    forms = "\n".join(f"- `{line}`" for line in page.synopsis[:8] if "\n" not in line)
+    if not forms:
+        return None
+    optional = " Arguments in square brackets are optional." if any("[" in s for s in page.synopsis) else ""
+    output = f"`{page.name}` ({lower_first(page.summary)}) is called like this:\n\n{forms}\n\n" \
+             f"The first letter of each name gives its rate: i (init), k (control), a (audio), " \
+             f"S (string), f (spectral).{optional}"
+    return {"instruction": pick(SYNTAX_PROMPTS, page.name, "syntax").format(op=page.name),
+            "input": "", "output": output,
+            "meta": meta(None, "syntax", group=group, opcode=page.name, category=page.category,
+                         source=page.page)}
+
+
+def orchestra_row(example: Example, page: OpcodePage, block_code: str, render: dict | None) -> dict:
+    pfields = sorted(set(re.findall(r"\bp([4-9]|\d\d)\b", block_code)), key=int)
+    note = ("It reads " + ", ".join(f"p{p}" for p in pfields) + " from the score, so give those "
+            "values on each `i` line.") if pfields else "Play it with a score line such as `i 1 0 2`."
+    prompt = pick(ORCHESTRA_PROMPTS, example.name, "orc").format(op=page.name, summary=page.summary)
+    output = f"Here is the instrument, using `{page.name}`.\n\n{fence(block_code)}\n\n{note}"
+    return {"instruction": prompt, "input": "", "output": output,
+            "meta": meta(example, "orchestra", group=example.name, opcode=page.name,
+                         category=page.category, render=render)}
+
+
+def completion_row(example: Example, block: csdcode.Instrument) -> dict:
+    lines = example.code.split("\n")
+    prompt = "\n".join(lines[: block.start + 1]) + "\n"
+    return {"prompt": prompt, "completion": example.code[len(prompt):],
+            "meta": meta(example, "complete", group=example.name, opcode=example.opcode,
+                         category=example.category)}
+
+
+def fim_rows(example: Example, known: set[str]) -> list[dict]:
+    """One line-level and one expression-level split inside the example's main instrument."""
+    block = csdcode.main_instrument(example.code, example.opcode, known)
+    if block is None:
+        return []
+    sts = csdcode.statements(example.code, known, block)
+    if not sts:
+        return []
+    rng = rng_for(example.name, "fim")
+    rows = []
+    st = rng.choice(sts)
+    n_lines = rng.choice([1, 1, 2, 3])
+    prefix, middle, suffix = csdcode.fim_line_split(example.code, st, n_lines)
+    if middle.strip():
+        rows.append(("fim-line", prefix, middle, suffix))
+    with_args = [s for s in sts if s.args]
+    if with_args:
+        st = next((s for s in with_args if s.opcode == example.opcode), rng.choice(with_args))
+        prefix, middle, suffix = csdcode.fim_expression_split(example.code, st)
+        if middle.strip():
+            rows.append(("fim-expression", prefix, middle, suffix))
+    return [{"prefix": p, "middle": m, "suffix": s,
+             "meta": meta(example, task, group=example.name, opcode=example.opcode,
+                          category=example.category)}
+            for task, p, m, s in rows]
+
+
+def fix_row(example: Example, breakage: csdcode.Breakage, error: str) -> dict:
+    prompt = pick(FIX_PROMPTS, example.name, breakage.kind)
+    output = f"{breakage.explanation}\n\n{fence(example.code)}"
+    return {"instruction": prompt,
+            "input": f"{fence(breakage.code)}\n\nError:\n```text\n{error.strip()}\n```",
+            "output": output,
+            "meta": meta(example, f"fix-{breakage.kind}", group=example.name,
+                         opcode=example.opcode, category=example.category, bug=breakage.kind,
+                         error=error.strip(), bug_line=breakage.line)}
+
+
+_FENCED = re.compile(r"```csound\n(.*?)\n```", re.S)
+
+
+def code_answers(row: dict) -> list[str]:
+    """The Csound code a row asks the model to produce: fenced answers, completions, FIM wholes."""
+    if "messages" in row:
+        texts = [m.get("content", "") for m in row["messages"] if m.get("role") == "assistant"]
+        return [c for t in texts if isinstance(t, str) for c in _FENCED.findall(t)]
+    if "output" in row:
+        return _FENCED.findall(row["output"]) if isinstance(row["output"], str) else []
+    if "completion" in row:
+        return [row["prompt"] + row["completion"]]
+    if "middle" in row:
+        return [row["prefix"] + row["middle"] + row["suffix"]]
+    return []

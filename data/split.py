@@ -1,0 +1,98 @@
+"""``csound-assistant data split``: deterministic train/validation/test splits grouped by source.
+
+Rows derived from one manual example (same ``meta.group``) always land in the same split, so no
+variant of a test example is trained on. Groups are shuffled by the seed and dealt to the split
+that is furthest below its share of rows; the same seed and rows give the same splits.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from csound_assistant.artifacts import stage_output, write_record
+from csound_assistant.errors import DataError
+
+from .validate import read_rows, validate_rows
+
+SPLITS = ("train", "validation", "test")
+
+
+def row_group(row: dict) -> str:
+    """``meta.group``, or the row's own content hash when it has none (a group of one)."""
+    group = (row.get("meta") or {}).get("group") if isinstance(row.get("meta"), dict) else None
+    if group:
+        return str(group)
+    body = {k: v for k, v in row.items() if k != "meta"}
+    return "row:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def assign_groups(sizes: dict[str, int], ratios: tuple[float, ...], seed: int) -> dict[str, str]:
+    """Group -> split name. Each group goes to the split whose row count is furthest below its
+    share; every split with a positive ratio gets a group when there are enough groups."""
+    groups = sorted(sizes)
+    random.Random(seed).shuffle(groups)
+    share = {s: r for s, r in zip(SPLITS, ratios) if r > 0}
+    filled = dict.fromkeys(share, 0)
+    out: dict[str, str] = {}
+    if len(groups) >= len(share):
+        for split in share:
+            if split != "train":
+                out[groups[-1]] = split
+                filled[split] += sizes[groups.pop()]
+    for g in groups:
+        split = min(share, key=lambda s: (filled[s] / share[s], s))
+        out[g] = split
+        filled[split] += sizes[g]
+    return out
+
+
+def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
+    values = tuple(float(x) for x in (text.split(",") if isinstance(text, str) else text))
+    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0 or values[0] <= 0:
+        raise DataError(f"ratios must be three non-negative numbers train,validation,test with "
+                        f"train > 0, e.g. 0.9,0.05,0.05; got {text!r}")
+    total = sum(values)
+    return tuple(v / total for v in values)  # type: ignore[return-value]
+
+
+def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
+                  ratios: tuple[float, float, float] | str = (0.9, 0.05, 0.05),
+                  force: bool = False) -> dict:
+    """Write ``out_dir/{train,validation,test}.jsonl`` + ``record.json``; return the record."""
+    rows_path, out_dir = Path(rows_path), Path(out_dir)
+    ratios = parse_ratios(ratios)
+    if out_dir.exists() and not force:
+        raise DataError(f"{out_dir} already exists; pass --force to replace it")
+    parsed, problems = read_rows(rows_path)
+    report = validate_rows(parsed)
+    problems += report.problems
+    if problems:
+        raise DataError(f"{rows_path} has problems; fix them (see `csound-assistant data "
+                        f"validate`) before splitting", problems=problems)
+    rows = [row for _, row in parsed]
+    groups = [row_group(row) for row in rows]
+    sizes = collections.Counter(groups)
+    assignment = assign_groups(dict(sizes), ratios, seed)
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for row, group in zip(rows, groups):
+        by_split[assignment[group]].append(row)
+    group_sets = {s: {g for g, a in assignment.items() if a == s} for s in SPLITS}
+    with stage_output(out_dir, force=force) as tmp:
+        for split, split_rows in by_split.items():
+            with open(tmp / f"{split}.jsonl", "w") as fh:
+                for row in split_rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        record = write_record(
+            tmp, "splits", source=str(rows_path), seed=seed, ratios=list(ratios),
+            rows={s: len(r) for s, r in by_split.items()},
+            groups={s: len(g) for s, g in group_sets.items()},
+            rows_without_group=sum(1 for g in groups if g.startswith("row:")),
+            test_groups=sorted(group_sets["test"]),
+            tasks={s: dict(collections.Counter((r.get("meta") or {}).get("task", "?") for r in rs))
+                   for s, rs in by_split.items()},
+        )
+    return record

@@ -1,0 +1,152 @@
+"""Csound verdicts for the data stage, through ``csound_assistant.sandbox``, cached by content.
+
+A verdict depends only on the code, the Csound version and the sandbox module, so it is cached
+under a key made of all three (``~/.cache/csound-assistant/data`` by default, or
+``$CSOUND_ASSISTANT_CACHE``); a rebuild re-runs only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from csound_assistant.artifacts import atomic_write
+
+ENV_CACHE = "CSOUND_ASSISTANT_CACHE"
+CACHE_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "csound-assistant" / "data")
+
+
+def normalize(code: str) -> str:
+    return code.strip("\n") + "\n"
+
+
+def first_error(result) -> str:
+    """Csound's first error message, as it printed it."""
+    for d in getattr(result, "diagnostics", []) or []:
+        if getattr(d, "severity", "") == "error":
+            return d.message.strip()
+    refused = getattr(result, "refused", None)
+    if refused:
+        return "refused: " + ", ".join(refused)
+    lines = [ln for ln in (getattr(result, "stderr", "") or "").splitlines() if "error" in ln.lower()]
+    return lines[0].strip() if lines else getattr(result, "category", "")
+
+
+def _environment_key() -> str:
+    from csound_assistant import sandbox
+
+    try:
+        version = subprocess.run(["csound", "--version"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, timeout=20).stderr[-400:]
+    except (OSError, subprocess.TimeoutExpired):
+        version = "unknown"
+    source = Path(sandbox.__file__).read_bytes()
+    return hashlib.sha256(CACHE_VERSION.encode() + version.encode() + source).hexdigest()[:16]
+
+
+class Verifier:
+    """Batch ``check`` and ``render`` through the sandbox with a content-addressed cache."""
+
+    def __init__(self, *, workers: int = 2, cache_dir: str | Path | None = None,
+                 use_cache: bool = True, progress: bool = False):
+        self.workers = workers
+        self.progress = progress
+        self.cache_path = None
+        self.cache: dict[str, dict] = {}
+        self.env = _environment_key()
+        self.hits = self.misses = 0
+        if use_cache:
+            self.cache_path = Path(cache_dir or default_cache_dir()) / f"verdicts-{self.env}.json"
+            if self.cache_path.is_file():
+                try:
+                    self.cache = json.loads(self.cache_path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    self.cache = {}
+
+    def _key(self, kind: str, code: str) -> str:
+        return hashlib.sha256(f"{kind}\x00{normalize(code)}".encode()).hexdigest()
+
+    def _run(self, kind: str, codes: list[str], fn, label: str) -> list[dict]:
+        keys = [self._key(kind, c) for c in codes]
+        todo = {}
+        for key, code in zip(keys, codes):
+            if key not in self.cache and key not in todo:
+                todo[key] = normalize(code)
+        self.hits += len(codes) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            results = fn(list(todo.values()), label)
+            for key, result in zip(todo, results):
+                self.cache[key] = result
+            self.save()
+        return [self.cache[k] for k in keys]
+
+    def check(self, codes: list[str], label: str = "checking") -> list[dict]:
+        """``{"ok", "category", "error"}`` per code (syntax and type check; nothing runs)."""
+        from csound_assistant import sandbox
+
+        def fn(batch, label):
+            out = []
+            for r in self._batched(sandbox.check_many, batch, label):
+                out.append({"ok": bool(r.ok), "category": r.category,
+                            "error": "" if r.ok else first_error(r)})
+            return out
+
+        return self._run("check", codes, fn, label)
+
+    def render(self, codes: list[str], seconds: float = 2.0, label: str = "rendering") -> list[dict]:
+        """``{"ok", "category", "peak", "rms", "silent", "clipping", "nan", "error"}`` per code."""
+        from csound_assistant import sandbox
+
+        def fn(batch, label):
+            out = []
+            for r in self._batched(sandbox.render_many, batch, label, seconds=seconds):
+                out.append({
+                    "ok": bool(r.ok), "category": r.category,
+                    "peak": _num(getattr(r, "peak", None)), "rms": _num(getattr(r, "rms", None)),
+                    "silent": bool(getattr(r, "silent", False)),
+                    "clipping": bool(getattr(r, "clipping", False)),
+                    "nan": bool(getattr(r, "nan", False)),
+                    "error": "" if r.ok else first_error(r),
+                })
+            return out
+
+        return self._run(f"render-{seconds}", codes, fn, label)
+
+    def _batched(self, many, batch: list[str], label: str, **kw):
+        """Call ``many`` in chunks so a progress bar can move."""
+        chunk = 64
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batch), desc=label, unit="csd", leave=False)
+        try:
+            for i in range(0, len(batch), chunk):
+                part = batch[i: i + chunk]
+                yield from many(part, workers=self.workers, **kw)
+                if bar:
+                    bar.update(len(part))
+        finally:
+            if bar:
+                bar.close()
+
+    def save(self) -> None:
+        if self.cache_path is None:
+            return
+        with atomic_write(self.cache_path) as fh:
+            json.dump(self.cache, fh)
+
+
+def _num(value):
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else round(value, 6)  # NaN is not JSON
