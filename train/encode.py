@@ -1,0 +1,147 @@
+"""Training rows -> token ids and labels, from ``PromptFormat.segments(row)``.
+
+The whole row text is tokenized once (as a runtime tokenizes a prompt), and each token takes the
+``trained`` flag of the segment its last character lies in: prompts, inputs and FIM
+prefix/suffix get label -100, answers and FIM middles keep their ids. Every trained span ends
+with the format's stop token (``eos``, or ``fim_end`` for FIM rows), so the last label of every
+row is that token's id: it is checked here, not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from csound_assistant.errors import ConfigError, DataError
+from csound_assistant.prompt_format import ROW_KINDS, PromptFormat, row_kind
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    kind: str
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+@dataclass
+class EncodedSplit:
+    examples: list[Encoded]
+    dropped_too_long: int = 0
+    kinds: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e) for e in self.examples)
+
+
+def single_token_id(tokenizer, text: str, role: str) -> int:
+    """The id of ``text``, which must be exactly one existing token (the vocabulary never grows)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ConfigError(
+            f"the prompt format's {role} token {text!r} is {len(ids)} tokens {ids} in this "
+            "tokenizer, not one: pick a prompt format that matches the base model"
+        )
+    return ids[0]
+
+
+def special_ids(tokenizer, fmt: PromptFormat) -> dict[str, int]:
+    ids = {"eos": single_token_id(tokenizer, fmt.eos, "eos"),
+           "pad": single_token_id(tokenizer, fmt.pad, "pad")}
+    try:
+        ids["fim_end"] = single_token_id(tokenizer, fmt.fim_end, "fim_end")
+    except ConfigError:
+        pass  # only needed when the data has FIM rows; encode_row checks then
+    if ids["pad"] in (ids["eos"], ids.get("fim_end")):
+        raise ConfigError(f"pad token {fmt.pad!r} equals a stop token: the model would never "
+                          "learn to stop; choose another unused token")
+    return ids
+
+
+def encode_row(tokenizer, fmt: PromptFormat, row: dict) -> Encoded:
+    segments = fmt.segments(row)
+    text = "".join(t for t, _ in segments)
+    trained_chars = bytearray(len(text))
+    pos = 0
+    for seg, trained in segments:
+        if trained:
+            trained_chars[pos:pos + len(seg)] = b"\x01" * len(seg)
+        pos += len(seg)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        at = min(max(end - 1, start), len(text) - 1)
+        labels.append(tok if trained_chars[at] else IGNORE)
+    return Encoded(list(enc["input_ids"]), labels, row_kind(row))
+
+
+def check_stop(example: Encoded, stop_ids: dict[str, int], where: str) -> str | None:
+    """A problem message when the last trained label is not the row's stop token."""
+    trained = [label for label in example.labels if label != IGNORE]
+    want = stop_ids.get("fim_end" if example.kind == "fim" else "eos")
+    if not trained:
+        return f"{where}: nothing to train on (empty answer)"
+    if want is None:
+        return f"{where}: FIM row, but the format's fim_end is not one token of this tokenizer"
+    if trained[-1] != want:
+        return f"{where}: answer ends with token {trained[-1]}, not the stop token {want}"
+    return None
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL split; every bad line is reported at once, with its number."""
+    if not path.is_file():
+        raise DataError(f"split file not found: {path} (run `csound-assistant data split` first)")
+    rows, problems = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{n}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict) or row_kind(row) is None:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            problems.append(f"{path}:{n}: not one of the row shapes {', '.join(ROW_KINDS)} "
+                            f"(keys {keys})")
+            continue
+        rows.append(row)
+    if problems:
+        raise DataError(f"{len(problems)} bad rows in {path}", problems[:50])
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
+                 stop_ids: dict[str, int], name: str) -> EncodedSplit:
+    out = EncodedSplit([])
+    problems = []
+    for i, row in enumerate(rows, 1):
+        example = encode_row(tokenizer, fmt, row)
+        if problem := check_stop(example, stop_ids, f"{name} row {i}"):
+            problems.append(problem)
+            continue
+        if len(example) > max_length:
+            out.dropped_too_long += 1
+            continue
+        out.examples.append(example)
+        out.kinds[example.kind] = out.kinds.get(example.kind, 0) + 1
+    if problems:
+        raise DataError(f"{len(problems)} rows of the {name} split cannot teach stopping",
+                        problems[:50])
+    if not out.examples:
+        raise DataError(f"every row of the {name} split is longer than max_length={max_length} "
+                        "tokens; raise max_length")
+    return out

@@ -1,0 +1,286 @@
+"""The training recipe, top to bottom: ``csound-assistant train run`` calls ``train``.
+
+    base/ + splits/  ->  tokenize (answers-only labels, stop token checked)
+                     ->  QLoRA on CUDA / LoRA on CPU or mps (backend.py says which and why)
+                     ->  steps of packed or length-grouped micro-batches, validation loss,
+                         checkpoints (--resume), progress bar with tokens/s and ETA
+                     ->  adapter/ (peft adapter, tokenizer, prompt_format.json, config,
+                         metrics, loss curve, versions, base identity)
+
+Runs unchanged under ``accelerate launch``/``torchrun`` (DDP over the visible GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from csound_assistant.artifacts import (
+    read_record, sha256_file, stage_output, work_dir as default_work_dir, write_json, write_record,
+)
+from csound_assistant.errors import ArtifactError
+from csound_assistant.prompt_format import get_format
+
+from . import checkpoint
+from .backend import choose_backend, load_model
+from .batching import (
+    BatchPlan, collate_grouped, collate_packed, real_tokens, total_steps, trained_tokens,
+)
+from .config import TrainConfig, dump_config
+from .encode import encode_split, read_rows, special_ids
+from .report import plot_loss_curve
+
+CHECKPOINTS = "train-checkpoints"
+
+
+def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume: bool = False,
+          force: bool = False, base_dir=None, splits_dir=None, out_dir=None, log=print) -> Path:
+    """Fine-tune ``<work>/base`` on ``<work>/splits``; returns the published ``<work>/adapter``."""
+    import torch
+
+    work = Path(work_dir) if work_dir is not None else default_work_dir()
+    base_dir = Path(base_dir or work / "base")
+    splits_dir = Path(splits_dir or work / "splits")
+    out_dir = Path(out_dir or work / "adapter")
+    ckpt_root = out_dir.parent / CHECKPOINTS
+    if out_dir.exists() and not force:
+        raise ArtifactError(f"{out_dir} already exists; pass --force to train a new one")
+    if resume and checkpoint.latest(ckpt_root) is None:
+        raise ArtifactError(f"--resume: no checkpoint in {ckpt_root} to resume from")
+
+    # --- 1. hardware and method ------------------------------------------------------------
+    backend = choose_backend(cfg)
+    dist = _init_distributed(backend)
+    main = backend.local_rank == 0 and int(os.environ.get("RANK", 0)) == 0
+    say = log if main else (lambda *a, **k: None)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    say(f"train: {backend.describe()}")
+
+    # --- 2. prompt format, tokenizer, data -------------------------------------------------
+    from transformers import AutoTokenizer
+
+    base_record = read_record(base_dir)
+    fmt = get_format(base_record["prompt_format"])
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    ids = special_ids(tokenizer, fmt)
+    tokenizer.pad_token = fmt.pad  # an existing unused token, never EOS: the vocabulary is fixed
+    splits = {}
+    for name in ("train", "validation"):
+        rows = read_rows(splits_dir / f"{name}.jsonl")
+        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name)
+        s = splits[name]
+        say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
+            + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"
+               if s.dropped_too_long else ""))
+    packed = backend.packing == "packed"
+    train_plan = BatchPlan(splits["train"].examples, packed, cfg.batch_tokens,
+                           cfg.max_batch_rows, cfg.seed)
+    val_plan = BatchPlan(splits["validation"].examples, packed, cfg.batch_tokens,
+                         cfg.max_batch_rows, cfg.seed, shuffle=False)
+    steps = cfg.max_steps or total_steps(train_plan, cfg.epochs, cfg.grad_accum,
+                                         backend.world_size)
+    epochs = steps * cfg.grad_accum * backend.world_size / train_plan.micro_batches_per_epoch()
+    say(f"train: {steps} steps of {cfg.grad_accum} x {backend.world_size} micro-batches "
+        f"(~{epochs:.2f} epochs)")
+
+    # --- 3. model, optimizer, schedule -----------------------------------------------------
+    model = load_model(base_dir, cfg, backend)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  **({"fused": True} if backend.device == "cuda" else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+    fp16 = backend.device == "cuda" and backend.dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+    state = {"config": cfg.to_dict(), "train_loss": [], "val_loss": [], "tokens": 0,
+             "seconds": 0.0}
+    start = 0
+    if resume:
+        path = checkpoint.latest(ckpt_root)
+        saved = json.loads((path / "state.json").read_text())
+        checkpoint.check_compatible(saved["config"], cfg, path)
+        state = checkpoint.load(path, model, optimizer, scheduler, scaler)
+        start = state["step"]
+        say(f"train: resumed from {path} at step {start}/{steps}")
+    elif ckpt_root.exists() and main:
+        import shutil
+
+        shutil.rmtree(ckpt_root)  # a fresh run does not mix with an old run's checkpoints
+    wrapped = model
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[backend.local_rank])
+    device = torch.device(backend.torch_device)
+    autocast = (torch.autocast("cuda", dtype=getattr(torch, backend.dtype))
+                if backend.device == "cuda" else contextlib.nullcontext())
+    collate = collate_packed if packed else (lambda b: collate_grouped(b, ids["pad"]))
+    extra = {"skip_logits": True} if backend.liger else {}
+
+    def evaluate() -> float:
+        """Mean token loss over the validation split (or its first eval_batches)."""
+        model.eval()
+        n = val_plan.micro_batches_per_epoch()
+        n = min(n, cfg.eval_batches) if cfg.eval_batches else n
+        total = torch.zeros(2, device=device, dtype=torch.float64)
+        with torch.no_grad(), autocast:
+            for i in range(backend.local_rank, n, backend.world_size):
+                batch = val_plan.micro_batch(i)
+                out = model(**_to(collate(batch), device), num_items_in_batch=1, **extra)
+                total += torch.tensor([out.loss.item(), trained_tokens(batch)], device=device,
+                                      dtype=torch.float64)
+        if dist:
+            torch.distributed.all_reduce(total)
+        model.train()
+        return (total[0] / total[1]).item()
+
+    # --- 4. the loop -----------------------------------------------------------------------
+    if start == 0:
+        state["val_loss"].append([0, evaluate()])
+        say(f"train: validation loss before training {state['val_loss'][-1][1]:.4f}")
+    model.train()
+    bar = _progress(cfg.progress and main, steps, start)
+    t0, tokens0 = time.perf_counter(), 0
+    if backend.device == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(start, steps):
+        micro = train_plan.step(step, cfg.grad_accum, backend.world_size)
+        label_total = sum(trained_tokens(b) for b in micro)  # the whole step, all ranks
+        mine = micro[backend.local_rank::backend.world_size]
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for i, batch in enumerate(mine):
+            sync = i == len(mine) - 1
+            with (wrapped.no_sync() if dist and not sync else contextlib.nullcontext()):
+                with autocast:
+                    out = wrapped(**_to(collate(batch), device), num_items_in_batch=label_total,
+                                  **extra)
+                # DDP averages gradients over ranks; the loss is normalised over all of them
+                loss = out.loss * backend.world_size
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += out.loss.detach().double()
+            tokens0 += real_tokens(batch)
+        if scaler:
+            scaler.unscale_(optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dist:
+            torch.distributed.all_reduce(loss_sum)
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        tok_s = tokens0 * backend.world_size / elapsed
+        if done % cfg.log_every == 0 or done == steps or done == start + 1:
+            state["train_loss"].append([done, loss_sum.item(), scheduler.get_last_lr()[0]])
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == steps:
+            state["val_loss"].append([done, evaluate()])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum.item():.3f}", val=f"{state['val_loss'][-1][1]:.3f}",
+                        tok_s=f"{tok_s:,.0f}")
+        if cfg.save_every and done % cfg.save_every == 0 and done < steps and main:
+            run_state = {**state, "tokens": state["tokens"] + tokens0 * backend.world_size,
+                         "seconds": state["seconds"] + elapsed}
+            checkpoint.save(ckpt_root, done, model, optimizer, scheduler, scaler, run_state,
+                            cfg.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    state["tokens"] += tokens0 * backend.world_size
+    state["seconds"] += elapsed
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if backend.device == "cuda" else None
+
+    # --- 5. publish the adapter ------------------------------------------------------------
+    metrics = {
+        "steps": steps, "epochs": round(epochs, 3),
+        "val_loss_start": state["val_loss"][0][1], "val_loss_end": state["val_loss"][-1][1],
+        "train_loss_end": state["train_loss"][-1][1] if state["train_loss"] else None,
+        "train_rows": len(splits["train"].examples),
+        "validation_rows": len(splits["validation"].examples),
+        "dropped_too_long": {k: s.dropped_too_long for k, s in splits.items()},
+        "tokens_seen": state["tokens"], "train_seconds": round(state["seconds"], 1),
+        "tokens_per_second": round(tokens0 * backend.world_size / max(elapsed, 1e-9), 1),
+        "peak_gpu_gib": round(peak, 2) if peak is not None else None,
+        "trainable_parameters": n_trainable, "resumed_from_step": start or None,
+        "train_loss": state["train_loss"], "val_loss": state["val_loss"],
+    }
+    say(f"train: validation loss {metrics['val_loss_start']:.4f} -> "
+        f"{metrics['val_loss_end']:.4f}; {metrics['tokens_per_second']:,.0f} tokens/s")
+    if main:
+        with stage_output(out_dir, force=force) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "prompt_format.json", fmt.to_record())
+            (tmp / "train_config.yaml").write_text(dump_config(cfg))
+            write_json(tmp / "metrics.json", metrics)
+            plot_loss_curve(state["train_loss"], state["val_loss"], tmp / "loss_curve.png")
+            write_record(
+                tmp, "train", base_dir=str(base_dir.resolve()), base=_base_identity(base_dir),
+                splits_dir=str(splits_dir.resolve()),
+                splits={n: sha256_file(splits_dir / f"{n}.jsonl") for n in splits},
+                prompt_format=fmt.name, backend=backend.describe(), method=backend.method,
+                config=cfg.to_dict(), metrics={k: v for k, v in metrics.items()
+                                               if k not in ("train_loss", "val_loss")},
+                pad_token=fmt.pad, pad_token_id=ids["pad"], eos_token_id=ids["eos"],
+            )
+        import shutil
+
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        say(f"train: wrote {out_dir}")
+    if dist:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return out_dir
+
+
+def _lr_lambda(cfg: TrainConfig, steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+        if cfg.schedule == "cosine":
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+    return factor
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def _init_distributed(backend) -> bool:
+    if backend.world_size <= 1:
+        return False
+    import torch
+
+    if backend.device == "cuda":
+        torch.cuda.set_device(backend.local_rank)
+    torch.distributed.init_process_group("nccl" if backend.device == "cuda" else "gloo")
+    return True
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                desc="train", dynamic_ncols=True)
+
+
+def _base_identity(base_dir: Path) -> dict:
+    record = read_record(base_dir)
+    files = record.get("files") or {p.name: sha256_file(p) for p in sorted(base_dir.iterdir())
+                                    if p.is_file() and p.name != "record.json"}
+    return {"path": str(base_dir.resolve()), "source": record.get("source"), "files": files,
+            "prompt_format": record.get("prompt_format")}
