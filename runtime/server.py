@@ -372,6 +372,11 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
         return error_response(request.url.path, ApiError(
             413, f"the request body is larger than the limit of {settings.max_body_bytes} bytes"))
 
+    async def internal(request, exc):
+        log.error("internal error on %s: %r", request.url.path, exc)
+        return error_response(request.url.path, ApiError(
+            500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error"))
+
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
         message = ("no such route: " + request.url.path) if status == 404 else \
@@ -389,7 +394,8 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
     app = Starlette(
         routes=routes, lifespan=lifespan,
         exception_handlers={ApiError: api_error, PromptError: prompt_error,
-                            BodyTooLarge: too_large, 404: not_found, 405: not_found},
+                            BodyTooLarge: too_large, 404: not_found, 405: not_found,
+                            Exception: internal},
     )
     app.state.settings = settings
     app.add_middleware(SafetyMiddleware, api_key=settings.api_key,

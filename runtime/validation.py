@@ -30,7 +30,7 @@ async def read_json(request) -> dict:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
