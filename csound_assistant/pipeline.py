@@ -1,8 +1,167 @@
-"""``csound-assistant pipeline``: every stage in order, reusing finished ones."""
+"""``csound-assistant pipeline [CONFIG]``: the main job, every stage in order.
+
+base import -> data build -> data split -> train -> export (merge, convert, quantize, gate)
+-> modelfile + editor config -> eval (base vs fine-tuned).
+
+Each stage's folder records a ``pipeline_key``: a hash of that stage's settings and the keys of
+the stages it reads. A stage whose folder is complete with the same key is reused; a changed
+setting or input reruns that stage and, through the keys, everything after it. Stages publish
+their folders atomically, so a killed pipeline reruns only the unfinished stage (training resumes
+from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
+from .clicommon import domain_errors, run_option, work_dir_option
+
+PIPELINE_CONFIGS = Path(__file__).parent / "pipelines"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings per stage. Defaults are the embedded default: SmolLM2-135M on 2 CPU cores."""
+
+    run: str = "default"
+    base: str | None = None  # GGUF file or HF folder; None = the embedded SmolLM2 GGUF
+    base_dtype: str = "float32"
+    data: dict = field(default_factory=lambda: {"limit": None})
+    split: dict = field(default_factory=lambda: {"seed": 0, "ratios": [0.9, 0.05, 0.05]})
+    train: dict = field(default_factory=lambda: {"config": "cpu-smollm2.yaml", "overrides": {}})
+    export: dict = field(default_factory=lambda: {"quant_types": ["Q4_K_M"], "gate": True})
+    package: dict = field(default_factory=lambda: {"name": "csound-assistant"})
+    eval: dict = field(default_factory=lambda: {"limit": 20, "max_new_tokens": 256})
+    launcher: list[str] = field(default_factory=list)  # e.g. ["accelerate", "launch", ...]
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "PipelineConfig":
+        import yaml
+
+        from .errors import ConfigError
+
+        if path is None:
+            return cls()
+        path = Path(path)
+        if not path.exists() and (PIPELINE_CONFIGS / path.name).exists():
+            path = PIPELINE_CONFIGS / path.name
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.name for p in PIPELINE_CONFIGS.glob("*.yaml")))
+            raise ConfigError(f"pipeline config not found: {path} (shipped: {shipped})")
+        raw = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        return cls(**raw)
+
+
+def stage_key(settings, upstream_keys: list[str]) -> str:
+    blob = json.dumps([settings, upstream_keys], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _existing_key(stage_dir: Path) -> str | None:
+    record = stage_dir / "record.json"
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text()).get("pipeline_key")
+
+
+def _stamp_key(stage_dir: Path, key: str) -> None:
+    from .artifacts import write_json
+
+    record_path = stage_dir / "record.json"
+    record = json.loads(record_path.read_text())
+    record["pipeline_key"] = key
+    write_json(record_path, record)
+
+
+@dataclass
+class StageRun:
+    name: str
+    folder: Path
+    seconds: float
+    reused: bool
+
+
+class Pipeline:
+    """Runs stages in order, reusing those whose key matches."""
+
+    def __init__(self, root: Path, echo=click.echo):
+        self.root = root
+        self.echo = echo
+        self.keys: dict[str, str] = {}
+        self.runs: list[StageRun] = []
+
+    def stage(self, name: str, folder: str, settings, after: list[str], build) -> Path:
+        out = self.root / folder
+        key = stage_key(settings, [self.keys[a] for a in after])
+        self.keys[name] = key
+        if _existing_key(out) == key:
+            self.echo(f"[{name}] up to date: {out}")
+            self.runs.append(StageRun(name, out, 0.0, True))
+            return out
+        stale = out.exists()
+        self.echo(f"[{name}] {'rebuilding (inputs changed)' if stale else 'building'}: {out}")
+        start = time.monotonic()
+        build(out, stale)
+        _stamp_key(out, key)
+        seconds = time.monotonic() - start
+        self.echo(f"[{name}] done in {seconds:.0f} s")
+        self.runs.append(StageRun(name, out, seconds, False))
+        return out
+
+
+def remove_partials(root: Path) -> None:
+    """Delete ``.<stage>.partial-*`` folders left by a killed run (they are never reused)."""
+    if root.is_dir():
+        for leftover in root.glob(".*.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+
+
+def run_pipeline(cfg: PipelineConfig, work_dir: str | None = None) -> dict:
+    from .artifacts import work_dir as resolve
+
+    root = resolve(work_dir, cfg.run)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_partials(root)
+    p = Pipeline(root)
+    from . import pipeline_stages as stages
+
+    stages.run_all(p, cfg)
+    summary = stages.summary(p, cfg)
+    (root / "SUMMARY.md").write_text(summary)
+    click.echo("\n" + summary)
+    return {"root": str(root), "stages": [r.__dict__ for r in p.runs]}
+
 
 @click.command()
-def cli():
-    """Run the whole pipeline on the embedded default (not yet wired)."""
+@click.argument("config", required=False)
+@work_dir_option
+@run_option
+def cli(config, work_dir, run):
+    """Run every stage, reusing finished ones: data build -> split -> train -> export
+    (merge, convert, quantize, quality gate) -> Modelfile and editor configs -> eval of base vs
+    fine-tuned. CONFIG is a YAML file or a shipped config name; with none it runs the embedded
+    default (SmolLM2-135M-Instruct on CPU, ~15 min on 2 cores).
+
+    \b
+    Examples:
+        csound-assistant pipeline
+        csound-assistant pipeline codellama-7b.yaml --run codellama
+    """
+    with domain_errors():
+        cfg = PipelineConfig.load(config)
+        if run:
+            cfg.run = run
+        run_pipeline(cfg, work_dir)
