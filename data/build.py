@@ -16,6 +16,7 @@ from pathlib import Path
 
 from csound_assistant.artifacts import stage_output, write_record
 from csound_assistant.errors import DataError
+from csound_assistant.prompt_format import row_kind
 
 from . import csdcode, rows
 from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
@@ -90,7 +91,9 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     fixes = _fixes(good, known, synopses, verifier, counts)
 
     # 3. rows
-    out_rows = _make_rows(good, fragments, fixes, manual, counts)
+    # a limited (quick) build makes page rows only for the opcodes its examples are about
+    page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
+    out_rows = _make_rows(good, fragments, fixes, manual, page_names, counts)
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -109,7 +112,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
         raise DataError("no rows survived verification: is Csound installed (`csound --version`)?")
 
     by_task = collections.Counter(row["meta"]["task"] for row in out_rows)
-    by_format = collections.Counter(rows.row_kind(row) for row in out_rows)
+    by_format = collections.Counter(row_kind(row) for row in out_rows)
     categories = collections.Counter(row["meta"]["category"] for row in out_rows)
     opcodes = collections.Counter(row["meta"]["opcode"] for row in out_rows if row["meta"]["opcode"])
     wall, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
@@ -120,6 +123,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
         record = write_record(
             tmp, "data",
             rows=len(out_rows), rows_file=ROWS_NAME, code_answers_checked=len(answers),
+            rows_with_code=sum(1 for row in out_rows if rows.code_answers(row)),
             rows_by_task=dict(sorted(by_task.items())), rows_by_format=dict(by_format),
             examples={"total": len(examples), "compiled": len(compiled), "used": len(good)},
             counts={k: dict(sorted(v.items())) for k, v in counts.items()},
@@ -193,7 +197,7 @@ def _fixes(good, known, synopses, verifier, counts) -> dict[str, list[tuple]]:
     return verified
 
 
-def _make_rows(good, fragments, fixes, manual, counts) -> list[dict]:
+def _make_rows(good, fragments, fixes, manual, page_names, counts) -> list[dict]:
     pages, known = manual.pages, manual.known
     out: list[dict] = []
     page_example: dict[str, tuple[Example, dict]] = {}
@@ -223,6 +227,8 @@ def _make_rows(good, fragments, fixes, manual, counts) -> list[dict]:
         for breakage, error in fixes.get(ex.name, []):
             out.append(rows.fix_row(ex, breakage, error))
     for page in pages.values():
+        if page.name not in page_names:
+            continue
         hit = page_example.get(page.name)
         group = hit[0].name if hit else f"page:{page.name}"
         if hit:

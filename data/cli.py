@@ -58,7 +58,8 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, work_dir, ru
 
 
 def summary(record: dict) -> str:
-    lines = [f"{record['rows']} rows ({record['code_answers_checked']} code answers compile-checked) "
+    lines = [f"{record['rows']} rows, {record['rows_with_code']} with code answers "
+             f"({record['code_answers_checked']} code answers compile-checked and rendered) "
              f"in {record['wall_seconds']} s wall, {record['cpu_seconds']} s CPU",
              "examples: " + ", ".join(f"{k} {v}" for k, v in record["examples"].items())]
     for key in ("example_check", "example_render", "example_dropped", "fix_verified",

@@ -71,14 +71,20 @@ def split_args(text: str) -> list[str]:
     return args
 
 
+_BARE = re.compile(r"^(?P<indent>\s*)(?P<op>[A-Za-z_]\w*)(?::[aikSf])?(?P<gap>\s+|$)(?P<args>.*)$")
+
+
 def parse_statement(line: str, index: int, known: set[str]) -> Statement | None:
     code = code_part(line).rstrip()
-    m = _STATEMENT.match(code)
+    m = _BARE.match(code)  # `outs a1, a1`: no outputs
+    if not m or m.group("op") not in known:
+        m = _STATEMENT.match(code)
     if not m or m.group("op") not in known or m.group("op") in STRUCTURAL:
         return None
     if m.group("args").lstrip().startswith("="):
         return None
-    outputs = [o.strip() for o in (m.group("outs") or "").split(",") if o.strip()]
+    outs = m.groupdict().get("outs") or ""
+    outputs = [o.strip() for o in outs.split(",") if o.strip()]
     return Statement(
         line=index, indent=m.group("indent"), outputs=outputs, opcode=m.group("op"),
         args=split_args(m.group("args")), args_start=m.start("args"), args_end=len(code),

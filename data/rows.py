@@ -34,7 +34,7 @@ WRITE_INTROS = [
     "Here is a complete CSD that uses `{op}` ({summary}).",
     "This example is built around `{op}` ({summary}){others}.",
     "Below is a self-contained Csound file that demonstrates `{op}`.",
-    "Here is a working example: `{op}` is {summary_lower}.",
+    "Here is a working example: {described}.",
 ]
 EXPLAIN_PROMPTS = [
     "Explain this Csound instrument.",
@@ -95,7 +95,27 @@ def fence(code: str) -> str:
 
 
 def lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+    """"A simple oscillator" -> "a simple oscillator"; acronyms ("ATS", "FM") stay."""
+    word = text.split(" ", 1)[0]
+    return text[:1].lower() + text[1:] if word[:1].isupper() and word[1:].islower() or len(word) == 1 else text
+
+
+def is_verb_phrase(summary: str) -> bool:
+    """Opcode summaries are noun phrases ("Moog ladder lowpass filter") or start with a verb
+    in the third person ("Writes stereo audio ...")."""
+    word = summary.split(" ", 1)[0].lower()
+    return word.endswith("s") and not word.endswith(("ss", "us", "is", "ics"))
+
+
+def describe(op: str, summary: str) -> str:
+    """`op` + a predicate: "`outs` writes stereo audio...", "`moogladder` is a Moog ladder..."."""
+    text = lower_first(summary)
+    if is_verb_phrase(summary):
+        return f"`{op}` {text}"
+    if text.split(" ", 1)[0].lower() in ("a", "an", "the"):
+        return f"`{op}` is {text}"
+    article = "an" if text[:1].lower() in "aeiou" else "a"
+    return f"`{op}` is {article} {text}"
 
 
 def short_description(page: OpcodePage) -> str:
@@ -144,7 +164,7 @@ def write_row(example: Example, page: OpcodePage, render: dict | None) -> dict:
     key = (example.name, "write")
     others = _others(example, {page.name})
     others_txt = f" together with {' and '.join(others)}" if others else ""
-    fields = dict(op=page.name, summary=page.summary, summary_lower=lower_first(page.summary),
+    fields = dict(op=page.name, summary=page.summary, described=describe(page.name, page.summary),
                   others=others_txt)
     prompt = pick(WRITE_PROMPTS, *key).format(**fields)
     intro = pick(WRITE_INTROS, *key, "intro").format(
@@ -170,7 +190,7 @@ def explain_text(code: str, block: csdcode.Instrument, pages: dict[str, OpcodePa
             continue
         text = code.split("\n")[st.line].strip()
         text = csdcode.code_part(text).strip()
-        what = f"- `{text}`: `{st.opcode}` is {lower_first(page.summary)}"
+        what = f"- `{text}`: {describe(st.opcode, page.summary)}"
         if st.outputs:
             what += f"; the result goes to `{', '.join(st.outputs)}`"
         lines.append(what + ".")
@@ -197,7 +217,7 @@ def explain_row(example: Example, block: csdcode.Instrument, pages: dict[str, Op
 
 def opcode_answer(page: OpcodePage) -> str:
     desc = short_description(page)
-    return f"`{page.name}`: {page.summary}." + (f" {desc}" if desc else "")
+    return f"{describe(page.name, page.summary)}." + (f" {desc}" if desc else "")
 
 
 def opcode_row(page: OpcodePage, example: Example, render: dict | None) -> dict:

@@ -1,0 +1,137 @@
+"""``data build`` on a handful of real manual examples, checked by real Csound in the sandbox."""
+
+import json
+import re
+
+import pytest
+
+from csound_assistant.artifacts import read_record
+from csound_assistant.data.build import build_dataset
+from csound_assistant.data.rows import code_answers
+from csound_assistant.data.split import split_dataset
+from csound_assistant.data.validate import validate_file
+from csound_assistant.errors import DataError
+
+MANUAL = "/usr/share/doc/csound-doc/html"
+# a few ordinary examples, plus ones that must be dropped or flagged for a known reason
+EXAMPLES = ["moogladder", "foscili", "oscili", "vco2", "pluck", "reverb", "butterlp", "expseg",
+            "adsr", "printk", "diskin2", "ATSaddnz", "scans"]
+
+
+@pytest.fixture(scope="module")
+def mini_manual(tmp_path_factory):
+    """The real manual's pages with only a few examples (symlinks: nothing is copied)."""
+    from pathlib import Path
+
+    src = Path(MANUAL)
+    root = tmp_path_factory.mktemp("manual")
+    for page in src.glob("*.html"):
+        (root / page.name).symlink_to(page)
+    (root / "examples").mkdir()
+    for name in EXAMPLES:
+        path = src / "examples" / f"{name}.csd"
+        if not path.exists():
+            path = src / "examples" / f"{name}.csd.gz"
+        (root / "examples" / path.name).symlink_to(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(mini_manual, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "data"
+    cache = tmp_path_factory.mktemp("cache")
+    record = build_dataset(out, manual_dir=mini_manual, workers=2, cache_dir=cache,
+                           log=lambda m: None)
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    return out, cache, record, rows
+
+
+def test_rows_validate_and_carry_provenance(built):
+    out, _, record, rows = built
+    assert record["rows"] == len(rows) > 40
+    report = validate_file(out / "rows.jsonl")
+    assert set(report.kinds) == {"instruction", "chat", "completion", "fim"} or \
+        {"instruction", "completion", "fim"} <= set(report.kinds)
+    for row in rows:
+        meta = row["meta"]
+        assert meta["group"] and meta["task"] and meta["category"]
+        assert meta["source"].startswith("examples/") or meta["source"].endswith(".html")
+    groups = {row["meta"]["group"] for row in rows if row["meta"]["task"] == "write"}
+    assert {"moogladder", "foscili"} <= groups
+    assert any(r["meta"]["opcode"] == "moogladder" and r["meta"]["task"] == "write" for r in rows)
+
+
+def test_drops_are_counted_by_reason(built):
+    _, _, record, rows = built
+    counts = record["counts"]
+    assert counts["example_check"]["refused"] >= 1  # ATSaddnz runs `system_i`
+    assert counts["example_dropped"]["refused"] >= 1
+    assert sum(counts["example_dropped"].values()) >= 2  # scans: not in Debian's build
+    assert "ATSaddnz" not in {r["meta"]["group"] for r in rows}
+    flagged = {r["meta"]["group"]: r["meta"]["render"] for r in rows if r["meta"].get("render")}
+    assert flagged["diskin2"]["category"] == "needs-input-file"
+    assert flagged["printk"]["silent"] is True
+    assert flagged["moogladder"]["category"] in ("ok", "clipping")
+
+
+def test_every_code_answer_compiles_in_the_sandbox(built):
+    from csound_assistant import sandbox
+
+    _, _, record, rows = built
+    codes = list(dict.fromkeys(code for row in rows for code in code_answers(row)))
+    assert record["code_answers_checked"] >= len(codes) > 20
+    results = sandbox.check_many(codes, workers=2)
+    failing = [(r.category, c[:80]) for r, c in zip(results, codes) if not r.ok]
+    assert not failing
+    for row in rows:
+        if "middle" in row:
+            assert row["middle"].strip() and row["prefix"] and row["suffix"]
+
+
+def test_fix_rows_break_for_real_and_the_fix_compiles(built):
+    from csound_assistant import sandbox
+
+    _, _, record, rows = built
+    fixes = [r for r in rows if r["meta"]["task"].startswith("fix-")]
+    assert len({r["meta"]["bug"] for r in fixes}) >= 4
+    broken = [re.search(r"```csound\n(.*?)\n```", r["input"], re.S).group(1) for r in fixes]
+    fixed = [code_answers(r)[0] for r in fixes]
+    for row, b, f, rb, rf in zip(fixes, broken, fixed, sandbox.check_many(broken, workers=2),
+                                 sandbox.check_many(fixed, workers=2)):
+        assert not rb.ok, row["meta"]
+        assert rf.ok, row["meta"]
+        assert row["meta"]["error"] and row["meta"]["error"] in row["input"]
+    assert sum(record["counts"]["fix_verified"].values()) == len(fixes)
+
+
+def test_rebuild_uses_the_cache_and_refuses_to_overwrite(built, mini_manual, tmp_path):
+    out, cache, record, rows = built
+    with pytest.raises(DataError, match="--force"):
+        build_dataset(out, manual_dir=mini_manual, cache_dir=cache, log=lambda m: None)
+    again = build_dataset(tmp_path / "again", manual_dir=mini_manual, cache_dir=cache,
+                          log=lambda m: None)
+    assert again["cache"]["misses"] == 0
+    assert (tmp_path / "again" / "rows.jsonl").read_text() == (out / "rows.jsonl").read_text()
+    assert read_record(out)["eval_opcodes"]
+
+
+def test_split_of_built_rows_has_no_leakage(built, tmp_path):
+    out, _, _, _ = built
+    split_dataset(out / "rows.jsonl", tmp_path / "splits", seed=0, ratios=(0.6, 0.2, 0.2))
+    group_sets = []
+    for name in ("train", "validation", "test"):
+        lines = (tmp_path / "splits" / f"{name}.jsonl").read_text().splitlines()
+        group_sets.append({json.loads(line)["meta"]["group"] for line in lines})
+    assert all(group_sets)
+    assert not (group_sets[0] & group_sets[2]) and not (group_sets[0] & group_sets[1])
+    assert not (group_sets[1] & group_sets[2])
+
+
+@pytest.mark.slow
+def test_full_build_from_the_installed_manual(tmp_path):
+    record = build_dataset(tmp_path / "data", workers=2, cache_dir=tmp_path / "cache",
+                           log=lambda m: None)
+    assert record["rows_with_code"] >= 2000
+    assert sum(record["counts"]["fix_verified"].values()) >= 200
+    assert record["rows_by_task"]["fim-line"] >= 200
+    validate_file(tmp_path / "data" / "rows.jsonl")
