@@ -126,6 +126,8 @@ def collate_packed(batch: list[Encoded]) -> dict:
         # read by the varlen attention kernel (transformers' flash-attention kwarg names)
         "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
         "max_length_q": longest, "max_length_k": longest,
+        # transformers derives the per-document mask from position ids only without a KV cache
+        "use_cache": False,
     }
 
 
