@@ -200,18 +200,27 @@ function errorMessage(status, bodyText, headers = {}) {
   return `Csound Assistant: HTTP ${status}: ${String(detail).trim().slice(0, 300)}${hint}`;
 }
 
-/** The completion text from a parsed JSON response of either endpoint. */
+/** The completion text (and the prompt's token count, when the server says) from a parsed
+ * JSON response of either endpoint. */
 function parseResponse(endpoint, json) {
   if (!json || typeof json !== 'object') throw new Error('Csound Assistant: the server sent no JSON object');
   if (endpoint === 'infill') {
     if (typeof json.content !== 'string') throw new Error('Csound Assistant: /infill answer has no "content"');
-    return { text: json.content, truncated: json.stopped_limit === true || json.stop_type === 'limit' };
+    return {
+      text: json.content,
+      truncated: json.stopped_limit === true || json.stop_type === 'limit',
+      promptTokens: json.tokens_evaluated,
+    };
   }
   const choice = Array.isArray(json.choices) ? json.choices[0] : undefined;
   if (!choice || typeof choice.text !== 'string') {
     throw new Error('Csound Assistant: /v1/completions answer has no choices[0].text');
   }
-  return { text: choice.text, truncated: choice.finish_reason === 'length' };
+  return {
+    text: choice.text,
+    truncated: choice.finish_reason === 'length',
+    promptTokens: json.usage ? json.usage.prompt_tokens : undefined,
+  };
 }
 
 /**

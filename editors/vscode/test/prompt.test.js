@@ -142,13 +142,14 @@ test('builds a /v1/completions request with suffix, even from a /v1 URL', () => 
 });
 
 test('reads both response shapes', () => {
-  assert.deepEqual(parseResponse('infill', { content: 'out a1\n', stop: true, stop_type: 'eos' }),
-    { text: 'out a1\n', truncated: false });
-  assert.deepEqual(parseResponse('infill', { content: 'x', stop_type: 'limit' }),
-    { text: 'x', truncated: true });
   assert.deepEqual(
-    parseResponse('completions', { choices: [{ text: 'y', finish_reason: 'length' }] }),
-    { text: 'y', truncated: true });
+    parseResponse('infill', { content: 'out a1\n', stop: true, stop_type: 'eos', tokens_evaluated: 31 }),
+    { text: 'out a1\n', truncated: false, promptTokens: 31 });
+  assert.deepEqual(parseResponse('infill', { content: 'x', stop_type: 'limit' }),
+    { text: 'x', truncated: true, promptTokens: undefined });
+  assert.deepEqual(
+    parseResponse('completions', { choices: [{ text: 'y', finish_reason: 'length' }], usage: { prompt_tokens: 9 } }),
+    { text: 'y', truncated: true, promptTokens: 9 });
   assert.throws(() => parseResponse('infill', { choices: [] }), /content/);
   assert.throws(() => parseResponse('completions', { content: 'x' }), /choices/);
   assert.throws(() => parseResponse('completions', null), /JSON/);
