@@ -75,7 +75,8 @@ class LlamaBackend:
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path), lora_path=str(lora_path) if lora_path else None,
-                n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, verbose=False,
+                n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
