@@ -14,7 +14,7 @@ import os
 import shutil
 import string
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from csound_assistant.artifacts import (
@@ -29,6 +29,7 @@ from csound_assistant.prompt_format import PromptFormat, get_format
 
 TEMPLATE_PATH = Path(__file__).with_name("csound-assistant.Modelfile.tmpl")
 MODELFILE_NAME = "Modelfile"
+PROMPT_FORMAT_FILE = "prompt_format.json"
 LINK_MODES = ("symlink", "copy", "path")
 
 # Strings that open a new turn: a model that wrote one has finished its answer. The end tokens
@@ -90,14 +91,31 @@ def read_export(export_dir: str | os.PathLike, *, quant: str = DEFAULT_QUANT,
         )
     gguf = ggufs[0]
     lora = gguf.with_name(gguf.name.removesuffix(f".{quant}.gguf") + ".lora.gguf")
-    name = prompt_format or _format_name(record.get("prompt_format"))
+    return ExportedModel(export_dir, gguf, lora if lora.is_file() else None,
+                         _trained_format(export_dir, record, prompt_format), record)
+
+
+def _trained_format(export_dir: Path, record: dict, override: str | None) -> PromptFormat:
+    """The format named by ``override``, else the trained one: ``prompt_format.json`` beside
+    the GGUF (which keeps trained strings such as a custom system prompt), else the record's."""
+    if override:
+        return get_format(override)
+    if (export_dir / PROMPT_FORMAT_FILE).is_file():
+        from csound_assistant.convert.merge import load_prompt_format
+
+        return load_prompt_format(export_dir)
+    value = record.get("prompt_format")
+    name = _format_name(value)
     if not name:
         raise ArtifactError(
             f"{export_dir / RECORD_NAME} names no prompt_format; pass --prompt-format "
             "(chatml for SmolLM2, llama2-codellama for CodeLlama)"
         )
-    return ExportedModel(export_dir, gguf, lora if lora.is_file() else None, get_format(name),
-                         record)
+    fmt = get_format(name)
+    if isinstance(value, dict):  # PromptFormat.to_record(): keep the trained strings
+        known = {f.name for f in fields(fmt)}
+        fmt = type(fmt)(**{k: v for k, v in value.items() if k in known})
+    return fmt
 
 
 def stop_strings(prompt_format: PromptFormat) -> list[str]:

@@ -228,6 +228,26 @@ def test_bad_exports_give_clear_errors(embedded_gguf, tmp_path):
     assert not (tmp_path / "p4").exists() and not (tmp_path / "p5").exists()
 
 
+def test_trained_system_prompt_reaches_the_modelfile(go, embedded_gguf, tmp_path):
+    """A format saved with a custom system prompt (PromptFormat.to_record()) is kept."""
+    fmt = get_format("chatml")
+    custom = {**fmt.to_record(), "system": "You write Csound 6 orchestras. Say \"hi\" first."}
+    export = fake_export(tmp_path / "export", embedded_gguf, record={"prompt_format": custom})
+    commands = go.parse_modelfile(write_modelfile(export, tmp_path / "package").read_text())
+    assert _one(commands, "system") == custom["system"]
+    trained = type(fmt)(**{k: v for k, v in custom.items() if k != "stop"})
+    messages = CHATS["single"]
+    assert _ollama(go, commands, chat={"messages": messages}) == trained.chat_prompt(messages)
+    # Without the Modelfile's SYSTEM the template falls back to the same trained prompt.
+    assert go.one({"template": _one(commands, "template"), "values": {"messages": messages}}) \
+        == trained.chat_prompt(messages)
+    # prompt_format.json beside the GGUF (as the adapter folder has it) wins over the record.
+    (export / "prompt_format.json").write_text(json.dumps({**custom, "system": "Other."}))
+    commands = go.parse_modelfile(
+        write_modelfile(export, tmp_path / "package", force=True).read_text())
+    assert _one(commands, "system") == "Other."
+
+
 def test_unquotable_text_is_refused():
     fmt = get_format("chatml")
     with pytest.raises(ConfigError, match="triple|cannot quote"):
