@@ -1,0 +1,227 @@
+"""The Csound sandbox on real Csound: hostile inputs are contained, good ones measured."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from csound_assistant import sandbox
+
+SINE = "instr 1\n  a1 poscil 0.3, 440\n  outs a1, a1\nendin\n"
+
+
+def csd(orchestra: str, score: str = "i 1 0 1", options: str = "") -> str:
+    return (
+        "<CsoundSynthesizer>\n<CsOptions>\n" + options + "\n</CsOptions>\n<CsInstruments>\n"
+        "sr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n" + orchestra +
+        "</CsInstruments>\n<CsScore>\n" + score + "\ne\n</CsScore>\n</CsoundSynthesizer>\n"
+    )
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    path = tmp_path / "marker"
+    yield path
+    assert not path.exists(), "sandboxed code created a file outside its temp dir"
+
+
+# --- hostile inputs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    'instr 1\n  ires system_i 1, "touch {m}"\nendin\n',
+    'instr 1\n  kres system 1, "touch {m}"\nendin\n',
+    'instr 1\n  ires = system_i(1, "touch {m}")\nendin\n',
+    '#define S #sys#\ninstr 1\n  ires $S.tem_i 1, "touch {m}"\nendin\n',
+    'instr 1\n  pyinit\n  pyruni "open(\'{m}\', \'w\')"\nendin\n',
+    'instr 1\n  ires compilestr "instr 2\\n ires system_i 1, \\"touch {m}\\"\\nendin"\nendin\n',
+])
+def test_shell_and_python_opcodes_are_refused_and_never_run(body, marker):
+    code = body.format(m=marker)
+    for result in (sandbox.check(code), sandbox.render(code, seconds=0.5),
+                   sandbox.render(csd(code), seconds=0.5)):
+        assert not result.ok
+        assert result.category == "refused"
+        assert result.refused and result.returncode is None
+        assert all(d.severity == "error" for d in result.diagnostics)
+
+
+def test_file_writing_outside_the_temp_dir_is_refused(marker):
+    code = f'instr 1\n  a1 poscil 0.3, 440\n  fout "{marker}", 14, a1\nendin\n'
+    result = sandbox.render(code, seconds=0.5)
+    assert result.category == "refused"
+    assert any("fout" in r for r in result.refused)
+    sneaky = 'instr 1\n  a1 poscil 0.3, 440\n  fout strcat("/t", "mp/x.wav"), 14, a1\nendin\n'
+    assert sandbox.render(sneaky, seconds=0.5).category == "refused"
+
+
+@pytest.mark.parametrize("include", ["/etc/passwd", "../../etc/passwd",
+                                     "https://example.com/x.orc"])
+def test_include_outside_the_temp_dir_is_refused(include):
+    code = f'#include "{include}"\n' + SINE
+    for result in (sandbox.check(code), sandbox.render(code)):
+        assert result.category == "refused"
+        assert "root:" not in result.stderr
+
+
+def test_embedded_file_cannot_escape_and_score_bin_is_refused(marker):
+    escape = csd(SINE).replace("</CsoundSynthesizer>",
+                               f'<CsFileB filename="{marker}">aGVsbG8=</CsFileB>\n'
+                               "</CsoundSynthesizer>")
+    assert sandbox.render(escape).category == "refused"
+    binary = csd(SINE).replace("<CsScore>", f'<CsScore bin="touch {marker}">')
+    assert sandbox.check(binary).category == "refused"
+
+
+def test_infinite_loop_at_init_time_is_killed():
+    code = "instr 1\n  icount = 0\n  while icount >= 0 do\n    icount += 1\n  od\nendin\n"
+    result = sandbox.render(code, seconds=1, timeout=2)
+    assert result.category == "timeout" and not result.ok
+    # checking never executes it
+    assert sandbox.check(code, timeout=5).category == "ok"
+
+
+def test_infinite_loop_at_control_rate_is_killed():
+    code = ("instr 1\n  kcount = 0\n  while kcount >= 0 do\n    kcount += 1\n  od\n"
+            "  a1 poscil 0.3, 440\n  outs a1, a1\nendin\n")
+    result = sandbox.render(code, seconds=1, timeout=2)
+    assert result.category == "timeout" and not result.ok
+
+
+def test_huge_table_hits_the_memory_limit():
+    code = "giHuge ftgen 0, 0, 2^30, 10, 1\n" + SINE  # 8 GiB of doubles
+    result = sandbox.render(code, memory_mb=512)
+    assert not result.ok
+    assert result.category in ("runtime-error", "crash")
+    assert result.errors
+
+
+def test_long_score_is_cut_to_the_requested_seconds():
+    result = sandbox.render(csd(SINE, score="i 1 0 36000"), seconds=1.5)
+    assert result.ok and result.category == "ok"
+    assert 1.4 <= result.seconds <= 1.6
+
+
+def test_enormous_output_is_capped_by_the_file_size_limit():
+    header = "sr = 192000\nksmps = 64\nnchnls = 64\n0dbfs = 1\n"
+    code = header + "instr 1\n  a1 poscil 0.3, 440\n  outch 1, a1\nendin\n"
+    wrapped = sandbox.wrap_orchestra(code)
+    assert wrapped.count("nchnls") == 1  # the fragment's own header is kept
+    result = sandbox.render(code, seconds=3)
+    assert not result.ok and result.category == "crash"
+    assert "output size limit reached" in result.notes
+
+
+def test_endless_printing_is_truncated():
+    code = ('instr 1\n  icount = 0\n  while icount >= 0 do\n    prints "spam spam spam\\n"\n'
+            "    icount += 1\n  od\nendin\n")
+    result = sandbox.render(code, seconds=1, timeout=3)
+    assert result.category == "timeout"
+    assert len(result.stderr) < 2 << 20
+
+
+def test_realtime_options_do_not_run():
+    code = csd("instr 1\n  a1, a2 ins\n  outs a1, a2\nendin\n", options="-odac -iadc -M0")
+    result = sandbox.render(code, seconds=1)
+    assert result.category == "realtime"
+    assert result.seconds == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop applies to root only")
+def test_runs_unprivileged_without_network():
+    assert sandbox._isolation_prefix() is not None
+    result = sandbox.render(SINE)
+    assert result.network_isolated and result.ok
+
+
+# --- good code, measured ----------------------------------------------------------------------
+
+def test_sine_renders_audible_and_measured():
+    result = sandbox.render(SINE, seconds=1)
+    assert result.ok and result.audible and result.category == "ok"
+    assert result.peak == pytest.approx(0.3, abs=0.01)
+    assert result.rms == pytest.approx(0.3 / 2 ** 0.5, abs=0.01)
+    assert result.channels == 2 and result.sample_rate == 48000
+    assert not (result.silent or result.clipping or result.nan)
+
+
+def test_bare_instrument_body_is_wrapped():
+    result = sandbox.render("a1 vco2 0.2, 220\nouts a1, a1\n", seconds=1)
+    assert result.audible
+
+
+def test_named_instrument_and_pfields_get_a_score():
+    code = ('instr Pluck\n  iamp = p4\n  ifreq = cpspch(p5)\n  a1 pluck iamp, ifreq, ifreq, 0, 1\n'
+            "  outs a1, a1\nendin\n")
+    wrapped = sandbox.wrap_orchestra(code)
+    assert 'i "Pluck" 0 2 0.5 8.09' in wrapped
+    assert sandbox.render(code).audible
+
+
+def test_syntax_error_line_in_fragment_and_full_csd():
+    broken = "instr 1\n  a1 poscil 0.3, 440\n  a2 = a1 *\n  outs a1, a1\nendin\n"
+    fragment = sandbox.check(broken)
+    assert not fragment.ok and fragment.category == "syntax"
+    assert fragment.errors[0].line in (3, 4)  # Csound reports the statement's or the next line
+    full = sandbox.check(csd(broken))
+    offset = csd(broken).split("\n").index("instr 1")
+    assert full.errors[0].line == fragment.errors[0].line + offset
+
+
+def test_misspelled_opcode_is_named_with_its_line():
+    code = "instr 1\n  a1 poscil 0.3, 440\n  a2 moogladdr a1, 1000, 0.5\n  outs a2, a2\nendin\n"
+    result = sandbox.check(code)
+    assert result.category == "unknown-opcode"
+    assert result.errors[0].line == 3
+    assert any("moogladdr" in n for n in result.notes)
+    assert "\x00" not in result.stderr
+
+
+def test_opcode_from_a_missing_plugin_is_told_apart():
+    if "scans" in sandbox.installed_opcodes() or "scans" not in sandbox.manual_opcodes():
+        pytest.skip("scans is installed here or the manual is missing")
+    result = sandbox.check("instr 1\n  a1 scans 0.3, 440, 1, 2\n  outs a1, a1\nendin\n")
+    assert result.category == "plugin"
+
+
+def test_wrong_argument_types_are_syntax_errors_with_line():
+    result = sandbox.check('instr 1\n  a1 poscil "loud", 440\n  outs a1, a1\nendin\n')
+    assert result.category == "syntax" and result.errors[0].line == 2
+
+
+def test_nan_silence_and_clipping_are_detected():
+    nan = sandbox.render("k1 init -1\na1 = poscil(0.3, 440) * sqrt(k1)\nouts a1, a1\n")
+    assert nan.nan and nan.category == "nan" and not nan.ok and not nan.audible
+    silent = sandbox.render("a1 poscil 0, 440\nouts a1, a1\n")
+    assert silent.silent and silent.category == "silent" and not silent.audible
+    loud = sandbox.render("a1 poscil 1.5, 440\nouts a1, a1\n")
+    assert loud.clipping and loud.category == "clipping" and loud.peak == pytest.approx(1.5)
+
+
+def test_missing_input_file_and_init_error():
+    missing = sandbox.render('a1 diskin2 "nofile.wav", 1\nouts a1, a1\n')
+    assert missing.category == "needs-input-file"
+    assert missing.errors[0].line == 1
+    bad_table = sandbox.render("a1 oscili 0.3, 440, 99\nouts a1, a1\n")
+    assert bad_table.category == "runtime-error" and bad_table.errors[0].line == 1
+
+
+def test_many_keeps_order(tmp_path):
+    codes = [SINE, "instr 1\n  a1 moogladdr 1\nendin\n", 'instr 1\n system_i 1, "ls"\nendin\n']
+    checked = sandbox.check_many(codes, workers=2)
+    assert [r.category for r in checked] == ["ok", "unknown-opcode", "refused"]
+    rendered = sandbox.render_many(codes[:1], workers=2, seconds=0.5)
+    assert rendered[0].audible and rendered[0].seconds == pytest.approx(0.5, abs=0.01)
+
+
+def test_keep_wav_copies_the_render(tmp_path):
+    out = tmp_path / "sine.wav"
+    sandbox.render(SINE, seconds=0.5, keep_wav=out)
+    samples, rate = sandbox.read_wav(out)
+    assert rate == 48000 and samples.shape == (24000, 2)
+
+
+def test_every_category_is_documented():
+    assert {"ok", "refused", "syntax", "unknown-opcode", "needs-input-file", "realtime",
+            "plugin", "timeout", "crash", "nan", "silent", "clipping"} <= set(sandbox.CATEGORIES)
