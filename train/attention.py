@@ -4,7 +4,8 @@
 (tokens, heads, dim) tensor plus cumulative boundaries, and attends causally inside each
 document only. Registered under the name ``varlen``; the collator passes the boundaries as
 ``cu_seq_lens_q``/``max_length_q`` (the keyword names transformers' flash-attention uses), which
-the model forwards to every attention layer. No mask is built for it.
+the model forwards to every attention layer. No mask is built for a packed row; a padded
+batch (no boundaries given) falls back to SDPA with transformers' usual mask.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def register() -> str:
     import torch
     from torch.nn.attention.varlen import varlen_attn
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     params = inspect.signature(varlen_attn).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
@@ -42,8 +44,11 @@ def register() -> str:
 
     def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                          **kwargs):
-        if query.shape[0] != 1 or "cu_seq_lens_q" not in kwargs:
-            raise RuntimeError("varlen attention needs one packed row and cu_seq_lens_q")
+        if "cu_seq_lens_q" not in kwargs:  # an ordinary (padded) batch
+            return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                          dropout=dropout, scaling=scaling, **kwargs)
+        if query.shape[0] != 1:
+            raise RuntimeError("varlen attention takes one packed row of documents")
         # (1, heads, tokens, dim) -> (tokens, heads, dim)
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
         extra = dict(causal)
@@ -59,5 +64,8 @@ def register() -> str:
         return out.unsqueeze(0), None  # (1, tokens, heads, dim), as transformers expects
 
     AttentionInterface.register(NAME, varlen_attention)
-    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)
+    def mask(*args, **kwargs):
+        return None if kwargs.get("attention_mask") is None else sdpa_mask(*args, **kwargs)
+
+    AttentionMaskInterface.register(NAME, mask)
     return NAME
