@@ -347,7 +347,7 @@ def scan(code: str) -> list[str]:
                 problems.append(f"#include {m.group(2)!r} (outside the sandbox directory)")
         for m in _STRING_RE.finditer(plain):
             value = m.group()[1:-1].strip()
-            if value and _OUTSIDE_PATH.fullmatch(value):
+            if len(value) > 1 and _OUTSIDE_PATH.fullmatch(value):
                 problems.append(f"path {value!r} (outside the sandbox directory)")
     for m in re.finditer(r"<Cs(?:File|FileB|SampleB|MidifileB)\b([^>]*)>", code, re.I):
         name = re.search(r"filename\s*=\s*\"?([^\">\s]+)", m.group(1))
@@ -379,8 +379,8 @@ def manual_opcodes() -> frozenset[str]:
     for page in glob.glob(str(MANUAL_DIR / "*.html")):
         with open(page, errors="replace") as fh:
             head = fh.read(4000)
-        if "Orchestra Opcodes and Operators" not in head and "Deprecated Orchestra" not in head:
-            continue
+        if not re.search(r'<link rel="up"[^>]*title="[^"]*(?:Orchestra|Opcodes)', head):
+            continue  # score statements, utilities, overviews
         m = re.search(r'class="refnamediv">(.*?)</div>', head, re.S)
         if m:
             title = html.unescape(re.sub(r"<[^>]+>", "", m.group(1))).split("\u2014")[0]
@@ -527,34 +527,54 @@ def _opcode_words(code: str) -> set[str]:
     return set(re.findall(r"[A-Za-z_]\w*", _STRING_RE.sub(" ", _strip_comments(code))))
 
 
-def _unknown_names(code: str, diags: list[Diagnostic]) -> tuple[list[str], list[str]]:
-    """(unknown opcodes, plugin opcodes) named in the code that this Csound lacks."""
+_KEYWORDS = {
+    "instr", "endin", "opcode", "endop", "if", "then", "else", "elseif", "endif", "while",
+    "until", "do", "od", "goto", "igoto", "kgoto", "ithen", "kthen", "return", "xin", "xout",
+    "sr", "kr", "ksmps", "nchnls", "nchnls_i", "0dbfs", "A4", "for", "in", "void", "struct",
+}
+_VARIABLE = re.compile(r"[aikgSfwp]\w*|gS\w*|g[aikfw]\w*")
+
+
+def _orchestra_part(code: str) -> str:
+    m = re.search(r"<CsInstruments>(.*?)</CsInstruments>", code, re.S | re.I)
+    return m.group(1) if m else ("" if is_csd(code) else code)
+
+
+def _unknown_names(code: str) -> tuple[list[str], list[str]]:
+    """(unknown opcodes, opcodes of plugins this build lacks) used in the orchestra."""
     installed = installed_opcodes()
     if not installed:
         return [], []
-    stripped = _STRING_RE.sub(" ", _strip_comments(code))
-    defined = set(re.findall(r"^\s*opcode\s+(\w+)", stripped, re.M))
-    defined |= set(re.findall(r"^\s*instr\s+(\w+)", stripped, re.M))
-    tokens = {m.group(1) for d in diags
-              for m in re.finditer(r'unexpected T_IDENT[^(]*\(token "(\w+)"\)', d.message)}
-    called = set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", stripped))  # function-call syntax
-    # statement syntax: "[outs] opcode args" with the opcode right after the outputs
-    called |= set(re.findall(r"^\s*(?:[\w\[\]]+\s*(?:,\s*[\w\[\]]+\s*)*\s)?([A-Za-z_]\w*)"
-                             r"(?::\w+)?(?:\s|$)", stripped, re.M))
-    assigned = set(re.findall(r"([A-Za-z_]\w*)(?:\[\])*\s*(?:,|=(?!=)|\s+\w)", stripped))
+    orc = _STRING_RE.sub(" ", _strip_comments(_orchestra_part(code)))
+    known = installed | set(re.findall(r"^\s*opcode\s+(\w+)", orc, re.M)) | _KEYWORDS
     manual = manual_opcodes()
-    keywords = {"instr", "endin", "opcode", "endop", "if", "then", "else", "elseif", "endif",
-                "while", "until", "do", "od", "goto", "igoto", "kgoto", "xin", "xout",
-                "return", "sr", "kr", "ksmps", "nchnls", "nchnls_i", "0dbfs", "A4", "ithen",
-                "kthen", "for", "in", "void", "struct"}
-    unknown, plugin = [], []
-    for name in sorted((tokens | called) - installed - defined - keywords):
-        if name in manual:
-            plugin.append(name)
-        elif name in tokens or (name in called and name not in assigned):
-            if not re.fullmatch(r"[aikgSfwp]\w*|\d\w*", name) or name in tokens:
-                unknown.append(name)
-    return unknown, plugin
+    used = set(re.findall(r"\b([A-Za-z_]\w*)(?::\w+)?\s*\(", orc))  # function-call syntax
+    for line in orc.split("\n"):
+        if re.match(r"^\s*(\w+:|#|instr\b|opcode\b|endin\b|endop\b)", line) or "=" in line:
+            continue
+        tokens = re.findall(r"[A-Za-z_]\w*(?::\w+)?(?:\[\])*|[,(]|[^\s\w,(]+|\d\w*", line)
+        names = [t.split(":")[0].split("[")[0] for t in tokens]
+        if not names or not re.fullmatch(r"[A-Za-z_]\w*", names[0]):
+            continue
+        i = 0
+        while i + 2 < len(names) and names[i + 1] == ",":  # several outputs
+            i += 2
+        first, after = names[i], names[i + 1] if i + 1 < len(names) else None
+        is_name = after is not None and re.fullmatch(r"[A-Za-z_]\w*", after)
+        if i > 0:
+            if is_name:
+                used.add(after)
+        elif first in known or first in manual or not is_name:
+            used.add(first)
+        elif after in known or after in manual or _VARIABLE.fullmatch(first):
+            used.add(after)
+        else:
+            used.add(first)
+    words = re.findall(r"[A-Za-z_]\w*", orc)
+    # a variable-looking name used more than once is a variable on a continuation line
+    missing = sorted(n for n in used - known
+                     if not (_VARIABLE.fullmatch(n) and words.count(n) > 1))
+    return [n for n in missing if n not in manual], [n for n in missing if n in manual]
 
 
 def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | None,
@@ -582,7 +602,7 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
         notes.append("memory limit or allocation failure")
     if "Can't open display" in output:
         return "gui", notes
-    unknown, plugin = _unknown_names(code, errors)
+    unknown, plugin = _unknown_names(code)
     if re.search(r"syntax error|Unable to find opcode|used before defined", text):
         if plugin:
             return "plugin", [f"not in this Csound build: {', '.join(plugin)}"]
