@@ -41,6 +41,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     time_limit: float | None = None  # seconds of generation after the prompt is read
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
 
 
 def common_prefix(a, b) -> int:

@@ -252,7 +252,7 @@ class Engine:
                 if job.cancelled.is_set():
                     reason = "cancelled"
                     break
-                if token in job.stop_ids or backend.is_eog(token):
+                if not s.ignore_eos and (token in job.stop_ids or backend.is_eog(token)):
                     reason = "stop"
                     break
                 n += 1

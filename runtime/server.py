@@ -302,7 +302,8 @@ def _check_json(result, rendered: bool) -> dict:
         "ok": result.ok, "category": result.category, "rendered": rendered,
         "diagnostics": [{"line": d.line, "severity": d.severity, "message": d.message}
                         for d in result.diagnostics],
-        "refused": list(result.refused), "stderr": (result.stderr or "")[-4000:],
+        "refused": list(result.refused), "notes": list(getattr(result, "notes", [])),
+        "stderr": (result.stderr or "")[-4000:],
     }
     if rendered:
         body["audio"] = {k: getattr(result, k, None)

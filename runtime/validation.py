@@ -122,4 +122,5 @@ def sampling_from(f: Fields, settings, *, max_tokens_keys=("max_tokens",),
         frequency_penalty=f.get("frequency_penalty", float, 0.0, low=-2.0, high=2.0),
         seed=seed,
         stop=tuple(f.get("stop", "stop", [])),
+        ignore_eos=f.get("ignore_eos", bool, False),
     )

@@ -432,3 +432,25 @@ def test_request_timeout_stops_generation_and_queue_wait():
         assert done["choices"][0]["finish_reason"] == "length"
         assert 0 < done["usage"]["completion_tokens"] < 10
         assert results[1].status_code == 503 and "timed out" in results[1].json()["error"]["message"]
+
+
+def test_ignore_eos_generates_exactly_max_tokens():
+    with make_client(FakeBackend("ab")) as c:
+        r = c.post("/completion", json={"prompt": "x", "n_predict": 6, "ignore_eos": True})
+        assert r.json()["tokens_predicted"] == 6
+
+
+# --- the Csound sandbox route (real Csound) -----------------------------------------------------
+def test_csound_check_returns_diagnostics_with_line_numbers(client):
+    code = "instr 1\n  aout oscilx 0.5, 440\n  outs aout, aout\nendin\n"
+    body = client.post("/v1/csound/check", json={"code": code}).json()
+    assert body["ok"] is False and body["category"] in ("syntax", "unknown-opcode")
+    assert any(d["line"] == 2 and "oscilx" in d["message"] for d in body["diagnostics"])
+    refused = client.post("/v1/csound/check", json={
+        "code": 'instr 1\n  system_i 1, "touch /tmp/pwned"\nendin\n'}).json()
+    assert refused["category"] == "refused" and refused["refused"]
+    good = "instr 1\n  aout oscili 0.3, 440\n  outs aout, aout\nendin\n"
+    rendered = client.post("/v1/csound/check", json={"code": good, "render": True,
+                                                     "seconds": 0.5}).json()
+    assert rendered["ok"] is True and rendered["rendered"] is True
+    assert 0.2 < rendered["audio"]["peak"] <= 0.31
