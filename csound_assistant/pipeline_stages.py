@@ -1,0 +1,186 @@
+"""The stages of ``csound-assistant pipeline`` and its closing summary.
+
+Each ``build`` function gets the stage's output folder and whether an old one is there (then it
+rebuilds with ``force``); ``Pipeline.stage`` decides whether to call it at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .artifacts import read_record
+from .pipeline import Pipeline, PipelineConfig
+
+
+def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
+    root = p.root
+
+    def base(out, stale):
+        from csound_assistant.base.importer import import_base
+
+        import_base(cfg.base, out, dtype=cfg.base_dtype, force=stale)
+
+    p.stage("base", "base", {"source": cfg.base, "dtype": cfg.base_dtype}, [], base)
+
+    def data(out, stale):
+        from csound_assistant.data.build import build_dataset
+
+        build_dataset(out, force=stale, progress=True, **cfg.data)
+
+    p.stage("data", "data", cfg.data, [], data)
+
+    def split(out, stale):
+        from csound_assistant.data.split import split_dataset
+
+        split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=cfg.split["seed"],
+                      ratios=tuple(cfg.split["ratios"]))
+
+    p.stage("split", "splits", cfg.split, ["data"], split)
+
+    def train(out, stale):
+        _train(root, cfg, stale)
+
+    p.stage("train", "adapter", cfg.train, ["base", "split"], train)
+
+    def export(out, stale):
+        from csound_assistant.convert.export import export as run_export
+
+        run_export(root / "adapter", out, merged_dir=root / "merged", force=stale,
+                   name=cfg.package["name"], test_path=root / "splits" / "test.jsonl",
+                   **cfg.export)
+
+    p.stage("export", "export", cfg.export | {"name": cfg.package["name"]}, ["train"], export)
+
+    def package(out, stale):
+        from csound_assistant.editors.continue_config import write_continue_config
+        from csound_assistant.modelfiles.render import write_modelfile
+
+        write_modelfile(root / "export", out, name=cfg.package["name"], force=stale)
+        fmt = read_record(root / "adapter").get("prompt_format")
+        write_continue_config(out / "continue-config.yaml", prompt_format=_format_name(fmt),
+                              ollama_model=cfg.package["name"], force=True)
+
+    p.stage("package", "package", cfg.package, ["export"], package)
+
+    def evaluate(out, stale):
+        from csound_assistant.eval.runner import run_eval
+
+        export_record = read_record(root / "export")
+        quant = cfg.export["quant_types"][0]
+        models = {
+            "base": str(_base_gguf(root, cfg)),
+            "fine-tuned": str(root / "export" / export_record["files"][quant]),
+        }
+        run_eval(models, out, test_path=root / "splits" / "test.jsonl", force=stale,
+                 prompt_formats={"base": read_record(root / "base")["prompt_format"]},
+                 **cfg.eval)
+
+    p.stage("eval", "eval", cfg.eval, ["export", "split"], evaluate)
+
+
+def _format_name(fmt) -> str:
+    return fmt["name"] if isinstance(fmt, dict) else fmt
+
+
+def _base_gguf(root: Path, cfg: PipelineConfig) -> Path:
+    """The GGUF of the untrained base for the comparison: the user's GGUF, the embedded one, or
+    the F16 conversion the export stage made of the base."""
+    if cfg.base is None:
+        from csound_assistant.base.importer import embedded_gguf
+
+        return embedded_gguf()
+    if str(cfg.base).endswith(".gguf"):
+        return Path(cfg.base)
+    return root / "export" / read_record(root / "export")["base_gguf"]
+
+
+def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
+    """Train in-process, or under ``cfg.launcher`` (accelerate) for several GPUs. Resumes from
+    the last checkpoint of an interrupted run with the same settings."""
+    from csound_assistant.errors import ArtifactError, ConfigError
+    from csound_assistant.train import checkpoint
+    from csound_assistant.train.config import load_config
+    from csound_assistant.train.recipe import CHECKPOINTS
+
+    ckpt_root = root / CHECKPOINTS
+    resume = checkpoint.latest(ckpt_root) is not None
+    overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                 for k, v in cfg.train.get("overrides", {}).items()]
+    if cfg.launcher:
+        args = [*cfg.launcher, "-m", "csound_assistant.cli", "train", "run",
+                "-c", cfg.train["config"], "--work-dir", str(root.parent), "--run", root.name,
+                *(["--resume"] if resume else []), *(["--force"] if stale else []),
+                *[a for o in overrides for a in ("--set", o)]]
+        subprocess.run(args, check=True)
+        return
+    train_cfg = load_config(cfg.train["config"], overrides)
+    from csound_assistant.train.recipe import train
+
+    try:
+        train(train_cfg, root, resume=resume, force=stale)
+    except (ConfigError, ArtifactError) as exc:
+        if not resume:
+            raise
+        # The checkpoints belong to different settings: start over.
+        print(f"[train] not resuming ({exc}); training from the start")
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        train(train_cfg, root, resume=False, force=stale)
+
+
+def summary(p: Pipeline, cfg: PipelineConfig) -> str:
+    root = p.root
+    lines = ["# csound-assistant pipeline summary", "", f"Run folder: `{root}`", ""]
+    lines += ["| stage | folder | time |", "|---|---|---|"]
+    for r in p.runs:
+        lines.append(f"| {r.name} | `{r.folder.name}/` | "
+                     f"{'reused' if r.reused else f'{r.seconds:.0f} s'} |")
+    total = sum(r.seconds for r in p.runs)
+    lines += [f"| **total** | | {total:.0f} s ({total / 60:.1f} min) |", ""]
+
+    export = read_record(root / "export")
+    quant = cfg.export["quant_types"][0]
+    gguf = root / "export" / export["files"][quant]
+    lines += ["## Files", "",
+              f"- GGUF: `{gguf}`",
+              f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
+              f"- Continue config: `{root / 'package' / 'continue-config.yaml'}`",
+              f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
+    gate = export.get("gate")
+    if gate:
+        lines += ["## Quantization gate (vs F16)", "", _gate_table(gate), ""]
+    report = root / "eval" / "report.json"
+    if report.is_file():
+        lines += ["## Eval: base vs fine-tuned", "", _eval_table(json.loads(report.read_text())), ""]
+    lines += [
+        "## Use it", "",
+        "```bash",
+        f"csound-assistant serve {gguf}",
+        f"ollama create {cfg.package['name']} -f {root / 'package' / 'Modelfile'} "
+        f"&& ollama run {cfg.package['name']}",
+        f"cp {root / 'package' / 'continue-config.yaml'} ~/.continue/config.yaml",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _gate_table(gate: dict) -> str:
+    rows = ["| quant | perplexity | F16 perplexity | KL divergence | same top token | pass |",
+            "|---|---|---|---|---|---|"]
+    for quant, g in gate.get("results", {}).items():
+        rows.append(f"| {quant} | {g['perplexity']:.3f} | {g['f16_perplexity']:.3f} | "
+                    f"{g['kl_divergence']:.4f} | {100 * g['same_top_token']:.1f}% | "
+                    f"{'yes' if g['passed'] else 'NO'} |")
+    return "\n".join(rows)
+
+
+def _eval_table(report: dict) -> str:
+    rows = ["| model | compile@1 | sound@1 | opcode coverage | tasks |", "|---|---|---|---|---|"]
+    for label, m in report["models"].items():
+        s = m["summary"]
+        rows.append(f"| {label} | {s['compile@1']:.2f} | {s['sound@1']:.2f} | "
+                    f"{s.get('opcode_coverage', 0):.2f} | {s['tasks']} |")
+    return "\n".join(rows)
+
