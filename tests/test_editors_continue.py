@@ -164,12 +164,12 @@ def test_chat_as_continue_sends_it(config, tokenize):
         httpx.post(f"{ollama['apiBase']}/api/chat", headers=_ollama_headers(config), timeout=120,
                    json={"model": ollama["model"], "messages": messages, "stream": True,
                          "keep_alive": 1800,
-                         "options": {"temperature": 0, "num_predict": 12,
+                         "options": {"temperature": 0, "num_predict": 6,
                                      "stop": ollama["defaultCompletionOptions"]["stop"]}}),
         lambda c: c.get("message", {}).get("content", ""))
     assert text.strip() and last["done_reason"] in ("stop", "length")
     # Continue's openai provider: /v1/chat/completions with the system message it is given.
-    body = {"model": model["model"], "messages": messages, "max_tokens": 12, "temperature": 0,
+    body = {"model": model["model"], "messages": messages, "max_tokens": 6, "temperature": 0,
             "top_p": options["topP"], "stop": options["stop"]}
     url = f"{model['apiBase']}/chat/completions"
     plain = httpx.post(url, json=body, headers=_headers(model), timeout=120).json()
@@ -185,7 +185,7 @@ def test_autocomplete_as_continue_sends_it(config, tokenize):
     fmt = get_format("chatml")
     (model,) = _models(config, "openai", "autocomplete")
     prompt = render_autocomplete(model["promptTemplates"]["autocomplete"], PREFIX, SUFFIX)
-    body = {"model": model["model"], "prompt": prompt, "max_tokens": 16, "temperature": 0,
+    body = {"model": model["model"], "prompt": prompt, "max_tokens": 6, "temperature": 0,
             "stop": model["defaultCompletionOptions"]["stop"]}
     url = f"{model['apiBase']}/completions"
     plain = httpx.post(url, json=body, headers=_headers(model), timeout=120).json()
@@ -219,7 +219,7 @@ def test_ollama_autocomplete_as_continue_sends_it(config, tokenize):
     assert fmt.eos in stops and fmt.fim_end in stops
     prefix = PREFIX.replace("instr 1", "instr 7")  # a prompt no earlier test sent
     request = {"model": model["model"], "prompt": prefix, "suffix": SUFFIX, "stream": True,
-               "keep_alive": 1800, "options": {"temperature": 0, "num_predict": 16,
+               "keep_alive": 1800, "options": {"temperature": 0, "num_predict": 6,
                                                "stop": stops}}
     text, last = _ndjson_text(httpx.post(f"{base}/api/generate", json=request,
                                          headers=_ollama_headers(config), timeout=120),

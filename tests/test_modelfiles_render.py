@@ -163,10 +163,11 @@ def test_go_renderer_follows_ollamas_rules(go):
 
 def test_embedded_gguf_adds_bos_exactly_when_the_format_has_one(embedded_gguf):
     """Ollama's tokenizer adds BOS per the GGUF; the comparisons above rely on it."""
-    from gguf import GGUFReader
+    from llama_cpp import Llama
 
-    field = GGUFReader(str(embedded_gguf)).fields["tokenizer.ggml.add_bos_token"]
-    assert bool(field.parts[field.data[0]][0]) == bool(get_format("chatml").bos)
+    metadata = Llama(str(embedded_gguf), vocab_only=True, verbose=False).metadata
+    add_bos = metadata["tokenizer.ggml.add_bos_token"] == "true"
+    assert add_bos == bool(get_format("chatml").bos)
 
 
 # --- the writer -------------------------------------------------------------------------------

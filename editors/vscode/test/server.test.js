@@ -34,7 +34,7 @@ e
 </CsoundSynthesizer>
 `;
 
-const base = { serverUrl: URL_, apiKey: KEY, maxTokens: 8, temperature: 0, seed: 1 };
+const base = { serverUrl: URL_, apiKey: KEY, maxTokens: 4, temperature: 0, seed: 1 };
 
 for (const section of ['instruments', 'score']) {
   test(`inline completion in <Cs${section === 'score' ? 'Score' : 'Instruments'}> over /infill and /v1/completions`, { skip }, async () => {
