@@ -32,8 +32,8 @@ def _node_test(*paths, env=None) -> dict:
 
 
 def test_node_unit_tests():
-    counts = _node_test("test/prompt.test.js", "test/client.test.js")
-    assert counts["pass"] >= 15 and counts["skipped"] == 0
+    counts = _node_test("test/prompt.test.js", "test/client.test.js", "test/extension.test.js")
+    assert counts["pass"] >= 19 and counts["skipped"] == 0
 
 
 def test_extension_against_the_real_server(embedded_gguf, tmp_path):
