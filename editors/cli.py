@@ -60,11 +60,16 @@ def continue_(work_dir, run, out_path, server_url, api_key, ollama_url, ollama_m
     click.echo("use it: copy it to ~/.continue/config.yaml (or merge its models into yours)")
 
 
-def _recorded_format(base_dir) -> str:
+def _recorded_format(base_dir):
+    """The run's trained prompt format: the export's (custom strings kept), else the name in
+    the first finished stage record that has one."""
     from csound_assistant.artifacts import is_complete, read_record
     from csound_assistant.errors import ConfigError
+    from csound_assistant.modelfiles.render import read_export
 
-    for stage in ("package", "export", "adapter", "base"):
+    if is_complete(base_dir / "export"):
+        return read_export(base_dir / "export").prompt_format
+    for stage in ("package", "adapter", "base"):
         if is_complete(base_dir / stage):
             value = read_record(base_dir / stage).get("prompt_format")
             value = value.get("name") if isinstance(value, dict) else value

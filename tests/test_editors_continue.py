@@ -241,3 +241,17 @@ def test_wrong_key_is_refused(config):
                           json={"model": model["model"], "messages": [{"role": "user",
                                                                        "content": "hi"}]})
     assert response.status_code == 401
+
+
+def test_cli_uses_the_trained_format_of_the_export(tmp_path, embedded_gguf):
+    from modelfiles_helpers import fake_export
+
+    custom = {**get_format("chatml").to_record(), "system": "Answer in Csound only."}
+    fake_export(tmp_path / "runs" / "r" / "export", embedded_gguf,
+                record={"prompt_format": custom})
+    result = CliRunner().invoke(cli, ["continue", "--work-dir", str(tmp_path / "runs"),
+                                      "--run", "r"])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((tmp_path / "runs" / "r" / "package" / "config.yaml").read_text())
+    (chat,) = _models(config, "openai", "chat")
+    assert chat["chatOptions"]["baseSystemMessage"] == "Answer in Csound only."
