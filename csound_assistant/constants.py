@@ -54,6 +54,27 @@ MODELFILE_LICENSE = "LICENSE"
 # defaults to 0dbfs=32768 and mono, and output looks silent).
 CSOUND_HEADER = "sr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n"
 
+# llama.cpp's conversion scripts come from the llama-cpp-python source distribution on PyPI,
+# at the llama.cpp commit of the installed library (convert/llama_cpp_tools.py).
+LLAMA_CPP_PYTHON_DIST = "llama-cpp-python"
+LLAMA_CPP_SDIST_ROOT = "vendor/llama.cpp"
+LLAMA_CPP_CONVERT_HF = "convert_hf_to_gguf.py"
+LLAMA_CPP_CONVERT_LORA = "convert_lora_to_gguf.py"
+ENV_LLAMA_CPP_TOOLS = "CSOUND_ASSISTANT_LLAMA_CPP_TOOLS"
+
+# More GGUF metadata keys written by `export` (gguf-py's Keys spell the same strings).
+GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
+GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
+GGUF_TOKEN_LIST = "tokenizer.ggml.tokens"
+GGUF_GENERAL_DESCRIPTION = "general.description"
+GGUF_GENERAL_TAGS = "general.tags"
+GGUF_GENERAL_BASE_MODEL_REPO_URL = "general.base_model.0.repo_url"
+GGUF_GENERAL_BASE_MODEL_COUNT = "general.base_model.count"
+GGUF_GENERAL_DATASET_COUNT = "general.dataset.count"
+GGUF_GENERAL_FILE_TYPE = "general.file_type"
+GGUF_ADAPTER_TYPE = "adapter.type"
+GGUF_ADAPTER_LORA_ALPHA = "adapter.lora.alpha"
+
 # llama.cpp's llama_ftype values (GGUF `general.file_type`) by the names llama-quantize prints.
 GGUF_FILE_TYPES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",

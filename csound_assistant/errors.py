@@ -28,3 +28,15 @@ class DataError(CsoundAssistantError):
 
 class SandboxRefused(CsoundAssistantError):
     """Csound code was refused before running (shell, file-writing or Python opcodes)."""
+
+
+class ExportError(CsoundAssistantError):
+    """Merging, converting or quantizing a model failed, or llama.cpp's tools are missing."""
+
+
+class GateFailed(ExportError):
+    """A quantized GGUF drifted from the F16 GGUF beyond the quality gate's thresholds."""
+
+    def __init__(self, message: str, results: dict | None = None):
+        self.results = results or {}
+        super().__init__(message)

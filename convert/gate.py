@@ -1,0 +1,193 @@
+"""The quality gate: how far a quantized GGUF drifts from the F16 GGUF on held-out Csound text.
+
+Both models read the same token chunks through llama-cpp-python (``logits_all=True``); at every
+position we compare the next-token distributions as llama.cpp's ``llama-perplexity
+--kl-divergence`` does: mean KL(F16 || quant), the share of positions where both pick the same
+top token, and each model's perplexity.
+
+Thresholds. llama.cpp's reference table (Llama-2-7B vs F16) gives Q4_K_M KL 0.0127, same top
+token 94.7%, PPL ratio 1.0142; Q8_0 KL 0.00037. A small model loses more per bit than a 7B
+one, so the Q4_K_M gate allows four times the anchor KL (0.05), a top-token agreement of 90%
+and a 5% perplexity increase; each finer type gets a proportionally stricter bound. A model
+past these is visibly worse than llama.cpp's own quality expectations for the type, and the
+export fails unless ``--no-gate``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from csound_assistant.errors import DataError, ExportError, GateFailed
+from csound_assistant.prompt_format import PromptFormat
+
+MANUAL_EXAMPLES = Path("/usr/share/doc/csound-doc/html/examples")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    kl: float  # mean KL divergence, nats
+    top_token: float  # same top token, fraction
+    ppl_ratio: float  # PPL(quant) / PPL(F16)
+
+
+THRESHOLDS = {
+    "F16": Threshold(0.001, 0.99, 1.002),
+    "BF16": Threshold(0.002, 0.99, 1.004),
+    "Q8_0": Threshold(0.004, 0.98, 1.005),
+    "Q6_K": Threshold(0.01, 0.96, 1.01),
+    "Q5_K_M": Threshold(0.025, 0.93, 1.03),
+    "Q4_K_M": Threshold(0.05, 0.90, 1.05),
+}
+ANCHOR = {"model": "Llama-2-7B", "quant": "Q4_K_M", "kl": 0.0127, "top_token": 0.947,
+          "ppl_ratio": 1.0142}
+
+
+# --- held-out text ---------------------------------------------------------------------------
+def split_texts(path: Path, fmt: PromptFormat) -> list[str]:
+    """Rows of a JSONL split rendered in the prompt format (every segment, as trained)."""
+    texts, problems = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            texts.append("".join(t for t, _ in fmt.segments(json.loads(line))))
+        except Exception as exc:  # bad JSON or a row of no known shape
+            problems.append(f"{path}:{n}: {exc}")
+    if problems:
+        raise DataError(f"{path} has rows that cannot be rendered", problems[:20])
+    return texts
+
+
+def manual_texts(part: str, examples: Path = MANUAL_EXAMPLES) -> list[str]:
+    """Csound manual example CSDs, alternately split: ``gate`` gets the odd ones and
+    ``imatrix`` the even ones, so calibration never sees the gate's text."""
+    if not examples.is_dir():
+        raise ExportError(f"no held-out text: {examples} is missing (apt install csound-doc) and "
+                          "no splits/test.jsonl was given")
+    files = sorted(p for p in examples.iterdir() if p.name.endswith((".csd", ".csd.gz")))
+    chosen = files[1::2] if part == "gate" else files[0::2]
+    out = []
+    for p in chosen:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        out.append(raw.decode("utf-8", errors="replace"))
+    return out
+
+
+def heldout_texts(splits_dir: Path | None, fmt: PromptFormat, part: str) -> tuple[list[str], str]:
+    """(texts, where they came from): the test split for the gate, the train split for the
+    importance matrix, else the manual examples."""
+    name = "test.jsonl" if part == "gate" else "train.jsonl"
+    if splits_dir is not None and (Path(splits_dir) / name).is_file():
+        path = Path(splits_dir) / name
+        return split_texts(path, fmt), str(path)
+    return manual_texts(part), f"{MANUAL_EXAMPLES} ({'odd' if part == 'gate' else 'even'} files)"
+
+
+# --- measurement -----------------------------------------------------------------------------
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+
+
+def _chunk_logits(llm, chunk: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(chunk)
+    return np.array(llm.scores[: len(chunk)], dtype=np.float32)
+
+
+def compare(reference_gguf: str | Path, candidate_gguf: str | Path, texts: list[str], *,
+            ctx: int = 512, max_tokens: int = 8192, n_threads: int | None = None,
+            progress: bool = True) -> dict:
+    """Perplexities, KL divergence and top-token agreement of two GGUFs on ``texts``."""
+    from llama_cpp import Llama
+
+    kw = dict(n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, verbose=False, seed=0)
+    if n_threads:
+        kw["n_threads"] = n_threads
+    ref = Llama(str(reference_gguf), **kw)
+    cand = Llama(str(candidate_gguf), **kw)
+    if ref.n_vocab() != cand.n_vocab():
+        raise ExportError(f"{candidate_gguf} has a different vocabulary from {reference_gguf}")
+    ids: list[int] = []
+    for text in texts:
+        ids += ref.tokenize(text.encode(), add_bos=False, special=True)
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    chunks = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids[i:i + ctx]) > 1]
+    if not chunks:
+        raise ExportError("the held-out text is empty: nothing to gate on")
+    nll_ref, nll_cand, kls, same = [], [], [], []
+    bar = _progress(len(chunks), progress)
+    for chunk in chunks:
+        lp = _log_softmax(_chunk_logits(ref, chunk))[:-1]
+        lq = _log_softmax(_chunk_logits(cand, chunk))[:-1]
+        target = np.array(chunk[1:])
+        rows = np.arange(len(target))
+        nll_ref.append(-lp[rows, target])
+        nll_cand.append(-lq[rows, target])
+        kls.append((np.exp(lp) * (lp - lq)).sum(-1, dtype=np.float64))
+        same.append(lp.argmax(-1) == lq.argmax(-1))
+        bar.update(1)
+    bar.close()
+    nll_ref, nll_cand = np.concatenate(nll_ref), np.concatenate(nll_cand)
+    kl, same = np.concatenate(kls), np.concatenate(same)
+    ppl_ref, ppl_cand = float(np.exp(nll_ref.mean())), float(np.exp(nll_cand.mean()))
+    return {
+        "tokens": int(kl.size), "chunks": len(chunks), "ctx": ctx,
+        "ppl_f16": ppl_ref, "ppl": ppl_cand, "ppl_ratio": ppl_cand / ppl_ref,
+        "kl_mean": float(kl.mean()), "kl_median": float(np.median(kl)),
+        "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
+        "same_top_token": float(same.mean()),
+    }
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="gate", unit="chunk", disable=not enabled, leave=False)
+
+
+def judge(quant_type: str, stats: dict) -> dict:
+    """Add the thresholds and a pass/fail verdict (with the reasons) to ``stats``."""
+    limit = THRESHOLDS[quant_type]
+    reasons = []
+    if stats["kl_mean"] > limit.kl:
+        reasons.append(f"mean KL {stats['kl_mean']:.4f} > {limit.kl}")
+    if stats["same_top_token"] < limit.top_token:
+        reasons.append(f"same top token {stats['same_top_token']:.1%} < {limit.top_token:.0%}")
+    if stats["ppl_ratio"] > limit.ppl_ratio:
+        reasons.append(f"PPL ratio {stats['ppl_ratio']:.4f} > {limit.ppl_ratio}")
+    return {**stats, "threshold": asdict(limit), "passed": not reasons, "reasons": reasons}
+
+
+def table(results: dict[str, dict]) -> str:
+    """A Markdown table of gate results by quant type, with llama.cpp's anchor row."""
+    lines = ["| quant | tokens | PPL F16 | PPL | PPL ratio | mean KL | p99 KL | same top | gate |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for q, r in results.items():
+        verdict = "pass" if r["passed"] else "FAIL: " + "; ".join(r["reasons"])
+        lines.append(
+            f"| {q} | {r['tokens']} | {r['ppl_f16']:.3f} | {r['ppl']:.3f} | {r['ppl_ratio']:.4f}"
+            f" | {r['kl_mean']:.5f} | {r['kl_p99']:.4f} | {r['same_top_token']:.1%} | {verdict} |")
+    a = ANCHOR
+    lines.append(f"| {a['quant']} ({a['model']}, llama.cpp) | | | | {a['ppl_ratio']} | {a['kl']} |"
+                 f" | {a['top_token']:.1%} | reference |")
+    return "\n".join(lines)
+
+
+def gate(reference_gguf, candidates: dict[str, Path], texts: list[str], *, enforce: bool = True,
+         **kw) -> dict[str, dict]:
+    """Compare every quantized candidate with the F16 reference; raise GateFailed if enforced."""
+    results = {q: judge(q, compare(reference_gguf, path, texts, **kw))
+               for q, path in candidates.items()}
+    failed = [q for q, r in results.items() if not r["passed"]]
+    if failed and enforce:
+        raise GateFailed(f"quality gate failed for {', '.join(failed)} (pass --no-gate to "
+                         f"export anyway):\n{table(results)}", results)
+    return results
