@@ -6,10 +6,11 @@
 # Needs .whl/ (../shared/gpu/wheels.sh) and .gpu/ (tokenizer/ and splits/, made by
 # bench/prepare_gpu_carry.sh) carried along. Results go to $OUT.
 set -eo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade \
   --target /tmp/site . >/dev/null
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cd /tmp  # import the installed package, not the source folders
@@ -39,7 +40,7 @@ case "$1" in
     python3 $REPO/bench/train_throughput.py --out $OUT/bench.json 2>&1 | tee $OUT/bench.log ;;
   recipe)
     base
-    python3 -m csound_assistant.cli train run -c codellama-7b-qlora --work-dir /tmp/runs \
+    python3 -m csound_assistant.cli train run -c $REPO/train/configs/codellama-7b-qlora.yaml --work-dir /tmp/runs \
       --run gpu --force --set max_steps=${STEPS:-30} --set eval_every=10 --set save_every=10 \
       --set warmup_steps=5 2>&1 | tee $OUT/recipe.log
     collect qlora ;;
@@ -47,7 +48,7 @@ case "$1" in
     base
     for n in 1 2; do
       accelerate launch --num_processes $n --num_machines 1 --mixed_precision no \
-        --dynamo_backend no -m csound_assistant.cli train run -c codellama-7b-qlora-2gpu \
+        --dynamo_backend no -m csound_assistant.cli train run -c $REPO/train/configs/codellama-7b-qlora-2gpu.yaml \
         --work-dir /tmp/runs --run gpu --force --set max_steps=${STEPS:-16} \
         --set eval_every=0 --set save_every=0 --set eval_batches=4 2>&1 | tee $OUT/ddp$n.log
       collect ddp$n

@@ -117,7 +117,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     if dist:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[backend.local_rank])
+        wrapped = DistributedDataParallel(
+            model, device_ids=[backend.local_rank] if backend.device == "cuda" else None)
     device = torch.device(backend.torch_device)
     autocast = (torch.autocast("cuda", dtype=getattr(torch, backend.dtype))
                 if backend.device == "cuda" else contextlib.nullcontext())
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         say(f"train: validation loss before training {state['val_loss'][-1][1]:.4f}")
     model.train()
     bar = _progress(cfg.progress and main, steps, start)
-    t0, tokens0 = time.perf_counter(), 0
+    t0, tokens0, paused = time.perf_counter(), 0, 0.0  # paused: evaluation and checkpoints
     if backend.device == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(start, steps):
@@ -165,7 +166,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                 loss = out.loss * backend.world_size
                 (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += out.loss.detach().double()
-            tokens0 += real_tokens(batch)
+        tokens0 += sum(real_tokens(b) for b in micro)  # every rank's real (non-pad) tokens
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
@@ -180,23 +181,24 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         if dist:
             torch.distributed.all_reduce(loss_sum)
         done = step + 1
-        elapsed = time.perf_counter() - t0
-        tok_s = tokens0 * backend.world_size / elapsed
+        tok_s = tokens0 / (time.perf_counter() - t0 - paused)
         if done % cfg.log_every == 0 or done == steps or done == start + 1:
             state["train_loss"].append([done, loss_sum.item(), scheduler.get_last_lr()[0]])
+        pause = time.perf_counter()
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == steps:
             state["val_loss"].append([done, evaluate()])
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum.item():.3f}", val=f"{state['val_loss'][-1][1]:.3f}",
                         tok_s=f"{tok_s:,.0f}")
         if cfg.save_every and done % cfg.save_every == 0 and done < steps and main:
-            run_state = {**state, "tokens": state["tokens"] + tokens0 * backend.world_size,
-                         "seconds": state["seconds"] + elapsed}
+            run_state = {**state, "tokens": state["tokens"] + tokens0,
+                         "seconds": state["seconds"] + time.perf_counter() - t0}
             checkpoint.save(ckpt_root, done, model, optimizer, scheduler, scaler, run_state,
                             cfg.keep_checkpoints)
+        paused += time.perf_counter() - pause
     bar.close()
     elapsed = time.perf_counter() - t0
-    state["tokens"] += tokens0 * backend.world_size
+    state["tokens"] += tokens0
     state["seconds"] += elapsed
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if backend.device == "cuda" else None
 
@@ -209,7 +211,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         "validation_rows": len(splits["validation"].examples),
         "dropped_too_long": {k: s.dropped_too_long for k, s in splits.items()},
         "tokens_seen": state["tokens"], "train_seconds": round(state["seconds"], 1),
-        "tokens_per_second": round(tokens0 * backend.world_size / max(elapsed, 1e-9), 1),
+        "tokens_per_second": round(tokens0 / max(elapsed - paused, 1e-9), 1),
+        "world_size": backend.world_size, "cpu_seconds": round(time.process_time(), 1),
         "peak_gpu_gib": round(peak, 2) if peak is not None else None,
         "trainable_parameters": n_trainable, "resumed_from_step": start or None,
         "train_loss": state["train_loss"], "val_loss": state["val_loss"],
