@@ -62,7 +62,9 @@ class Service:
     def stop(self) -> None:
         self.engine.stop()
         if self._feedback_pool:
+            self._feedback_pool.submit(self.feedback.close).result()
             self._feedback_pool.shutdown(wait=True)
+            self._feedback_pool = self.feedback = None
 
     # --- model names -----------------------------------------------------------------------
     @property
@@ -316,7 +318,10 @@ async def feedback(request: Request):
     if svc.feedback is None:
         raise ApiError(501, "feedback is off: start the server with --feedback-db PATH")
     f = Fields(await read_json(request))
-    completion_id = f.get("id", str, required=True)
+    completion_id = f.data.get("id")
+    if isinstance(completion_id, bool) or not isinstance(completion_id, (str, int)):
+        f.problems.append("'id' is required: the completion id the server returned "
+                          "(X-Completion-Id or completion_id)")
     good = f.get("good", bool, required=True)
     correction = f.get("correction", str)
     f.check()
@@ -324,10 +329,11 @@ async def feedback(request: Request):
     try:
         await loop.run_in_executor(svc._feedback_pool,
                                    lambda: svc.feedback.mark(completion_id, good, correction))
-    except (KeyError, LookupError, ValueError) as exc:
-        raise ApiError(404, f"no completion with id {completion_id!r} ({exc})",
-                       param="id") from None
-    return JSONResponse({"id": completion_id, "good": good, "recorded": True})
+    except KeyError:
+        raise ApiError(404, f"no completion with id {completion_id!r}", param="id") from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="id") from None
+    return JSONResponse({"id": str(completion_id), "good": good, "recorded": True})
 
 
 # --- the app ----------------------------------------------------------------------------------

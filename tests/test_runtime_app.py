@@ -454,3 +454,34 @@ def test_csound_check_returns_diagnostics_with_line_numbers(client):
                                                      "seconds": 0.5}).json()
     assert rendered["ok"] is True and rendered["rendered"] is True
     assert 0.2 < rendered["audio"]["peak"] <= 0.31
+
+
+def test_feedback_records_completions_and_marks_them(tmp_path):
+    from csound_assistant.runtime.feedback import FeedbackStore
+
+    db = tmp_path / "feedback.sqlite"
+    with make_client(FakeBackend("aout oscili"), feedback_db=db, prompt_format="chatml") as c:
+        r = c.post("/v1/completions", json={"prompt": "instr 1\n", "suffix": "endin"})
+        plain_id = r.headers["x-completion-id"]
+        assert r.json()["completion_id"] == plain_id
+        r = c.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        final = [json.loads(e) for e in sse_events(r.text)[:-1]][-1]
+        stream_id = final["completion_id"]
+        r = c.post("/api/generate", json={"model": "csound-assistant", "prompt": "x",
+                                          "stream": False})
+        assert r.json()["completion_id"] == r.headers["x-completion-id"]
+        ok = c.post("/v1/feedback", json={"id": plain_id, "good": False,
+                                          "correction": "aout poscil 0.5, 440"})
+        assert ok.status_code == 200 and ok.json()["recorded"] is True
+        assert c.post("/v1/feedback", json={"id": int(stream_id), "good": True}).status_code == 200
+        assert c.post("/v1/feedback", json={"id": "999", "good": True}).status_code == 404
+        assert c.post("/v1/feedback", json={"id": "abc", "good": True}).status_code == 400
+        assert c.post("/v1/feedback", json={"id": plain_id}).status_code == 400
+    with FeedbackStore(db) as store:
+        row = store.get(plain_id)
+        assert json.loads(row["prompt"]) == {"prefix": "instr 1\n", "suffix": "endin"}
+        assert row["output"] == "aout oscili" and row["endpoint"] == "/v1/completions"
+        assert (row["good"], row["correction"]) == (0, "aout poscil 0.5, 440")
+        streamed = store.get(stream_id)
+        assert streamed["good"] == 1 and streamed["output"] == "aout oscili"
+        assert json.loads(streamed["prompt"])[0]["content"] == "Write an oscillator."
