@@ -184,9 +184,26 @@ def _place(src: Path, folder: Path, link: str) -> str:
 
 
 def _license_for(record: dict) -> str | None:
-    key = record.get("license") or record.get("base_license")
-    if isinstance(key, str):
-        return LICENSE_TEXTS.get(key.lower(), key)
+    """Licence text from the export record (``metadata.license`` is the base model's)."""
+    metadata = record.get("metadata") or {}
+    key = record.get("license") or metadata.get("license")
+    if not isinstance(key, str) or key.lower() in ("", "other"):
+        return None
+    if key.lower() in LICENSE_TEXTS:
+        return LICENSE_TEXTS[key.lower()]
+    base = metadata.get("base_model")
+    return f"{key}: the base model{f' ({base})' if base else ''} and this fine-tune."
+
+
+def _default_base(record: dict) -> str | None:
+    """What the adapter was trained on: an Ollama name or GGUF given in the record, else the
+    full-precision HF folder (Ollama imports safetensors folders with FROM)."""
+    named = record.get("base_ollama") or record.get("base_gguf")
+    if named:
+        return named
+    base = record.get("base")
+    if isinstance(base, str) and any(Path(base).glob("model*.safetensors")):
+        return base
     return None
 
 
@@ -211,7 +228,8 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     relative link into the export folder), ``copy`` (a self-contained folder) or ``path``
     (``FROM ../export/x.gguf``). With ``use_adapter`` it writes ``FROM <base>`` +
     ``ADAPTER ./<name>.lora.gguf``; ``base`` is an Ollama model name or the base GGUF file the
-    adapter was trained on. Returns the Modelfile's path.
+    adapter was trained on (default: the export record's full-precision base folder). Returns
+    the Modelfile's path.
     """
     if link not in LINK_MODES:
         raise ConfigError(f"unknown link mode {link!r}; choose one of: {', '.join(LINK_MODES)}")
@@ -221,7 +239,7 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     out_dir = Path(out_dir)
     parameters = {**DEFAULT_PARAMETERS, **(model.record.get("ollama_parameters") or {}),
                   **(parameters or {})}
-    base = base or model.record.get("base_ollama") or model.record.get("base_gguf")
+    base = base or _default_base(model.record)
     if use_adapter:
         if model.lora is None:
             raise ArtifactError(
@@ -241,7 +259,7 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         files = {}
         if use_adapter:
             base_path = Path(base).expanduser()
-            from_value = (_place(base_path, tmp, "path") if base_path.is_file() else base)
+            from_value = _place(base_path, tmp, "path") if base_path.exists() else base
             adapter = _place(model.lora, tmp, link)
             model_lines = [f"{MODELFILE_FROM} {from_value}", f"{MODELFILE_ADAPTER} {adapter}"]
             files["adapter"] = {"path": str(model.lora), "sha256": _gguf_digest(model, model.lora)}

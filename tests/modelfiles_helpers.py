@@ -58,7 +58,13 @@ def fake_export(folder: Path, gguf: Path, *, prompt_format="chatml", name="csoun
     (folder / f"{name}.Q4_K_M.gguf").symlink_to(gguf)
     if lora:
         (folder / f"{name}.lora.gguf").symlink_to(gguf)
-    fields = {"stage": "export", "name": name, "prompt_format": prompt_format,
-              "license": "apache-2.0", **(record or {})}
+    from csound_assistant.prompt_format import get_format
+
+    # The fields `csound-assistant export` writes (convert/export.py).
+    fields = {"stage": "export", "name": name,
+              "prompt_format": get_format(prompt_format).to_record(),
+              "metadata": {"license": "apache-2.0",
+                           "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+              **(record or {})}
     (folder / "record.json").write_text(json.dumps(fields))
     return folder

@@ -185,6 +185,18 @@ def test_adapter_modelfile(go, embedded_gguf, tmp_path):
                                 base=str(embedded_gguf), force=True)
     base = _one(go.parse_modelfile(modelfile.read_text()), "model")
     assert os.path.samefile(modelfile.parent / base, embedded_gguf)
+    # Without --base: the full-precision HF folder the export record names (as convert writes).
+    hf_base = tmp_path / "base"
+    hf_base.mkdir()
+    (hf_base / "model.safetensors").write_bytes(b"")
+    record = json.loads((export / "record.json").read_text())
+    record.update(base=str(hf_base), metadata={"license": "llama2", "base_model": "CodeLlama"})
+    (export / "record.json").write_text(json.dumps({k: v for k, v in record.items()
+                                                    if k != "license"}))
+    modelfile = write_modelfile(export, tmp_path / "package", use_adapter=True, force=True)
+    commands = go.parse_modelfile(modelfile.read_text())
+    assert os.path.samefile(modelfile.parent / _one(commands, "model"), hf_base)
+    assert _one(commands, "license") == "llama2: the base model (CodeLlama) and this fine-tune."
 
 
 @pytest.mark.parametrize("link", ["copy", "path"])
