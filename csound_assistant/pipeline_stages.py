@@ -49,8 +49,7 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         from csound_assistant.convert.export import export as run_export
 
         run_export(root / "adapter", out, merged_dir=root / "merged", force=stale,
-                   name=cfg.package["name"], test_path=root / "splits" / "test.jsonl",
-                   **cfg.export)
+                   splits_dir=root / "splits", name=cfg.package["name"], **cfg.export)
 
     p.stage("export", "export", cfg.export | {"name": cfg.package["name"]}, ["train"], export)
 
@@ -65,36 +64,64 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
     p.stage("package", "package", cfg.package, ["export"], package)
 
+    if _base_is_hf_folder(cfg):
+        def base_gguf(out, stale):
+            _convert_base(root, cfg, out, stale)
+
+        p.stage("base-gguf", "base-gguf", cfg.export["quant_types"][0], ["base"], base_gguf)
+
     def evaluate(out, stale):
         from csound_assistant.eval.runner import run_eval
 
-        export_record = read_record(root / "export")
-        quant = cfg.export["quant_types"][0]
-        models = {
-            "base": str(_base_gguf(root, cfg)),
-            "fine-tuned": str(root / "export" / export_record["files"][quant]),
-        }
+        models = {"base": str(_base_gguf(root, cfg)), "fine-tuned": str(_final_gguf(root, cfg))}
         run_eval(models, out, test_path=root / "splits" / "test.jsonl", force=stale,
                  prompt_formats={"base": read_record(root / "base")["prompt_format"]},
                  **cfg.eval)
 
-    p.stage("eval", "eval", cfg.eval, ["export", "split"], evaluate)
+    after = ["export", "split"] + (["base-gguf"] if _base_is_hf_folder(cfg) else [])
+    p.stage("eval", "eval", cfg.eval, after, evaluate)
 
 
 def _format_name(fmt) -> str:
     return fmt["name"] if isinstance(fmt, dict) else fmt
 
 
+def _final_gguf(root: Path, cfg: PipelineConfig) -> Path:
+    return root / "export" / f"{cfg.package['name']}.{cfg.export['quant_types'][0]}.gguf"
+
+
+def _base_is_hf_folder(cfg: PipelineConfig) -> bool:
+    return cfg.base is not None and Path(cfg.base).expanduser().is_dir()
+
+
 def _base_gguf(root: Path, cfg: PipelineConfig) -> Path:
-    """The GGUF of the untrained base for the comparison: the user's GGUF, the embedded one, or
-    the F16 conversion the export stage made of the base."""
+    """The GGUF of the untrained base for the comparison: the embedded one, the user's GGUF, or
+    (for a HF-folder base) the ``base-gguf`` stage's conversion at the same quant type."""
     if cfg.base is None:
         from csound_assistant.base.importer import embedded_gguf
 
         return embedded_gguf()
-    if str(cfg.base).endswith(".gguf"):
-        return Path(cfg.base)
-    return root / "export" / read_record(root / "export")["base_gguf"]
+    if not _base_is_hf_folder(cfg):
+        return Path(cfg.base).expanduser()
+    return root / "base-gguf" / f"base.{cfg.export['quant_types'][0]}.gguf"
+
+
+def _convert_base(root: Path, cfg: PipelineConfig, out: Path, stale: bool) -> None:
+    """Convert and quantize the untrained base with llama.cpp's tools, carrying the same
+    prompt format, so base and fine-tuned are compared on equal terms."""
+    from csound_assistant.artifacts import stage_output, write_record
+    from csound_assistant.convert.gguf_convert import convert
+    from csound_assistant.convert.quantize import quantize
+    from csound_assistant.prompt_format import get_format
+
+    quant = cfg.export["quant_types"][0]
+    fmt = get_format(read_record(root / "base")["prompt_format"])
+    with stage_output(out, force=stale) as tmp:
+        f16 = tmp / "base.F16.gguf"
+        convert(root / "base", f16, prompt_format=fmt, metadata={"name": "base"})
+        quantize(f16, tmp / f"base.{quant}.gguf", quant)
+        f16.unlink()
+        write_record(tmp, "base-gguf", quant=quant, base=str(root / "base"))
 
 
 def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
@@ -141,16 +168,14 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
     lines += [f"| **total** | | {total:.0f} s ({total / 60:.1f} min) |", ""]
 
     export = read_record(root / "export")
-    quant = cfg.export["quant_types"][0]
-    gguf = root / "export" / export["files"][quant]
+    gguf = _final_gguf(root, cfg)
     lines += ["## Files", "",
               f"- GGUF: `{gguf}`",
               f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
               f"- Continue config: `{root / 'package' / 'continue-config.yaml'}`",
               f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
-    gate = export.get("gate")
-    if gate:
-        lines += ["## Quantization gate (vs F16)", "", _gate_table(gate), ""]
+    if export.get("gate", {}).get("table"):
+        lines += ["## Quantization gate (vs F16)", "", export["gate"]["table"], ""]
     report = root / "eval" / "report.json"
     if report.is_file():
         lines += ["## Eval: base vs fine-tuned", "", _eval_table(json.loads(report.read_text())), ""]
@@ -164,16 +189,6 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _gate_table(gate: dict) -> str:
-    rows = ["| quant | perplexity | F16 perplexity | KL divergence | same top token | pass |",
-            "|---|---|---|---|---|---|"]
-    for quant, g in gate.get("results", {}).items():
-        rows.append(f"| {quant} | {g['perplexity']:.3f} | {g['f16_perplexity']:.3f} | "
-                    f"{g['kl_divergence']:.4f} | {100 * g['same_top_token']:.1f}% | "
-                    f"{'yes' if g['passed'] else 'NO'} |")
-    return "\n".join(rows)
 
 
 def _eval_table(report: dict) -> str:
