@@ -57,10 +57,11 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         from csound_assistant.editors.continue_config import write_continue_config
         from csound_assistant.modelfiles.render import write_modelfile
 
+        from csound_assistant.modelfiles.render import read_export
+
         write_modelfile(root / "export", out, name=cfg.package["name"], force=stale)
-        fmt = read_record(root / "adapter").get("prompt_format")
-        write_continue_config(out / "continue-config.yaml", prompt_format=_format_name(fmt),
-                              ollama_model=cfg.package["name"], force=True)
+        write_continue_config(out / "config.yaml", force=True, ollama_model=cfg.package["name"],
+                              prompt_format=read_export(root / "export").prompt_format)
 
     p.stage("package", "package", cfg.package, ["export"], package)
 
@@ -80,10 +81,6 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
     after = ["export", "split"] + (["base-gguf"] if _base_is_hf_folder(cfg) else [])
     p.stage("eval", "eval", cfg.eval, after, evaluate)
-
-
-def _format_name(fmt) -> str:
-    return fmt["name"] if isinstance(fmt, dict) else fmt
 
 
 def _final_gguf(root: Path, cfg: PipelineConfig) -> Path:
@@ -172,7 +169,7 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
     lines += ["## Files", "",
               f"- GGUF: `{gguf}`",
               f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
-              f"- Continue config: `{root / 'package' / 'continue-config.yaml'}`",
+              f"- Continue config: `{root / 'package' / 'config.yaml'}`",
               f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
     if export.get("gate", {}).get("table"):
         lines += ["## Quantization gate (vs F16)", "", export["gate"]["table"], ""]
@@ -185,7 +182,7 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
         f"csound-assistant serve {gguf}",
         f"ollama create {cfg.package['name']} -f {root / 'package' / 'Modelfile'} "
         f"&& ollama run {cfg.package['name']}",
-        f"cp {root / 'package' / 'continue-config.yaml'} ~/.continue/config.yaml",
+        f"cp {root / 'package' / 'config.yaml'} ~/.continue/config.yaml",
         "```",
     ]
     return "\n".join(lines) + "\n"
