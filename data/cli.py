@@ -193,3 +193,39 @@ def push(repo_id, splits_dir, token, public, work_dir, run):
     with domain_errors():
         url = push_dataset(splits_dir, repo_id, token=token, private=not public)
     click.echo(f"pushed to {url}")
+
+
+@cli.command("from-feedback")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
+              help="The server's --feedback-db [env CSOUND_ASSISTANT_FEEDBACK_DB; default: "
+                   "<work-dir>/<run>/feedback.db].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <work-dir>/<run>/feedback].")
+@click.option("--include-good", is_flag=True,
+              help="Also learn from completions marked good without a correction.")
+@click.option("--merge/--no-merge", default=True, show_default=True,
+              help="Add the kept rows to <work-dir>/<run>/splits/train.jsonl for the next train.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@work_dir_option
+@run_option
+@force_option
+def from_feedback(db, out_dir, include_good, merge, workers, work_dir, run, force):
+    """Turn corrected completions from the feedback store into training rows, each checked by
+    Csound in the sandbox; kept rows go to <run>/feedback/rows.jsonl and (unless --no-merge)
+    into the train split, so retraining is one more command.
+
+    \b
+    Example:
+        csound-assistant data from-feedback --force && csound-assistant train --force
+    """
+    from csound_assistant.eval.feedback_rows import rows_from_feedback
+
+    work = _work(work_dir, run)
+    with domain_errors():
+        record = rows_from_feedback(
+            db or work / "feedback.db", out_dir or work / "feedback", include_good=include_good,
+            splits_dir=work / "splits" if merge else None, force=force, workers=workers,
+            log=lambda m: click.echo(m, err=True))
+    click.echo(f"{record['rows']} rows kept of {record['considered']} "
+               f"(dropped: {record['dropped'] or 'none'})")

@@ -1,0 +1,194 @@
+"""Models under evaluation: a GGUF through llama-cpp-python, or any OpenAI-compatible server.
+
+Both answer ``chat(messages)`` and ``fim(prefix, suffix)`` with a ``Generation``. A GGUF is
+prompted in the project's prompt format (``csound_assistant.prompt_format``): the one named in
+the export folder's record, else the one its architecture/name implies (``chatml`` for the
+embedded SmolLM2). ``llama_cpp`` is imported only when a GGUF is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from csound_assistant.constants import GGUF_GENERAL_NAME
+from csound_assistant.errors import ConfigError, ModelLoadError
+from csound_assistant.prompt_format import PromptFormat, format_for_model, get_format
+
+EMBEDDED = "embedded"  # a model spec naming the embedded base GGUF
+
+
+@dataclass
+class Generation:
+    text: str
+    latency: float  # seconds for the whole answer
+    tokens: int  # generated tokens (0 when the server does not say)
+    prompt_tokens: int = 0
+
+
+def resolve_spec(spec: str) -> str:
+    """A model spec as a path or URL: ``embedded`` means the embedded base GGUF."""
+    if spec == EMBEDDED:
+        from csound_assistant.base.importer import embedded_gguf
+
+        return str(embedded_gguf())
+    return spec
+
+
+def auto_threads() -> int:
+    """llama.cpp threads spin while they wait: on a busy machine one thread is several times
+    faster than two (measured on 2 cores at load 11: 16 tokens in 2.7 s vs 35 s)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] > cores - 1
+    return 1 if busy or cores < 2 else min(cores, 4)
+
+
+def load_model(spec: str, *, prompt_format: str | None = None, n_ctx: int = 2048,
+               n_threads: int | None = None, api_model: str | None = None):
+    spec = resolve_spec(spec)
+    if spec.startswith(("http://", "https://")):
+        return OpenAIModel(spec, model=api_model)
+    return GGUFModel(Path(spec), prompt_format=prompt_format, n_ctx=n_ctx,
+                     n_threads=n_threads or auto_threads())
+
+
+def _format_for_gguf(path: Path, metadata: dict) -> PromptFormat:
+    """The prompt format recorded beside the GGUF (export/record.json), else the default for
+    the model's name."""
+    for record_path in (path.parent / "record.json", path.parent.parent / "record.json"):
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            name = record.get("prompt_format")
+            if isinstance(name, dict):
+                name = name.get("name")
+            if isinstance(name, str):
+                return get_format(name)
+    return format_for_model(f"{metadata.get(GGUF_GENERAL_NAME, '')} {path.name}")
+
+
+class GGUFModel:
+    def __init__(self, path: Path, *, prompt_format: str | None = None, n_ctx: int = 2048,
+                 n_threads: int = 2):
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path} (give a .gguf path, "
+                                 f"'{EMBEDDED}', or an http(s)://.../v1 URL)")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file")
+        import llama_cpp
+
+        self.path, self.n_threads = path, n_threads
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+                                   n_threads_batch=n_threads, verbose=False, seed=0)
+        self.format = (get_format(prompt_format) if prompt_format
+                       else _format_for_gguf(path, self.llm.metadata))
+        self.stop_ids = {self._one_token(t) for t in self.format.stop} | {self.llm.token_eos()}
+
+    def describe(self) -> dict:
+        from csound_assistant.artifacts import sha256_file
+
+        return {"kind": "gguf", "path": str(self.path), "bytes": self.path.stat().st_size,
+                "sha256": sha256_file(self.path), "prompt_format": self.format.name,
+                "n_threads": self.n_threads}
+
+    def _one_token(self, text: str) -> int:
+        ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise ConfigError(f"prompt format {self.format.name!r} token {text!r} is not one "
+                              f"token of {self.path.name} (got {ids}); pass --prompt-format")
+        return ids[0]
+
+    def _run(self, tokens: list[int], max_tokens: int, temperature: float,
+             seed: int) -> Generation:
+        if len(tokens) + 1 >= self.llm.n_ctx():
+            tokens = tokens[-(self.llm.n_ctx() - max_tokens - 1):]
+        self.llm.set_seed(seed)
+        start, out = time.monotonic(), []
+        for token in self.llm.generate(tokens, temp=temperature, top_p=0.95, top_k=40,
+                                       reset=True):
+            if token in self.stop_ids:
+                break
+            out.append(token)
+            if len(out) >= max_tokens or len(tokens) + len(out) >= self.llm.n_ctx() - 1:
+                break
+        text = self.llm.detokenize(out).decode("utf-8", errors="replace")
+        return Generation(text, time.monotonic() - start, len(out), len(tokens))
+
+    def chat(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
+             seed: int = 0) -> Generation:
+        prompt = self.format.chat_prompt(messages)
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        return self._run(tokens, max_tokens, temperature, seed)
+
+    def fim(self, prefix: str, suffix: str, *, max_tokens: int = 256, temperature: float = 0.0,
+            seed: int = 0) -> Generation:
+        def plain(text):  # code text never turns into special tokens
+            return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
+        f = self.format
+        bos = [self._one_token(f.bos)] if f.bos else []
+        tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
+                  self._one_token(f.fim_suffix.strip()), *plain(suffix),
+                  self._one_token(f.fim_middle.strip())]
+        return self._run(tokens, max_tokens, temperature, seed)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class OpenAIModel:
+    """Any server with OpenAI's /v1/chat/completions (and /v1/completions with ``suffix`` for
+    FIM): llama.cpp's server, Ollama's /v1, vLLM, ``csound-assistant serve``."""
+
+    def __init__(self, base_url: str, *, model: str | None = None, timeout: float = 300.0):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.timeout = timeout
+        self.model = model or self._first_model()
+
+    def describe(self) -> dict:
+        return {"kind": "openai", "url": self.base_url, "model": self.model}
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{self.base_url}{path}: {exc}") from None
+
+    def _first_model(self) -> str:
+        models = self._request("/models").get("data") or []
+        if not models:
+            raise ModelLoadError(f"{self.base_url}/models lists no model; pass --api-model")
+        return models[0]["id"]
+
+    def chat(self, messages, *, max_tokens=256, temperature=0.0, seed=0) -> Generation:
+        start = time.monotonic()
+        reply = self._request("/chat/completions", {
+            "model": self.model, "messages": messages, "max_tokens": max_tokens,
+            "temperature": temperature, "seed": seed})
+        usage = reply.get("usage") or {}
+        return Generation(reply["choices"][0]["message"]["content"] or "",
+                          time.monotonic() - start, usage.get("completion_tokens", 0),
+                          usage.get("prompt_tokens", 0))
+
+    def fim(self, prefix, suffix, *, max_tokens=256, temperature=0.0, seed=0) -> Generation:
+        start = time.monotonic()
+        reply = self._request("/completions", {
+            "model": self.model, "prompt": prefix, "suffix": suffix, "max_tokens": max_tokens,
+            "temperature": temperature, "seed": seed})
+        usage = reply.get("usage") or {}
+        return Generation(reply["choices"][0]["text"] or "", time.monotonic() - start,
+                          usage.get("completion_tokens", 0), usage.get("prompt_tokens", 0))
+
+    def close(self) -> None:
+        pass

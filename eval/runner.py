@@ -1,0 +1,187 @@
+"""``csound-assistant eval run``: ask models for Csound, judge the answers in the sandbox.
+
+For every model and item: generate ``samples`` answers (greedy for one, sampled for more),
+extract the code, render it (which also compiles it) and score
+- compile@1: the code parses and type-checks (Csound's verdict);
+- sound@1: it renders without error, not silent and without NaN;
+- coverage: the share of the item's required opcodes the code uses;
+- latency: seconds per answer (and generated tokens per second);
+- pass@k (with ``samples`` = k > 1): at least one of the k samples compiles / sounds.
+Writes ``report.json``, ``report.md``, ``report.png`` and ``record.json`` into one folder.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from csound_assistant import sandbox
+from csound_assistant.artifacts import sha256_file, stage_output, write_json, write_record
+from csound_assistant.errors import ConfigError
+
+from .extract import extract_code, opcodes_present
+from .models import load_model
+from .tasks import TASKS_PATH, Item, load_tasks, load_test_split, spread
+
+NOT_COMPILED = ("no-code", "refused", "syntax", "unknown-opcode", "plugin")
+METRICS = ("compile@1", "sound@1", "coverage")
+
+
+def score_answer(item: Item, answer: str, *, render_timeout: float = 20.0) -> dict:
+    """Judge one answer: extracted code, sandbox category, compiled, sound, coverage."""
+    if item.is_fim:
+        code = item.prefix + answer + item.suffix
+    else:
+        code = extract_code(answer)
+    if code is None:
+        return {"code": None, "category": "no-code", "compiled": False, "sound": False,
+                "coverage": 0.0 if item.required_opcodes else 1.0, "errors": []}
+    result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout)
+    present = opcodes_present(code, item.required_opcodes)
+    return {
+        "code": code, "category": result.category,
+        "compiled": result.category not in NOT_COMPILED, "sound": result.audible,
+        "coverage": sum(present) / len(present) if present else 1.0,
+        "peak": result.peak, "errors": [str(d) for d in result.errors][:3],
+    }
+
+
+def _summary(rows: list[dict], samples: int) -> dict:
+    """Means over items; pass@k over the k samples of an item."""
+    if not rows:
+        return {}
+    by_item: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_item.setdefault((row["source"], row["id"]), []).append(row)
+    first = [group[0] for group in by_item.values()]
+    out = {
+        "items": len(by_item),
+        "compile@1": statistics.mean(r["compiled"] for r in rows),
+        "sound@1": statistics.mean(r["sound"] for r in rows),
+        "coverage": statistics.mean(r["coverage"] for r in rows),
+        "latency_s": statistics.mean(r["latency"] for r in rows),
+        "latency_p50_s": statistics.median(r["latency"] for r in rows),
+        "tokens_per_s": (sum(r["tokens"] for r in rows) / max(1e-9, sum(r["latency"] for r in rows))),
+        "categories": _count(r["category"] for r in first),
+    }
+    if samples > 1:
+        out[f"compile@{samples}"] = statistics.mean(
+            any(r["compiled"] for r in g) for g in by_item.values())
+        out[f"sound@{samples}"] = statistics.mean(
+            any(r["sound"] for r in g) for g in by_item.values())
+    return out
+
+
+def _count(values) -> dict:
+    counts: dict = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def collect_items(tasks_path=None, test_path=None, *, limit: int | None = 20,
+                  use_tasks: bool = True) -> list[Item]:
+    items: list[Item] = []
+    if use_tasks:
+        items += spread(load_tasks(tasks_path or TASKS_PATH), limit)
+    if test_path:
+        items += spread(load_test_split(test_path), limit)
+    if not items:
+        raise ConfigError("nothing to evaluate: give a task file and/or a test split")
+    return items
+
+
+def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
+                   max_new_tokens: int = 256, temperature: float | None = None,
+                   progress: bool = True) -> list[dict]:
+    temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
+    rows = []
+    jobs = [(item, k) for item in items for k in range(samples)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"eval {label}", unit="answer")
+    for item, k in jobs:
+        kwargs = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": k}
+        if item.is_fim:
+            gen = model.fim(item.prefix, item.suffix, **kwargs)
+        else:
+            gen = model.chat(item.messages, **kwargs)
+        rows.append({"model": label, "source": item.source, "id": item.id, "kind": item.kind,
+                     "sample": k, "answer": gen.text, "latency": gen.latency,
+                     "tokens": gen.tokens, "required_opcodes": item.required_opcodes,
+                     **score_answer(item, gen.text)})
+        if bar:
+            bar.update(1)
+            bar.set_postfix(sound=f"{statistics.mean(r['sound'] for r in rows):.2f}")
+    if bar:
+        bar.close()
+    return rows
+
+
+def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
+    out = {}
+    for label in labels:
+        mine = [r for r in rows if r["model"] == label]
+        out[label] = {
+            "overall": _summary(mine, samples),
+            "by_source": {s: _summary([r for r in mine if r["source"] == s], samples)
+                          for s in sorted({r["source"] for r in mine})},
+            "by_kind": {k: _summary([r for r in mine if r["kind"] == k], samples)
+                        for k in sorted({r["kind"] for r in mine})},
+        }
+    return out
+
+
+def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, test_path=None,
+             use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
+             samples: int = 1, temperature: float | None = None, n_threads: int | None = None,
+             n_ctx: int = 2048, prompt_format: str | None = None, api_model: str | None = None,
+             force: bool = False, progress: bool = True, log=print) -> dict:
+    """Evaluate each model (label -> GGUF path, ``embedded`` or an OpenAI-compatible URL) on
+    the task file and/or a test split; publish the report folder ``out_dir``; return the
+    report (``report["summary"][label]["overall"]["sound@1"]`` and so on)."""
+    if not models:
+        raise ConfigError("no model to evaluate")
+    if samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {samples}")
+    items = collect_items(tasks_path, test_path, limit=limit, use_tasks=use_tasks)
+    log(f"{len(items)} items x {samples} sample(s) x {len(models)} model(s)")
+    from .report import write_markdown, write_plot
+
+    with stage_output(out_dir, force=force) as tmp:
+        rows, described = [], {}
+        started = time.time()
+        for label, spec in models.items():
+            model = load_model(spec, prompt_format=prompt_format, n_ctx=n_ctx,
+                               n_threads=n_threads, api_model=api_model)
+            try:
+                described[label] = {"spec": spec, **model.describe()}
+                rows += evaluate_model(model, items, label=label, samples=samples,
+                                       max_new_tokens=max_new_tokens,
+                                       temperature=temperature, progress=progress)
+            finally:
+                model.close()
+        labels = list(models)
+        settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
+                    "temperature": temperature if temperature is not None
+                    else (0.0 if samples == 1 else 0.8),
+                    "n_threads": n_threads, "n_ctx": n_ctx}
+        report = {"models": described, "settings": settings,
+                  "summary": summarize(rows, labels, samples), "items": rows,
+                  "seconds": time.time() - started}
+        write_json(tmp / "report.json", report)
+        write_markdown(tmp / "report.md", report)
+        write_plot(tmp / "report.png", report)
+        inputs = {}
+        if use_tasks:
+            path = Path(tasks_path or TASKS_PATH)
+            inputs["tasks"] = {"path": str(path), "sha256": sha256_file(path)}
+        if test_path:
+            inputs["test"] = {"path": str(test_path), "sha256": sha256_file(test_path)}
+        write_record(tmp, "eval", models=described, inputs=inputs, settings=settings,
+                     metrics={label: {m: report["summary"][label]["overall"].get(m)
+                                      for m in (*METRICS, "latency_s")} for label in labels})
+    return report
