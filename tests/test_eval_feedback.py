@@ -1,0 +1,143 @@
+"""The feedback loop: store -> mark (HTTP and CLI) -> from-feedback rows -> the train split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from csound_assistant.artifacts import read_record, write_record
+from csound_assistant.errors import ArtifactError
+from csound_assistant.eval.feedback_rows import rows_from_feedback
+from csound_assistant.runtime.feedback import FeedbackStore
+
+GOOD_ORC = "instr 1\n  a1 poscil 0.3, 440\n  outs a1, a1\nendin\n"
+CHAT = [{"role": "user", "content": "Write a Csound instrument that plays a 440 Hz sine."}]
+
+
+def make_splits(work) -> None:
+    splits = work / "splits"
+    splits.mkdir(parents=True)
+    row = {"instruction": "Play a sine.", "output": f"```csound\n{GOOD_ORC}```",
+           "meta": {"group": "g1", "task": "write"}}
+    (splits / "train.jsonl").write_text(json.dumps(row) + "\n")
+    for name in ("validation", "test"):
+        (splits / f"{name}.jsonl").write_text("")
+    write_record(splits, "splits", rows={"train": 1, "validation": 0, "test": 0})
+
+
+def fill_store(db) -> dict[str, int]:
+    with FeedbackStore(db) as store:
+        ids = {
+            "chat": store.record_completion(json.dumps(CHAT), "#Csound #Csound", "m",
+                                            "/v1/chat/completions"),
+            "fim": store.record_completion(json.dumps({"prefix": "instr 1\n  a1 ",
+                                                       "suffix": "  outs a1, a1\nendin\n"}),
+                                           "oops", "m", "/v1/completions"),
+            "broken": store.record_completion(json.dumps(CHAT), "x", "m", "/v1/chat/completions"),
+            "good": store.record_completion("Write a sine in Csound.",
+                                            f"```csound\n{GOOD_ORC}```", "m", "/api/chat"),
+            "unmarked": store.record_completion("p", "o", "m", "/complete"),
+        }
+        store.mark(ids["chat"], False, f"Here it is:\n```csound\n{GOOD_ORC}```")
+        store.mark(str(ids["fim"]), False, "poscil 0.3, 440\n")
+        store.mark(ids["broken"], False, "```csound\ninstr 1\n  a1 moogladdr 1\nendin\n```")
+        store.mark(ids["good"], True)
+        with pytest.raises(KeyError):
+            store.mark(9999, True)
+        with pytest.raises(ValueError):
+            store.mark("cmpl-x", True)
+        assert store.counts() == {"completions": 5, "good": 1, "bad": 3, "corrected": 3}
+    return ids
+
+
+def test_corrections_become_validated_rows_in_the_train_split(tmp_path):
+    from csound_assistant.data.validate import read_rows, validate_rows
+
+    db, work = tmp_path / "feedback.db", tmp_path / "run"
+    make_splits(work)
+    ids = fill_store(db)
+    record = rows_from_feedback(db, work / "feedback", splits_dir=work / "splits",
+                                log=lambda m: None)
+    assert record["considered"] == 3 and record["rows"] == 2
+    assert record["dropped"] == {"unknown-opcode": 1}
+    rows = [json.loads(line) for line in (work / "feedback" / "rows.jsonl").read_text().splitlines()]
+    chat, fim = rows
+    assert chat["messages"][:-1] == CHAT and "poscil" in chat["messages"][-1]["content"]
+    assert fim["middle"] == "poscil 0.3, 440\n" and fim["meta"]["feedback_id"] == ids["fim"]
+    parsed, problems = read_rows(work / "feedback" / "rows.jsonl")
+    assert not problems and validate_rows(parsed).ok
+    train = (work / "splits" / "train.jsonl").read_text().splitlines()
+    assert len(train) == 3 and json.loads(train[1]) == chat
+    assert read_record(work / "splits")["rows"]["train"] == 3
+    # again, with good completions too: nothing is added twice
+    record = rows_from_feedback(db, work / "feedback", splits_dir=work / "splits",
+                                include_good=True, force=True, log=lambda m: None)
+    assert record["rows"] == 3 and record["merged_into"]["added"] == 1
+    assert len((work / "splits" / "train.jsonl").read_text().splitlines()) == 4
+
+
+def test_from_feedback_without_a_database_or_splits_says_what_to_do(tmp_path):
+    with pytest.raises(ArtifactError, match="--feedback-db"):
+        rows_from_feedback(tmp_path / "none.db", tmp_path / "out")
+    db = tmp_path / "feedback.db"
+    fill_store(db)
+    with pytest.raises(ArtifactError, match="data split"):
+        rows_from_feedback(db, tmp_path / "out", splits_dir=tmp_path / "nosplits",
+                           log=lambda m: None)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_cli_round_trip(tmp_path):
+    from csound_assistant.cli import main
+
+    work_dir, run = tmp_path / "runs", "r1"
+    work = work_dir / run
+    make_splits(work)
+    with FeedbackStore(work / "feedback.db") as store:
+        cid = store.record_completion(json.dumps(CHAT), "#Csound", "m", "/v1/chat/completions")
+    fixed = tmp_path / "fixed.txt"
+    fixed.write_text(f"```csound\n{GOOD_ORC}```\n")
+    runner = CliRunner()
+    common = ["--work-dir", str(work_dir), "--run", run]
+    result = runner.invoke(main, ["eval", "feedback", str(cid), "--bad", "--correction",
+                                  str(fixed), *common])
+    assert result.exit_code == 0, result.output
+    assert "1 corrected of 1 recorded" in result.output
+    missing = runner.invoke(main, ["eval", "feedback", "42", "--good", *common])
+    assert missing.exit_code == 1 and "no completion with id 42" in missing.output
+    result = runner.invoke(main, ["data", "from-feedback", *common])
+    assert result.exit_code == 0, result.output
+    assert "1 rows kept of 1" in result.output
+    assert len((work / "splits" / "train.jsonl").read_text().splitlines()) == 2
+    again = runner.invoke(main, ["data", "from-feedback", *common])
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_server_records_and_marks_a_real_completion(tmp_path, embedded_gguf):
+    """serve (real embedded GGUF) -> POST /v1/feedback -> from-feedback -> rows."""
+    from starlette.testclient import TestClient
+
+    from csound_assistant.runtime.server import create_app
+    from csound_assistant.runtime.settings import Settings
+
+    db, work = tmp_path / "feedback.db", tmp_path / "run"
+    make_splits(work)
+    settings = Settings(model_path=embedded_gguf, feedback_db=db, prompt_format="chatml",
+                        n_ctx=1024, n_threads=1)
+    with TestClient(create_app(settings)) as client:
+        reply = client.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 8,
+                                                          "temperature": 0})
+        assert reply.status_code == 200
+        cid = reply.headers["x-completion-id"]
+        marked = client.post("/v1/feedback", json={
+            "id": cid, "good": False, "correction": f"```csound\n{GOOD_ORC}```"})
+        assert marked.status_code == 200
+    record = rows_from_feedback(db, work / "feedback", splits_dir=work / "splits",
+                                log=lambda m: None)
+    assert record["rows"] == 1
+    row = json.loads((work / "feedback" / "rows.jsonl").read_text())
+    assert row["messages"][-2:] == [CHAT[0], {"role": "assistant",
+                                              "content": f"```csound\n{GOOD_ORC}```"}]
+    assert row["meta"]["feedback_id"] == int(cid)
