@@ -43,10 +43,13 @@ def markdown(report: dict) -> str:
                      + f" | {o.get('latency_s', 0):.2f} | {o.get('tokens_per_s', 0):.1f} | "
                      f"{where} |")
     if len(labels) >= 2:
-        a, b = labels[0], labels[1]
-        lines += ["", f"Difference {b} - {a}: " + ", ".join(
-            f"{k} {100 * (summary[b]['overall'].get(k, 0) - summary[a]['overall'].get(k, 0)):+.0f}"
-            " points" for k in metrics)]
+        a = labels[0]
+        for b in labels[1:]:
+            first, other = summary[a]["overall"], summary[b]["overall"]
+            deltas = [f"{k} {100 * ((other.get(k) or 0) - (first.get(k) or 0)):+.0f} points"
+                      for k in metrics]
+            lines += ["", f"{b} vs {a}: " + ", ".join(deltas) + "; identical answers "
+                      + _pct(summary[b].get("same_answer_as_first"))]
     for title, key in (("By source", "by_source"), ("By kind", "by_kind")):
         groups = sorted({g for label in labels for g in summary[label][key]})
         lines += ["", f"## {title} (sound@1 / compile@1)", "",

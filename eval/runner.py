@@ -123,9 +123,14 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
 
 def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
     out = {}
+    answers = {(r["model"], r["source"], r["id"], r["sample"]): r["answer"] for r in rows}
     for label in labels:
         mine = [r for r in rows if r["model"] == label]
+        # e.g. F16 vs Q4_K_M: how often quantization changed the (greedy) answer at all
+        same = [answers.get((labels[0], r["source"], r["id"], r["sample"])) == r["answer"]
+                for r in mine]
         out[label] = {
+            "same_answer_as_first": statistics.mean(same) if same else None,
             "overall": _summary(mine, samples),
             "by_source": {s: _summary([r for r in mine if r["source"] == s], samples)
                           for s in sorted({r["source"] for r in mine})},

@@ -167,3 +167,27 @@ def test_run_eval_compare_on_the_embedded_gguf(tmp_path, embedded_gguf):
     assert read_record(out)["metrics"]["base"]["compile@1"] == overall["compile@1"]
     with pytest.raises(ArtifactError):
         run_eval(models, out, limit=1, max_new_tokens=4, progress=False, log=lambda m: None)
+
+
+def test_openai_url_and_gguf_agree_on_the_same_model(tmp_path, embedded_gguf):
+    """The URL path against the real server on the embedded GGUF: greedy answers match the
+    in-process GGUF path, chat and FIM."""
+    from csound_assistant.eval.models import OpenAIModel, load_model
+    from csound_assistant.runtime.server import create_app
+    from csound_assistant.runtime.settings import Settings
+
+    from runtime_helpers import running_server
+
+    app = create_app(Settings(model_path=embedded_gguf, prompt_format="chatml", n_ctx=1024,
+                              n_threads=1))
+    local = load_model(str(embedded_gguf), n_threads=1)
+    kwargs = {"max_tokens": 10, "temperature": 0.0}
+    with running_server(app, timeout=120) as url:
+        remote = OpenAIModel(url)
+        assert remote.model == "csound-assistant"
+        chat = remote.chat([{"role": "user", "content": "Write a Csound sine."}], **kwargs)
+        assert chat.text == local.chat([{"role": "user", "content": "Write a Csound sine."}],
+                                       **kwargs).text
+        fim = remote.fim("instr 1\n  a1 ", "  outs a1, a1\nendin\n", **kwargs)
+        assert fim.text == local.fim("instr 1\n  a1 ", "  outs a1, a1\nendin\n", **kwargs).text
+    local.close()
