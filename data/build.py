@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import resource
 import time
 from pathlib import Path
@@ -26,9 +27,9 @@ ROWS_NAME = "rows.jsonl"
 RENDER_SECONDS = 1.0
 MAX_CODE_CHARS = 5000  # longer examples still count, but make no code-answer rows
 MAX_FIX_CHARS = 3500
-FIXES_PER_EXAMPLE = 2
+FIXES_PER_EXAMPLE = 1  # kinds rotate over examples; 2 doubles the fix rows and the check time
 # Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
-KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "timeout", "plugin"}
+KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "gui", "timeout"}
 LICENSE = "GFDL-1.2-or-later"
 ATTRIBUTION = ("Derived from The Canonical Csound Reference Manual (Debian package csound-doc), "
                "GNU Free Documentation License 1.2 or later, no Invariant Sections, no "
@@ -48,7 +49,8 @@ def _render_flags(render: dict) -> dict:
 def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUAL_DIR,
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
-                  progress: bool = False, log=print) -> dict:
+                  fixes_per_example: int = FIXES_PER_EXAMPLE, progress: bool = False,
+                  log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
     ``limit`` keeps the first N manual examples (quick runs and tests). Verdicts are cached by
@@ -88,7 +90,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
 
     # 2. orchestra fragments (the main instrument alone) and broken variants, verified
     fragments = _fragments(good, known, verifier, counts)
-    fixes = _fixes(good, known, synopses, verifier, counts)
+    fixes = _fixes(good, known, synopses, verifier, counts, fixes_per_example)
 
     # 3. rows
     # a limited (quick) build makes page rows only for the opcodes its examples are about
@@ -130,6 +132,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             categories=dict(categories.most_common()), opcodes=dict(opcodes.most_common()),
             eval_opcodes=_eval_opcodes(good, pages),
             manual_dir=str(manual.directory), limit=limit, workers=workers,
+            fixes_per_example=fixes_per_example,
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
                    "path": str(verifier.cache_path) if verifier.cache_path else None},
@@ -139,33 +142,33 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     return record
 
 
-def _fragments(good, known, verifier, counts) -> dict[str, tuple[str, dict]]:
-    """Example name -> (instrument block, render flags) for blocks that run on their own."""
+def _fragments(good, known, verifier, counts) -> dict[str, tuple]:
+    """Example name -> (block, its code, render flags) for main instruments that compile and
+    sound on their own (the sandbox wraps them with a header and a score line)."""
     proposals = {}
     for ex, _ in good:
         block = csdcode.main_instrument(ex.code, ex.opcode, known)
         if block is None:
             continue
         text = csdcode.block_text(ex.code, block)
-        if len(text) > MAX_CODE_CHARS or csdcode.re.search(r"\bg[aikS]\w*|\bp\d+\b.*ftgen", text):
-            counts["fragment"]["skipped-uses-globals-or-too-long"] += 1
+        if len(text) > MAX_CODE_CHARS or not csdcode.self_contained(ex.code, text):
+            counts["fragment"]["skipped-not-self-contained"] += 1
             continue
-        proposals[ex.name] = text
-    checks = verifier.check(list(proposals.values()), "check fragments")
-    passing = {n: t for (n, t), c in zip(proposals.items(), checks) if c["ok"]}
-    counts["fragment"]["failed-check"] += len(proposals) - len(passing)
-    renders = verifier.render(list(passing.values()), RENDER_SECONDS, "render fragments")
+        proposals[ex.name] = (block, text)
+    # a render compiles first, so it also reports syntax errors; the kept ones are checked
+    # once more with every other answer at the end
+    renders = verifier.render([t for _, t in proposals.values()], RENDER_SECONDS, "render fragments")
     kept = {}
-    for (name, text), r in zip(passing.items(), renders):
+    for (name, (block, text)), r in zip(proposals.items(), renders):
         if r["category"] == "ok" and not r["silent"] and not r["nan"]:
-            kept[name] = (text, _render_flags(r))
+            kept[name] = (block, text, _render_flags(r))
         else:
             counts["fragment"][f"render-{r['category']}"] += 1
     counts["fragment"]["kept"] = len(kept)
     return kept
 
 
-def _fixes(good, known, synopses, verifier, counts) -> dict[str, list[tuple]]:
+def _fixes(good, known, synopses, verifier, counts, per_example: int) -> dict[str, list[tuple]]:
     """Example name -> [(breakage, Csound's error)] for breakages that really fail."""
     candidates: dict[str, list[csdcode.Breakage]] = {}
     for ex, _ in good:
@@ -181,8 +184,8 @@ def _fixes(good, known, synopses, verifier, counts) -> dict[str, list[tuple]]:
     for round_ in range(2):  # second round: fall back to other kinds where the first ones compiled
         batch = []
         for name, found in candidates.items():
-            need = FIXES_PER_EXAMPLE - len(verified[name])
-            take = found[:need] if round_ == 0 else found[FIXES_PER_EXAMPLE:][:need]
+            need = per_example - len(verified[name])
+            take = found[:need] if round_ == 0 else found[per_example:][:need]
             batch += [(name, b) for b in take]
         results = verifier.check([b.code for _, b in batch], f"check broken variants ({round_ + 1})")
         for (name, b), c in zip(batch, results):
@@ -219,8 +222,8 @@ def _make_rows(good, fragments, fixes, manual, page_names, counts) -> list[dict]
         if block is not None and (row := rows.explain_row(ex, block, pages, known)):
             out.append(row)
         if page and ex.name in fragments:
-            text, frender = fragments[ex.name]
-            out.append(rows.orchestra_row(ex, page, text, frender))
+            fblock, text, frender = fragments[ex.name]
+            out.append(rows.orchestra_row(ex, page, fblock, text, frender))
         if small and block is not None:
             out.append(rows.completion_row(ex, block))
             out += rows.fim_rows(ex, known)

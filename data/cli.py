@@ -25,7 +25,7 @@ def cli():
               default="/usr/share/doc/csound-doc/html", show_default=True,
               help="The Csound manual's HTML folder (Debian package csound-doc).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Use only the first N manual examples (quick runs).")
+              help="Use only N manual examples, spread over the manual (quick runs).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Parallel Csound processes.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -33,10 +33,13 @@ def cli():
               help="Cache of Csound verdicts by content [env CSOUND_ASSISTANT_CACHE; "
                    "default: ~/.cache/csound-assistant/data].")
 @click.option("--no-cache", is_flag=True, help="Check everything again, ignoring the cache.")
+@click.option("--fixes-per-example", type=click.IntRange(0, 5), default=1, show_default=True,
+              help="Fix-the-bug rows per example (each costs a Csound check).")
 @work_dir_option
 @run_option
 @force_option
-def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, work_dir, run, force):
+def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, work_dir,
+          run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -52,7 +55,7 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, work_dir, ru
     with domain_errors():
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
-                               progress=True, log=lambda m: click.echo(m, err=True))
+                               fixes_per_example=fixes_per_example, progress=True, log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))
     click.echo(f"rows written to {out_dir / record['rows_file']}")
 

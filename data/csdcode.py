@@ -51,6 +51,10 @@ def code_part(line: str) -> str:
     return "".join(out)
 
 
+def strip_code_comments(code: str) -> str:
+    return "\n".join(code_part(line) for line in code.split("\n"))
+
+
 def split_args(text: str) -> list[str]:
     """Top-level comma split: parentheses, brackets and strings keep their commas."""
     args, depth, cur, in_str = [], 0, [], False
@@ -143,6 +147,27 @@ def variables_defined(code: str, known: set[str], block: Instrument) -> set[str]
 
 def all_identifiers(code: str) -> set[str]:
     return set(_IDENT.findall(code))
+
+
+_PRINTS = {"print", "printk", "printks", "prints", "printf", "printf_i", "printk2", "puts", "println"}
+_LIVE_INPUT = {"in", "ins", "inch", "inq", "inh", "ino", "inx", "massign", "notnum", "cpsmidi",
+               "veloc", "ampmidi", "midictrl", "ctrl7", "midiin", "pchbend", "aftouch"}
+
+
+def self_contained(csd: str, block_code: str) -> bool:
+    """Whether an instrument is likely to sound on its own (without its CSD): no global
+    variables, no score-made tables, no files, no live input, not a print demo. A guess that
+    saves renders; the render decides."""
+    code = strip_code_comments(block_code)
+    words = set(_IDENT.findall(code))
+    score = re.search(r"<CsScore>(.*?)</CsScore>", csd, re.S)
+    return not (
+        re.search(r"\bg[aikS]\w*", code)
+        or (score and re.search(r"^\s*f\s*\d", score.group(1), re.M))
+        or re.search(r'"[^"]+\.\w{2,4}"', block_code)
+        or words & _LIVE_INPUT
+        or (words & _PRINTS and not any(w.startswith("out") for w in words))
+    )
 
 
 # --- fill in the middle ----------------------------------------------------------------------

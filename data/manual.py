@@ -180,7 +180,7 @@ class Manual:
 def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | None = None) -> Manual:
     """Parse every opcode page and example CSD of the installed manual.
 
-    ``limit`` keeps the first N examples (sorted by name) for quick runs.
+    ``limit`` keeps N examples spread evenly over the sorted names, for quick runs.
     """
     manual_dir = Path(manual_dir)
     examples_dir = manual_dir / "examples"
@@ -201,8 +201,9 @@ def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | Non
         for ex in page.examples:
             linked.setdefault(example_name(Path(ex)), page)
     paths = sorted(p for p in examples_dir.iterdir() if p.name.endswith((".csd", ".csd.gz")))
-    if limit is not None:
-        paths = paths[:limit]
+    if limit is not None and limit < len(paths):
+        step = len(paths) / limit  # spread over the alphabet, not just the ATS* examples
+        paths = [paths[int(i * step)] for i in range(limit)]
     examples: dict[str, Example] = {}
     for path in paths:
         name = example_name(path)

@@ -259,10 +259,14 @@ def syntax_row(page: OpcodePage, group: str) -> dict | None:
                          source=page.page)}
 
 
-def orchestra_row(example: Example, page: OpcodePage, block_code: str, render: dict | None) -> dict:
+def orchestra_row(example: Example, page: OpcodePage, block: csdcode.Instrument, block_code: str,
+                  render: dict | None) -> dict:
     pfields = sorted(set(re.findall(r"\bp([4-9]|\d\d)\b", block_code)), key=int)
+    first = block.name.split(",")[0].strip()
+    ident = first if first.isdigit() else f'"{first}"'
     note = ("It reads " + ", ".join(f"p{p}" for p in pfields) + " from the score, so give those "
-            "values on each `i` line.") if pfields else "Play it with a score line such as `i 1 0 2`."
+            f"values on each `i {ident}` line.") if pfields else \
+        f"Play it with a score line such as `i {ident} 0 2`."
     prompt = pick(ORCHESTRA_PROMPTS, example.name, "orc").format(op=page.name, summary=page.summary)
     output = f"Here is the instrument, using `{page.name}`.\n\n{fence(block_code)}\n\n{note}"
     return {"instruction": prompt, "input": "", "output": output,

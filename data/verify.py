@@ -31,7 +31,7 @@ def first_error(result) -> str:
     """Csound's first error message, as it printed it."""
     for d in getattr(result, "diagnostics", []) or []:
         if getattr(d, "severity", "") == "error":
-            return d.message.strip()
+            return str(d).strip()  # "error: line 23: syntax error, unexpected T_IDENT ..."
     refused = getattr(result, "refused", None)
     if refused:
         return "refused: " + ", ".join(refused)
@@ -121,22 +121,7 @@ class Verifier:
         return self._run(f"render-{seconds}", codes, fn, label)
 
     def _batched(self, many, batch: list[str], label: str, **kw):
-        """Call ``many`` in chunks so a progress bar can move."""
-        chunk = 64
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(batch), desc=label, unit="csd", leave=False)
-        try:
-            for i in range(0, len(batch), chunk):
-                part = batch[i: i + chunk]
-                yield from many(part, workers=self.workers, **kw)
-                if bar:
-                    bar.update(len(part))
-        finally:
-            if bar:
-                bar.close()
+        return many(batch, workers=self.workers, progress=self.progress, **kw)
 
     def save(self) -> None:
         if self.cache_path is None:
