@@ -485,7 +485,7 @@ _FROM_FILE = re.compile(r" from file [^\n]*? \(\d+\),(?: line (\d+):)?")
 _LINE_NO = re.compile(r"^\s*(?:Line:?\s*(\d+)|line\s+(\d+)\b)")
 _MESSAGE_START = re.compile(
     r"^(?:error:|INIT ERROR|PERF ERROR|sread:|WARNING:|Unable to|Can't open display|"
-    r"memory allocate failure|.*(?:failed to open|Failed to open|cannot open|could not open))",
+    r"memory allocate failure|(?i:.*(?:failed to open|cannot open|could not open)))",
 )
 _NOISE = re.compile(
     r"Internal error in print_input_backtrace|Parsing failed|Stopping on parser failure|"
@@ -616,7 +616,7 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
         if _uses_realtime(code, prep.options):
             return "realtime", notes
         return "runtime-error", notes
-    if any(m in text for m in ("sread", "error")):
+    if any(m in text for m in ("sread", "error")) or "cannot compile orchestra" in output:
         return "syntax", notes
     return "runtime-error", notes
 
