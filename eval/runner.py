@@ -143,11 +143,14 @@ def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
 def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, test_path=None,
              use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
              samples: int = 1, temperature: float | None = None, n_threads: int | None = None,
-             n_ctx: int = 2048, prompt_format: str | None = None, api_model: str | None = None,
+             n_ctx: int = 2048, prompt_format: str | None = None,
+             prompt_formats: dict[str, str] | None = None, api_model: str | None = None,
              force: bool = False, progress: bool = True, log=print) -> dict:
     """Evaluate each model (label -> GGUF path, ``embedded`` or an OpenAI-compatible URL) on
     the task file and/or a test split; publish the report folder ``out_dir``; return the
-    report (``report["summary"][label]["overall"]["sound@1"]`` and so on)."""
+    report (``report["summary"][label]["overall"]["sound@1"]`` and so on; the headline numbers
+    are also in ``report["models"][label]["summary"]``). ``prompt_formats`` (label -> format
+    name) overrides ``prompt_format`` for single models."""
     if not models:
         raise ConfigError("no model to evaluate")
     if samples < 1:
@@ -160,7 +163,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         rows, described = [], {}
         started = time.time()
         for label, spec in models.items():
-            model = load_model(spec, prompt_format=prompt_format, n_ctx=n_ctx,
+            fmt = (prompt_formats or {}).get(label, prompt_format)
+            model = load_model(spec, prompt_format=fmt, n_ctx=n_ctx,
                                n_threads=n_threads, api_model=api_model)
             try:
                 described[label] = {"spec": spec, **model.describe()}
@@ -174,8 +178,13 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
                     "n_threads": n_threads, "n_ctx": n_ctx}
-        report = {"models": described, "settings": settings,
-                  "summary": summarize(rows, labels, samples), "items": rows,
+        summary = summarize(rows, labels, samples)
+        for label in labels:
+            overall = summary[label]["overall"]
+            described[label]["summary"] = {
+                **{k: overall.get(k) for k in (*METRICS, "latency_s", "tokens_per_s")},
+                "opcode_coverage": overall.get("coverage"), "tasks": overall.get("items")}
+        report = {"models": described, "settings": settings, "summary": summary, "items": rows,
                   "seconds": time.time() - started}
         write_json(tmp / "report.json", report)
         write_markdown(tmp / "report.md", report)

@@ -152,12 +152,16 @@ def test_run_eval_compare_on_the_embedded_gguf(tmp_path, embedded_gguf):
 
     out = tmp_path / "eval"
     models = {"base": "embedded", "same-file": str(embedded_gguf)}
-    report = run_eval(models, out, limit=2, max_new_tokens=12, progress=False, log=lambda m: None)
+    report = run_eval(models, out, limit=2, max_new_tokens=12, progress=False, log=lambda m: None,
+                      prompt_formats={"base": "chatml"})
     for name in ("report.json", "report.md", "report.png", "record.json"):
         assert (out / name).is_file()
     assert set(report["summary"]) == {"base", "same-file"}
     overall = report["summary"]["base"]["overall"]
     assert overall["items"] == 2 and 0 <= overall["sound@1"] <= 1
+    headline = report["models"]["base"]["summary"]
+    assert headline["sound@1"] == overall["sound@1"] and headline["tasks"] == 2
+    assert report["models"]["base"]["prompt_format"] == "chatml"
     # greedy decoding of one file: both labels answer identically
     answers = {label: [r["answer"] for r in report["items"] if r["model"] == label]
                for label in models}
