@@ -36,13 +36,13 @@ def score_answer(item: Item, answer: str, *, render_timeout: float = 20.0) -> di
         code = extract_code(answer)
     if code is None:
         return {"code": None, "category": "no-code", "compiled": False, "sound": False,
-                "coverage": 0.0 if item.required_opcodes else 1.0, "errors": []}
+                "coverage": 0.0 if item.required_opcodes else None, "errors": []}
     result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout)
     present = opcodes_present(code, item.required_opcodes)
     return {
         "code": code, "category": result.category,
         "compiled": result.category not in NOT_COMPILED, "sound": result.audible,
-        "coverage": sum(present) / len(present) if present else 1.0,
+        "coverage": sum(present) / len(present) if present else None,  # None: nothing asked
         "peak": result.peak, "errors": [str(d) for d in result.errors][:3],
     }
 
@@ -59,7 +59,7 @@ def _summary(rows: list[dict], samples: int) -> dict:
         "items": len(by_item),
         "compile@1": statistics.mean(r["compiled"] for r in rows),
         "sound@1": statistics.mean(r["sound"] for r in rows),
-        "coverage": statistics.mean(r["coverage"] for r in rows),
+        "coverage": _mean([r["coverage"] for r in rows if r["coverage"] is not None]),
         "latency_s": statistics.mean(r["latency"] for r in rows),
         "latency_p50_s": statistics.median(r["latency"] for r in rows),
         "tokens_per_s": (sum(r["tokens"] for r in rows) / max(1e-9, sum(r["latency"] for r in rows))),
@@ -71,6 +71,10 @@ def _summary(rows: list[dict], samples: int) -> dict:
         out[f"sound@{samples}"] = statistics.mean(
             any(r["sound"] for r in g) for g in by_item.values())
     return out
+
+
+def _mean(values: list) -> float | None:
+    return statistics.mean(values) if values else None
 
 
 def _count(values) -> dict:
