@@ -147,9 +147,15 @@ def load_model(base_dir, cfg: TrainConfig, backend: Backend):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     targets = cfg.target_modules
+    n_layers = model.config.num_hidden_layers
+    if cfg.lora_layers > n_layers:
+        raise ConfigError(f"lora_layers={cfg.lora_layers}, but the model has only {n_layers} "
+                          "layers")
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
+        layers_to_transform=(list(range(n_layers - cfg.lora_layers, n_layers))
+                             if cfg.lora_layers else None),
         bias="none", task_type="CAUSAL_LM",
     )
     try:

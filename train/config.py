@@ -42,6 +42,8 @@ class TrainConfig:
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
     target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                "down_proj"], "module names to adapt, or ['all-linear']")
+    lora_layers: int = _f(0, "adapt only the last N decoder layers (0 = all): the backward pass "
+                          "then stops at layer L-N, which saves compute on CPU")
     # --- data ---------------------------------------------------------------------------------
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
@@ -58,6 +60,9 @@ class TrainConfig:
     schedule: str = _f("cosine", "cosine, linear or constant decay after warm-up")
     warmup_steps: int = _f(10, "linear warm-up steps")
     max_steps: int = _f(0, "optimizer steps; 0 = run `epochs` epochs")
+    time_budget_minutes: float = _f(0.0, "if > 0, fewer steps when the measured speed of the "
+                                    "first steps says max_steps would not fit this many minutes "
+                                    "(the schedule is re-fitted; for slow, shared CPUs)")
     epochs: float = _f(1.0, "epochs over the train split when max_steps is 0")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     gradient_checkpointing: str = _f("auto", "true, false or auto (on for CUDA, off on CPU)")
@@ -91,6 +96,8 @@ class TrainConfig:
         if self.batch_tokens < self.max_length:
             problems.append(f"batch_tokens={self.batch_tokens} is below max_length="
                             f"{self.max_length}: a longest row would not fit a micro-batch")
+        if self.lora_layers < 0 or self.time_budget_minutes < 0:
+            problems.append("lora_layers and time_budget_minutes must be >= 0")
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set max_steps > 0 or epochs > 0")
         if not self.target_modules:

@@ -96,7 +96,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if backend.device == "cuda" else {}))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+    plan = {"steps": steps}  # the schedule reads this; a time budget may shorten it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, plan))
     fp16 = backend.device == "cuda" and backend.dtype == "float16"
     scaler = torch.amp.GradScaler("cuda") if fp16 else None
     state = {"config": cfg.to_dict(), "train_loss": [], "val_loss": [], "tokens": 0,
@@ -108,6 +109,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         checkpoint.check_compatible(saved["config"], cfg, path)
         state = checkpoint.load(path, model, optimizer, scheduler, scaler)
         start = state["step"]
+        steps = plan["steps"] = state.get("planned_steps", steps)
         say(f"train: resumed from {path} at step {start}/{steps}")
     elif ckpt_root.exists() and main:
         import shutil
@@ -143,15 +145,19 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         return (total[0] / total[1]).item()
 
     # --- 4. the loop -----------------------------------------------------------------------
+    eval_seconds = time.perf_counter()
     if start == 0:
         state["val_loss"].append([0, evaluate()])
         say(f"train: validation loss before training {state['val_loss'][-1][1]:.4f}")
+    eval_seconds = time.perf_counter() - eval_seconds
+    budget_left = cfg.time_budget_minutes * 60 - eval_seconds  # the final evaluation too
     model.train()
     bar = _progress(cfg.progress and main, steps, start)
     t0, tokens0, paused = time.perf_counter(), 0, 0.0  # paused: evaluation and checkpoints
     if backend.device == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for step in range(start, steps):
+    step = start
+    while step < steps:
         micro = train_plan.step(step, cfg.grad_accum, backend.world_size)
         label_total = sum(trained_tokens(b) for b in micro)  # the whole step, all ranks
         mine = micro[backend.local_rank::backend.world_size]
@@ -180,8 +186,12 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         optimizer.zero_grad(set_to_none=True)
         if dist:
             torch.distributed.all_reduce(loss_sum)
-        done = step + 1
+        done = step = step + 1
         tok_s = tokens0 / (time.perf_counter() - t0 - paused)
+        if cfg.time_budget_minutes and done == start + min(3, steps - start):
+            steps = _fit_budget(steps, done, start, time.perf_counter() - t0 - paused,
+                                budget_left - paused, dist, device, say)
+            plan["steps"] = state["planned_steps"] = bar.total = steps
         if done % cfg.log_every == 0 or done == steps or done == start + 1:
             state["train_loss"].append([done, loss_sum.item(), scheduler.get_last_lr()[0]])
         pause = time.perf_counter()
@@ -203,6 +213,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if backend.device == "cuda" else None
 
     # --- 5. publish the adapter ------------------------------------------------------------
+    epochs = steps * cfg.grad_accum * backend.world_size / train_plan.micro_batches_per_epoch()
     metrics = {
         "steps": steps, "epochs": round(epochs, 3),
         "val_loss_start": state["val_loss"][0][1], "val_loss_end": state["val_loss"][-1][1],
@@ -246,8 +257,24 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     return out_dir
 
 
-def _lr_lambda(cfg: TrainConfig, steps: int):
+def _fit_budget(steps, done, start, seconds, budget, dist, device, say) -> int:
+    """Fewer steps if the speed so far says ``steps`` would overrun ``budget`` seconds."""
+    import torch
+
+    per_step = torch.tensor(seconds / (done - start), device=device)
+    if dist:  # every rank must agree on the step count
+        torch.distributed.all_reduce(per_step, op=torch.distributed.ReduceOp.MAX)
+    fits = done + int(max(0.0, budget - seconds) / per_step.item())
+    if fits < steps:
+        say(f"train: {per_step.item():.1f} s/step: {steps} steps would overrun the time "
+            f"budget, training {max(fits, done)} (the schedule is re-fitted)")
+        return max(fits, done)
+    return steps
+
+
+def _lr_lambda(cfg: TrainConfig, plan: dict):
     def factor(step: int) -> float:
+        steps = plan["steps"]
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
