@@ -115,7 +115,6 @@ MIDI_OPCODES = {
     "initc7", "initc14", "midic7", "midic14", "midic21", "chanctrl", "polyaft", "release",
 }
 MIDI_FLAGS = re.compile(r"(^|\s)(-M\S*|--midi-device\S*|-F\s*\S+|--midifile\S*)")
-INPUT_FLAGS = re.compile(r"(^|\s)(-i\s*adc\S*|--input=adc\S*)")
 
 
 @dataclass
@@ -609,8 +608,8 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
         if unknown:
             return "unknown-opcode", [f"unknown opcode: {', '.join(unknown)}"]
         return "syntax", notes
-    if re.search(r"failed to open|cannot open|could not open|No such file|error opening",
-                 text, re.I):
+    if re.search(r"failed to open|cannot open|could not open|No such file|error opening|"
+                 r"unable to load", text, re.I):
         return "needs-input-file", notes
     if re.search(r"INIT ERROR|PERF ERROR", text):
         if _uses_realtime(code, prep.options):
@@ -622,9 +621,11 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
 
 
 def _uses_realtime(code: str, options: str) -> bool:
-    words = _opcode_words(code)
-    return bool(MIDI_FLAGS.search(options) or INPUT_FLAGS.search(options)
-                or words & AUDIO_INPUT_OPCODES or words & MIDI_OPCODES)
+    options = re.sub(r";[^\n]*|/\*.*?\*/", " ", options, flags=re.S)  # "; -iadc" is off
+    words = _opcode_words(_orchestra_part(code))
+    # -iadc alone is no evidence: many print-only manual examples carry "-odac -iadc"
+    return bool(MIDI_FLAGS.search(options) or words & AUDIO_INPUT_OPCODES
+                or words & MIDI_OPCODES)
 
 
 # --- measuring the sound ----------------------------------------------------------------------
