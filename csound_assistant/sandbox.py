@@ -25,6 +25,7 @@ import binascii
 import contextlib
 import functools
 import glob
+import gzip
 import html
 import os
 import re
@@ -36,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -700,13 +701,44 @@ def _notes_common() -> list[str]:
     return [] if _isolation_prefix() else ["network not isolated: unshare is unavailable here"]
 
 
-def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> CheckResult:
-    """Parse and type-check ``code`` (a CSD or an orchestra fragment); runs none of it."""
+Assets = Mapping[str, "str | os.PathLike | bytes"]
+
+
+def manual_assets(examples_dir: str | os.PathLike = MANUAL_DIR / "examples") -> dict[str, Path]:
+    """The sound, table and include files the manual's examples read (``fox.wav``, ...), by the
+    name the examples use (``.gz`` files are decompressed when staged)."""
+    out = {}
+    for path in sorted(Path(examples_dir).glob("*")):
+        if path.is_file() and path.suffix != ".csd":
+            out[path.name.removesuffix(".gz")] = path
+    return out
+
+
+def _stage_assets(cwd: Path, code: str, assets: Assets | None) -> None:
+    """Copy into the sandbox the assets whose names the code mentions."""
+    for name, source in (assets or {}).items():
+        if "/" in name or name.startswith(".") or name not in code:
+            continue
+        if isinstance(source, bytes):
+            data = source
+        elif str(source).endswith(".gz") and not name.endswith(".gz"):
+            with gzip.open(source) as fh:
+                data = fh.read()
+        else:
+            data = Path(source).read_bytes()
+        (cwd / name).write_bytes(data)
+
+
+def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024,
+          assets: Assets | None = None) -> CheckResult:
+    """Parse and type-check ``code`` (a CSD or an orchestra fragment); runs none of it.
+    ``assets`` (name -> path or bytes) are files the code may read, e.g. ``manual_assets()``."""
     prep = _prepare(code, render_seconds=None)
     if prep.refused:
         return _refused_result(CheckResult, prep)
     with tempfile.TemporaryDirectory(prefix="csound-check-") as tmp:
         (Path(tmp) / "input.csd").write_text(prep.text)
+        _stage_assets(Path(tmp), code, assets)
         rc, output, timed_out, elapsed = _run(
             ["--syntax-check-only", *COMMON_FLAGS, "input.csd"], Path(tmp),
             _limits(timeout, memory_mb, 8 << 20))
@@ -724,10 +756,12 @@ def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024) -> CheckRe
 
 def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb: int = 1024,
            max_channels: int = 8, max_sample_rate: int = 192000,
-           keep_wav: str | os.PathLike | None = None) -> RenderResult:
+           keep_wav: str | os.PathLike | None = None,
+           assets: Assets | None = None) -> RenderResult:
     """Render ``seconds`` of ``code`` offline to a float WAV in a temp dir and measure it.
 
-    Refused code never runs. ``keep_wav`` copies the WAV there (when one was written)."""
+    Refused code never runs. ``keep_wav`` copies the WAV there (when one was written);
+    ``assets`` (name -> path or bytes) are input files the code may read."""
     prep = _prepare(code, render_seconds=seconds)
     if prep.refused:
         return _refused_result(RenderResult, prep)
@@ -735,6 +769,7 @@ def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb:
     with tempfile.TemporaryDirectory(prefix="csound-render-") as tmp:
         cwd = Path(tmp)
         (cwd / "input.csd").write_text(prep.text)
+        _stage_assets(cwd, code, assets)
         rc, output, timed_out, elapsed = _run(
             [*COMMON_FLAGS, "-W", "-f", "-o", "output.wav", "input.csd"], cwd,
             _limits(timeout, memory_mb, cap))

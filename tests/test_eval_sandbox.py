@@ -225,3 +225,14 @@ def test_keep_wav_copies_the_render(tmp_path):
 def test_every_category_is_documented():
     assert {"ok", "refused", "syntax", "unknown-opcode", "needs-input-file", "realtime",
             "plugin", "timeout", "crash", "nan", "silent", "clipping"} <= set(sandbox.CATEGORIES)
+
+
+def test_manual_assets_make_example_inputs_available(csound_examples):
+    assets = sandbox.manual_assets(csound_examples)
+    assert "fox.wav" in assets and assets["fox.wav"].name == "fox.wav.gz"
+    code = 'a1 diskin2 "fox.wav", 1\nouts a1, a1\n'
+    assert sandbox.render(code, seconds=1).category == "needs-input-file"
+    result = sandbox.render(code, seconds=1, assets=assets)
+    assert result.audible and result.category == "ok"
+    inline = sandbox.render(code, seconds=1, assets={"fox.wav": assets["fox.wav"].read_bytes()})
+    assert inline.category != "ok"  # still gzipped bytes: not a sound file
