@@ -230,7 +230,7 @@ def test_every_category_is_documented():
 def test_manual_assets_make_example_inputs_available(csound_examples):
     assets = sandbox.manual_assets(csound_examples)
     assert "fox.wav" in assets and assets["fox.wav"].name == "fox.wav.gz"
-    code = 'a1 diskin2 "fox.wav", 1\nouts a1, a1\n'
+    code = 'a1 diskin2 "fox.wav", 1\nouts a1 * 0.5, a1 * 0.5\n'
     assert sandbox.render(code, seconds=1).category == "needs-input-file"
     result = sandbox.render(code, seconds=1, assets=assets)
     assert result.audible and result.category == "ok"
