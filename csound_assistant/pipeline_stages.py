@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .artifacts import read_record
+from .artifacts import read_record, sha256_file
 from .pipeline import Pipeline, PipelineConfig
 
 
@@ -43,7 +43,10 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     def train(out, stale):
         _train(root, cfg, stale)
 
-    p.stage("train", "adapter", cfg.train, ["base", "split"], train)
+    # The train split's hash is part of the key: `data from-feedback` adds corrected rows to it,
+    # and the next pipeline run retrains on them.
+    train_rows = sha256_file(root / "splits" / "train.jsonl")
+    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows}, ["base", "split"], train)
 
     def export(out, stale):
         from csound_assistant.convert.export import export as run_export
