@@ -35,7 +35,7 @@ class PipelineConfig:
     base_dtype: str = "float32"
     data: dict = field(default_factory=lambda: {"limit": None})
     split: dict = field(default_factory=lambda: {"seed": 0, "ratios": [0.9, 0.05, 0.05]})
-    train: dict = field(default_factory=lambda: {"config": "cpu-smollm2.yaml", "overrides": {}})
+    train: dict = field(default_factory=lambda: {"config": "cpu-smollm2", "overrides": {}})
     export: dict = field(default_factory=lambda: {"quant_types": ["Q4_K_M"], "gate": True})
     package: dict = field(default_factory=lambda: {"name": "csound-assistant"})
     eval: dict = field(default_factory=lambda: {"limit": 20, "max_new_tokens": 256})
