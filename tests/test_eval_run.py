@@ -195,3 +195,22 @@ def test_openai_url_and_gguf_agree_on_the_same_model(tmp_path, embedded_gguf):
         fim = remote.fim("instr 1\n  a1 ", "  outs a1, a1\nendin\n", **kwargs)
         assert fim.text == local.fim("instr 1\n  a1 ", "  outs a1, a1\nendin\n", **kwargs).text
     local.close()
+
+
+def test_run_command(tmp_path):
+    from csound_assistant.cli import main
+
+    runner = CliRunner()
+    common = ["--work-dir", str(tmp_path / "runs"), "--run", "r"]
+    result = runner.invoke(main, ["eval", "run", *common])
+    assert result.exit_code != 0 and "no MODEL given" in result.output
+    out = tmp_path / "report"
+    result = runner.invoke(main, ["eval", "run", "embedded", "--no-test", "--limit", "1",
+                                  "--max-new-tokens", "4", "--threads", "1", "--out", str(out),
+                                  *common])
+    assert result.exit_code == 0, result.output
+    assert "| base |" in result.output and (out / "report.png").is_file()
+    result = runner.invoke(main, ["eval", "run", "nowhere.gguf", "--no-test", "--limit", "1",
+                                  "--out", str(tmp_path / "x"), *common])
+    assert result.exit_code == 1 and "model file not found: nowhere.gguf" in result.output
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial-*"))
