@@ -13,6 +13,8 @@ from pathlib import Path
 from csound_assistant.errors import DataError
 
 TASKS_PATH = Path(__file__).with_name("tasks.jsonl")
+TEST_SECONDS = 5.0
+PROSE_TASKS = {"explain", "syntax"}  # data rows whose answers quote code rather than write it
 KINDS = ("synthesis", "envelope", "filter", "effect", "udo", "score", "fix", "fim")
 _CHAT_KEYS = {"id", "kind", "prompt", "required_opcodes", "reference", "broken", "seconds",
               "expect_sound"}
@@ -83,7 +85,8 @@ def load_tasks(path: str | Path | None = None) -> list[Item]:
 
 def load_test_split(path: str | Path) -> list[Item]:
     """Code-answer rows of a test split: chat/instruction rows whose answer holds Csound, and
-    FIM rows. The row's ``meta.opcode`` (when the answer uses it) is the required opcode."""
+    FIM rows. The row's ``meta.opcode`` (when the answer uses it) is the required opcode.
+    Answers are rendered for 5 s: manual examples often start their first note late."""
     from csound_assistant.prompt_format import row_kind, to_messages
 
     from .extract import extract_code, opcodes_present
@@ -100,12 +103,14 @@ def load_test_split(path: str | Path) -> list[Item]:
         kind, opcode = row_kind(row), meta.get("opcode")
         ident = f"test-{number}"
         task = meta.get("task") or kind
+        if task in PROSE_TASKS:
+            continue
         if kind == "fim":
             code = row["prefix"] + row["middle"] + row["suffix"]
             required = [opcode] if opcode and all(opcodes_present(code, [opcode])) else []
             items.append(Item(ident, f"fim:{task}", "test", prefix=row["prefix"],
                               suffix=row["suffix"], required_opcodes=required,
-                              reference=row["middle"]))
+                              reference=row["middle"], seconds=TEST_SECONDS))
         elif kind in ("chat", "instruction"):
             messages = to_messages(row)
             if not messages or messages[-1]["role"] != "assistant":
@@ -115,7 +120,8 @@ def load_test_split(path: str | Path) -> list[Item]:
                 continue
             required = [opcode] if opcode and all(opcodes_present(answer, [opcode])) else []
             items.append(Item(ident, str(task), "test", messages=messages[:-1],
-                              required_opcodes=required, reference=answer))
+                              required_opcodes=required, reference=answer,
+                              seconds=TEST_SECONDS))
     return items
 
 

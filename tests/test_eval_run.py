@@ -107,6 +107,8 @@ def test_test_split_rows_become_items(tmp_path):
         {"prefix": "instr 1\n a1 ", "middle": "poscil 0.3, 440\n", "suffix": " outs a1, a1\nendin",
          "meta": {"opcode": "poscil", "task": "fim-line"}},
         {"instruction": "What is Csound?", "output": "A language.", "meta": {"task": "qa"}},
+        {"instruction": "Syntax of poscil?", "output": "```csound\nares poscil xamp, xcps\n```",
+         "meta": {"task": "syntax"}},
     ]
     split.write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = load_test_split(split)
