@@ -63,19 +63,29 @@ def split_texts(path: Path, fmt: PromptFormat) -> list[str]:
     return texts
 
 
-def manual_texts(part: str, examples: Path = MANUAL_EXAMPLES) -> list[str]:
+def manual_files(part: str, examples: Path = MANUAL_EXAMPLES) -> list[Path]:
     """Csound manual example CSDs, alternately split: ``gate`` gets the odd ones and
-    ``imatrix`` the even ones, so calibration never sees the gate's text."""
+    ``imatrix`` the even ones."""
     if not examples.is_dir():
         raise ExportError(f"no held-out text: {examples} is missing (apt install csound-doc) and "
                           "no splits/test.jsonl was given")
     files = sorted(p for p in examples.iterdir() if p.name.endswith((".csd", ".csd.gz")))
-    chosen = files[1::2] if part == "gate" else files[0::2]
-    out = []
-    for p in chosen:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-        out.append(raw.decode("utf-8", errors="replace"))
-    return out
+    return files[1::2] if part == "gate" else files[0::2]
+
+
+def _read(path: Path) -> str:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return raw.decode("utf-8", errors="replace")
+
+
+def manual_texts(part: str, examples: Path = MANUAL_EXAMPLES) -> list[str]:
+    """The texts of ``manual_files``; the gate's half drops examples that also occur (under
+    another name: the manual has copies) in the importance matrix's half."""
+    texts = [_read(p) for p in manual_files(part, examples)]
+    if part != "gate":
+        return texts
+    calibration = {_read(p) for p in manual_files("imatrix", examples)}
+    return [t for t in texts if t not in calibration]
 
 
 def heldout_texts(splits_dir: Path | None, fmt: PromptFormat, part: str) -> tuple[list[str], str]:

@@ -10,6 +10,7 @@ Csound text with the merged model in torch, named with gguf-py's tensor-name map
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import re
 import shutil
@@ -47,7 +48,6 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
              imatrix: dict | None = None, nthread: int = 0, verbose: bool = False) -> dict:
     """Quantize ``src_gguf`` (F16/F32) to ``quant_type``; return the tensor-type census."""
     import llama_cpp
-    from llama_cpp import _logger
 
     (quant_type,) = check_quant_types([quant_type])
     src, dst = Path(src_gguf), Path(dst_gguf)
@@ -63,19 +63,14 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
             raise ExportError(why)
         keep_alive = _imatrix_array(imatrix)
         params.imatrix = ctypes.cast(keep_alive[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    level = _logger.logger.level
-    _logger.set_verbose(verbose)
-    try:
-        with staged_file(dst) as tmp:
-            with _CapturedStderr(verbose) as captured:
-                status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
-                                                        ctypes.byref(params))
-            if status != 0:
-                tail = "\n".join(captured.text.strip().splitlines()[-5:])
-                raise ExportError(f"llama.cpp could not quantize {src} to {quant_type} "
-                                  f"(status {status}):\n{tail}")
-    finally:
-        _logger.logger.setLevel(level)
+    with staged_file(dst) as tmp:
+        with _CapturedStderr(verbose) as captured:
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
+                                                    ctypes.byref(params))
+        if status != 0:
+            tail = "\n".join(captured.text.strip().splitlines()[-5:])
+            raise ExportError(f"llama.cpp could not quantize {src} to {quant_type} "
+                              f"(status {status}):\n{tail}")
     del keep_alive
     census = tensor_types(dst)
     fallback = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", captured.text)
@@ -84,27 +79,37 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
 
 
 class _CapturedStderr:
-    """llama.cpp's quantizer prints per-tensor warnings with printf: keep them off the terminal
+    """llama.cpp's quantizer reports per-tensor fallbacks through its log (Python's sys.stderr
+    via llama-cpp-python's callback) and printf (file descriptor 2): keep both off the terminal
     (unless ``show``) and readable afterwards as ``text``."""
 
     def __init__(self, show: bool):
         self.show, self.text = show, ""
 
     def __enter__(self):
+        from llama_cpp import _logger
+
+        self._level = _logger.logger.level
+        _logger.set_verbose(True)
         if not self.show:
             sys.stderr.flush()
+            self._py, sys.stderr = sys.stderr, io.StringIO()
             self._buf = tempfile.TemporaryFile()
             self._saved = os.dup(2)
             os.dup2(self._buf.fileno(), 2)
         return self
 
     def __exit__(self, *exc):
+        from llama_cpp import _logger
+
+        _logger.logger.setLevel(self._level)
         if not self.show:
             os.dup2(self._saved, 2)
             os.close(self._saved)
             self._buf.seek(0)
-            self.text = self._buf.read().decode(errors="replace")
+            self.text = self._buf.read().decode(errors="replace") + sys.stderr.getvalue()
             self._buf.close()
+            sys.stderr = self._py
         return False
 
 
