@@ -64,6 +64,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     known, pages = manual.known, manual.pages
     synopses = {name: page.synopsis for name, page in pages.items()}
     verifier = Verifier(workers=workers, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    assets = _manual_assets(manual.directory)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
     # 1. every example: check, then render those that compile
@@ -74,7 +75,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     for c in checks:
         counts["example_check"][c["category"] if not c["ok"] else "ok"] += 1
     log(f"rendering {len(compiled)} compiling examples ({RENDER_SECONDS:g} s each)")
-    renders = verifier.render([ex.code for ex in compiled], RENDER_SECONDS, "render examples")
+    renders = verifier.render([ex.code for ex in compiled], RENDER_SECONDS, "render examples", assets)
     good: list[tuple[Example, dict]] = []
     for ex, r in zip(compiled, renders):
         counts["example_render"][r["category"]] += 1
@@ -89,7 +90,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             counts["example_dropped"][c["category"]] += 1
 
     # 2. orchestra fragments (the main instrument alone) and broken variants, verified
-    fragments = _fragments(good, known, verifier, counts)
+    fragments = _fragments(good, known, verifier, counts, assets)
     fixes = _fixes(good, known, synopses, verifier, counts, fixes_per_example)
 
     # 3. rows
@@ -101,7 +102,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
     log(f"final check of {len(answers)} code answers")
     final = verifier.check([code for _, code in answers], "final check")
-    final_render = verifier.render([code for _, code in answers], RENDER_SECONDS, "final render")
+    final_render = verifier.render([code for _, code in answers], RENDER_SECONDS, "final render",
+                                   assets)
     bad = set()
     for (i, _), c, r in zip(answers, final, final_render):
         if not c["ok"] or r.get("nan"):
@@ -142,7 +144,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     return record
 
 
-def _fragments(good, known, verifier, counts) -> dict[str, tuple]:
+def _fragments(good, known, verifier, counts, assets) -> dict[str, tuple]:
     """Example name -> (block, its code, render flags) for main instruments that compile and
     sound on their own (the sandbox wraps them with a header and a score line)."""
     proposals = {}
@@ -157,7 +159,8 @@ def _fragments(good, known, verifier, counts) -> dict[str, tuple]:
         proposals[ex.name] = (block, text)
     # a render compiles first, so it also reports syntax errors; the kept ones are checked
     # once more with every other answer at the end
-    renders = verifier.render([t for _, t in proposals.values()], RENDER_SECONDS, "render fragments")
+    renders = verifier.render([t for _, t in proposals.values()], RENDER_SECONDS, "render fragments",
+                              assets)
     kept = {}
     for (name, (block, text)), r in zip(proposals.items(), renders):
         if r["category"] == "ok" and not r["silent"] and not r["nan"]:
@@ -241,6 +244,15 @@ def _make_rows(good, fragments, fixes, manual, page_names, counts) -> list[dict]
         if page.name in known and (row := rows.syntax_row(page, group)):
             out.append(row)
     return out
+
+
+def _manual_assets(manual_dir: Path) -> dict:
+    """The sound and table files beside the manual's examples (fox.wav, ...), which the
+    sandbox stages for an example that names them."""
+    from csound_assistant import sandbox
+
+    finder = getattr(sandbox, "manual_assets", None)
+    return finder(manual_dir / "examples") if finder else {}
 
 
 def _eval_opcodes(good, pages) -> list[dict]:

@@ -220,7 +220,7 @@ def from_feedback(db, out_dir, include_good, merge, workers, work_dir, run, forc
 
     \b
     Example:
-        csound-assistant data from-feedback --force && csound-assistant train --force
+        csound-assistant data from-feedback --force && csound-assistant train run --force
     """
     from csound_assistant.eval.feedback_rows import rows_from_feedback
 

@@ -266,7 +266,7 @@ def break_k_for_a(code: str, block: Instrument, known: set[str]) -> Breakage | N
         return Breakage(
             "k-rate-for-a-rate", broken, st.line + 1,
             f"`{k_name}` is a control-rate (k) variable, but it carries the audio signal made by "
-            f"`{st.opcode}` on line {st.line + 1} and read by `{users[0].opcode}`, which need an "
+            f"`{st.opcode}` on line {st.line + 1} and read by `{users[0].opcode}`, which needs an "
             f"audio-rate signal. Name it `{a_name}` so it runs at a-rate.",
         )
     return None

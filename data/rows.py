@@ -94,25 +94,52 @@ def fence(code: str) -> str:
     return FENCE.format(code=code.strip("\n"))
 
 
+_PROPER = {"moog", "gaussian", "cauchy", "poisson", "euclidean", "mandelbrot", "runge-kutte",
+           "sallen-key", "steiner-parker", "mel", "weibull", "hilbert", "butterworth", "fourier",
+           "bessel", "chebyshev", "karplus-strong", "csound", "jack", "lua", "python", "faust"}
+
+
 def lower_first(text: str) -> str:
-    """"A simple oscillator" -> "a simple oscillator"; acronyms ("ATS", "FM") stay."""
-    word = text.split(" ", 1)[0]
-    return text[:1].lower() + text[1:] if word[:1].isupper() and word[1:].islower() or len(word) == 1 else text
+    """"A simple oscillator" -> "a simple oscillator"; acronyms ("ATS", "FM", "STKBowed") and
+    names ("Moog ladder") keep their case."""
+    word = text.split(" ", 1)[0].strip(",.")
+    if not word or word.lower() in _PROPER or not (len(word) == 1 or word[1:].islower()):
+        return text
+    return text[:1].lower() + text[1:]
 
 
 def is_verb_phrase(summary: str) -> bool:
     """Opcode summaries are noun phrases ("Moog ladder lowpass filter") or start with a verb
     in the third person ("Writes stereo audio ...")."""
-    word = summary.split(" ", 1)[0].lower()
-    return word.endswith("s") and not word.endswith(("ss", "us", "is", "ics"))
+    word = summary.split(" ", 1)[0].strip(",.")
+    if len(word) < 3 or not word[1:].islower():
+        return False
+    return word.lower().endswith("s") and not word.lower().endswith(("ss", "us", "is", "ics"))
+
+
+_BASE_VERBS = set("""read generate get write trace return convert calculate set allow send copy print
+modify compute transfer adjust sense extract load save apply trigger distribute change construct
+start listen open close break query create delete compress perform analyze analyse multiply
+produce scale concatenate compare assign turn declare export distort exit fill enable sum show
+view resynthesize resynthesise arpeggiate obtain freeze shift retrieve initialise initialize mix
+smooth track retain combine warp reshape select emulate flush take split strip call estimate
+activate access""".split())
+_DETERMINERS = {"a", "an", "the", "another", "two", "three", "one"}
 
 
 def describe(op: str, summary: str) -> str:
-    """`op` + a predicate: "`outs` writes stereo audio...", "`moogladder` is a Moog ladder..."."""
+    """`op` + a predicate: "`outs` writes stereo audio...", "`moogladder` is a Moog ladder...",
+    "`sequ` is used to emulate a hardware sequencer"."""
     text = lower_first(summary)
-    if is_verb_phrase(summary):
+    word = summary.split(" ", 1)[0].strip(",.").lower()
+    rest = summary.split(" ", 1)[1] if " " in summary else ""
+    if is_verb_phrase(summary) or (word.endswith("ly") and is_verb_phrase(rest)):
         return f"`{op}` {text}"
-    if text.split(" ", 1)[0].lower() in ("a", "an", "the"):
+    if word in _BASE_VERBS or (word.endswith("ly") and len(word) > 4):
+        return f"`{op}` is used to {text}"
+    if word in ("deprecated", "this", "same", "similar", "can", "opcode"):
+        return f"`{op}`: {summary}"
+    if word in _DETERMINERS:
         return f"`{op}` is {text}"
     article = "an" if text[:1].lower() in "aeiou" else "a"
     return f"`{op}` is {article} {text}"
@@ -149,7 +176,7 @@ def after_note(example: Example, render: dict | None) -> str:
     category = (render or {}).get("category", "ok")
     files = re.findall(r'"([^"/]+\.(?:wav|aif|aiff|mp3|ogg|flac|sf2|mid|txt|pvx|ats|het|lpc))"',
                        example.code, flags=re.I)
-    if category == "needs-input-file" and files:
+    if files:
         return f"It reads `{files[0]}`, so put that file next to the .csd before running it."
     if category == "realtime":
         return "It needs realtime input (MIDI or audio), so run it with your devices enabled."

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,8 +44,10 @@ def _environment_key() -> str:
     from csound_assistant import sandbox
 
     try:
-        version = subprocess.run(["csound", "--version"], capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL, timeout=20).stderr[-400:]
+        text = subprocess.run(["csound", "--version"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=20).stderr
+        found = re.search(r"Csound version[^\n]*", text)  # the rest has run times in it
+        version = found.group(0) if found else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         version = "unknown"
     source = Path(sandbox.__file__).read_bytes()
@@ -101,13 +104,17 @@ class Verifier:
 
         return self._run("check", codes, fn, label)
 
-    def render(self, codes: list[str], seconds: float = 2.0, label: str = "rendering") -> list[dict]:
-        """``{"ok", "category", "peak", "rms", "silent", "clipping", "nan", "error"}`` per code."""
+    def render(self, codes: list[str], seconds: float = 2.0, label: str = "rendering",
+               assets: dict | None = None) -> list[dict]:
+        """``{"ok", "category", "peak", "rms", "silent", "clipping", "nan", "error"}`` per code.
+        ``assets`` (name -> path) are files the code may read, e.g. the manual's sound files."""
         from csound_assistant import sandbox
+
+        extra = {"assets": assets} if assets else {}
 
         def fn(batch, label):
             out = []
-            for r in self._batched(sandbox.render_many, batch, label, seconds=seconds):
+            for r in self._batched(sandbox.render_many, batch, label, seconds=seconds, **extra):
                 out.append({
                     "ok": bool(r.ok), "category": r.category,
                     "peak": _num(getattr(r, "peak", None)), "rms": _num(getattr(r, "rms", None)),
@@ -118,7 +125,8 @@ class Verifier:
                 })
             return out
 
-        return self._run(f"render-{seconds}", codes, fn, label)
+        kind = f"render-{seconds}" + ("-assets-" + _assets_key(assets) if assets else "")
+        return self._run(kind, codes, fn, label)
 
     def _batched(self, many, batch: list[str], label: str, **kw):
         return many(batch, workers=self.workers, progress=self.progress, **kw)
@@ -128,6 +136,11 @@ class Verifier:
             return
         with atomic_write(self.cache_path) as fh:
             json.dump(self.cache, fh)
+
+
+def _assets_key(assets: dict) -> str:
+    names = "\n".join(f"{name}\t{Path(str(path)).stat().st_size}" for name, path in sorted(assets.items()))
+    return hashlib.sha256(names.encode()).hexdigest()[:12]
 
 
 def _num(value):
