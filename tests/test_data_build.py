@@ -140,3 +140,23 @@ def test_full_build_from_the_installed_manual(tmp_path):
     assert sum(record["counts"]["fix_verified"].values()) >= 200
     assert record["rows_by_task"]["fim-line"] >= 200
     validate_file(tmp_path / "data" / "rows.jsonl")
+
+
+def test_cli_build_with_limit_then_stats(mini_manual, built, tmp_path):
+    from click.testing import CliRunner
+
+    from csound_assistant.data.cli import cli
+
+    _, cache, _, _ = built
+    result = CliRunner().invoke(cli, ["build", "--manual-dir", str(mini_manual), "--limit", "3",
+                                      "--out", str(tmp_path / "data"), "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    assert "rows by task:" in result.output and "wall" in result.output
+    record = read_record(tmp_path / "data")
+    assert record["examples"]["total"] == 3 and record["limit"] == 3
+    result = CliRunner().invoke(cli, ["stats", str(tmp_path / "data" / "rows.jsonl"),
+                                      "--manual-dir", str(mini_manual)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "data" / "stats" / "stats.json").read_text())
+    assert stats["rows"] == record["rows"]
+    assert 0 < stats["opcode_coverage"]["covered"] < stats["opcode_coverage"]["known"]

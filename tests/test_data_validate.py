@@ -143,3 +143,24 @@ def test_cli_exits_non_zero_and_lists_every_problem(tmp_path):
     result = CliRunner().invoke(cli, ["validate", str(ok)])
     assert result.exit_code == 0, result.output
     assert "4 rows OK" in result.output
+
+
+def test_compile_flag_checks_code_answers_with_csound(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSOUND_ASSISTANT_CACHE", str(tmp_path / "cache"))
+    good = "instr 1\na1 oscili 0.2, 440\nouts a1, a1\nendin"
+    bad = "instr 1\na1 oscilli 0.2, 440\nouts a1, a1\nendin"
+    rows = [
+        {"instruction": "Sine please.", "output": f"Here it is.\n\n```csound\n{good}\n```"},
+        {"instruction": "Another sine.", "output": f"Here it is.\n\n```csound\n{bad}\n```"},
+        {"prefix": "instr 1\na1 oscili 0.2, 440\n", "middle": "outs a1, kgone\n", "suffix": "endin\n"},
+        {"messages": [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "No code here."}]},
+    ]
+    path = write_lines(tmp_path / "rows.jsonl", [json.dumps(r) for r in rows])
+    validate_file(path)  # structurally fine
+    problems = problems_of(path, compile=True)
+    assert len(problems) == 2
+    assert problems[0].startswith("line 2: code answer 1 does not compile")
+    assert "oscilli" in problems[0]
+    assert problems[1].startswith("line 3: code answer 1 does not compile")
+    assert "kgone" in problems[1]
