@@ -12,6 +12,8 @@ Writes ``report.json``, ``report.md``, ``report.png`` and ``record.json`` into o
 
 from __future__ import annotations
 
+import functools
+import random
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +24,15 @@ from csound_assistant.errors import ConfigError
 
 from .extract import extract_code, opcodes_present
 from .models import load_model
-from .tasks import TASKS_PATH, Item, load_tasks, load_test_split, spread
+from .tasks import (
+    TASKS_PATH,
+    TEST_SECONDS,
+    Item,
+    load_tasks,
+    load_test_split,
+    round_robin,
+    spread,
+)
 
 NOT_COMPILED = ("no-code", "refused", "syntax", "unknown-opcode", "plugin")
 METRICS = ("compile@1", "sound@1", "coverage")
@@ -37,7 +47,7 @@ def score_answer(item: Item, answer: str, *, render_timeout: float = 20.0) -> di
     if code is None:
         return {"code": None, "category": "no-code", "compiled": False, "sound": False,
                 "coverage": 0.0 if item.required_opcodes else None, "errors": []}
-    result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout)
+    result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout, assets=_assets())
     present = opcodes_present(code, item.required_opcodes)
     return {
         "code": code, "category": result.category,
@@ -84,13 +94,46 @@ def _count(values) -> dict:
     return dict(sorted(counts.items()))
 
 
+@functools.lru_cache(maxsize=1)
+def _assets() -> dict:
+    return sandbox.manual_assets()
+
+
+def reference_code(item: Item) -> str | None:
+    return item.prefix + item.reference + item.suffix if item.is_fim else item.reference
+
+
+def playable(items: list[Item], limit: int | None, workers: int = 2) -> tuple[list[Item], int]:
+    """Up to ``limit`` items (round-robin over kinds) whose reference answer itself renders
+    audibly here: a test row needing a display or a missing plugin cannot be asked for.
+    Returns (items, references rejected)."""
+    shuffled = list(items)
+    random.Random(0).shuffle(shuffled)  # rows come in manual order: FL* GUI examples first
+    queue, kept, rejected = round_robin(shuffled), [], 0
+    batch = max(8, 2 * (limit or len(queue)))
+    while queue and (limit is None or len(kept) < limit):
+        chunk, queue = queue[:batch], queue[batch:]
+        results = sandbox.render_many([reference_code(i) or "" for i in chunk], workers=workers,
+                                      seconds=TEST_SECONDS, assets=_assets())
+        for item, result in zip(chunk, results):
+            if result.audible and (limit is None or len(kept) < limit):
+                kept.append(item)
+            elif not result.audible:
+                rejected += 1
+    order = {id(item): i for i, item in enumerate(items)}
+    return sorted(kept, key=lambda item: order[id(item)]), rejected
+
+
 def collect_items(tasks_path=None, test_path=None, *, limit: int | None = 20,
-                  use_tasks: bool = True) -> list[Item]:
+                  use_tasks: bool = True, log=print) -> list[Item]:
     items: list[Item] = []
     if use_tasks:
         items += spread(load_tasks(tasks_path or TASKS_PATH), limit)
     if test_path:
-        items += spread(load_test_split(test_path), limit)
+        test, rejected = playable(load_test_split(test_path), limit)
+        log(f"test split: {len(test)} items whose reference answers sound "
+            f"({rejected} references skipped: silent, GUI, plugin or input-less here)")
+        items += test
     if not items:
         raise ConfigError("nothing to evaluate: give a task file and/or a test split")
     return items
@@ -159,7 +202,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         raise ConfigError("no model to evaluate")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
-    items = collect_items(tasks_path, test_path, limit=limit, use_tasks=use_tasks)
+    items = collect_items(tasks_path, test_path, limit=limit, use_tasks=use_tasks, log=log)
     log(f"{len(items)} items x {samples} sample(s) x {len(models)} model(s)")
     from .report import write_markdown, write_plot
 

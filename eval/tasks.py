@@ -125,17 +125,20 @@ def load_test_split(path: str | Path) -> list[Item]:
     return items
 
 
-def spread(items: list[Item], limit: int | None) -> list[Item]:
-    """At most ``limit`` items, taken round-robin over kinds so every kind is represented."""
-    if not limit or limit >= len(items):
-        return items
+def round_robin(items: list[Item]) -> list[Item]:
+    """All items, interleaved over kinds (first of each kind, then second of each, ...)."""
     by_kind: dict[str, list[Item]] = {}
     for item in items:
         by_kind.setdefault(item.kind, []).append(item)
     out: list[Item] = []
-    while len(out) < limit:
-        for group in by_kind.values():
-            if group and len(out) < limit:
-                out.append(group.pop(0))
+    for rank in range(max((len(g) for g in by_kind.values()), default=0)):
+        out += [group[rank] for group in by_kind.values() if rank < len(group)]
+    return out
+
+
+def spread(items: list[Item], limit: int | None) -> list[Item]:
+    """At most ``limit`` items, taken round-robin over kinds so every kind is represented."""
+    if not limit or limit >= len(items):
+        return items
     order = {id(item): i for i, item in enumerate(items)}
-    return sorted(out, key=lambda item: order[id(item)])
+    return sorted(round_robin(items)[:limit], key=lambda item: order[id(item)])
