@@ -216,3 +216,18 @@ def test_run_command(tmp_path):
                                   "--out", str(tmp_path / "x"), *common])
     assert result.exit_code == 1 and "model file not found: nowhere.gguf" in result.output
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial-*"))
+
+
+def test_only_test_rows_whose_reference_sounds_are_asked(tmp_path):
+    from csound_assistant.eval.runner import collect_items
+
+    split = tmp_path / "test.jsonl"
+    good = "instr 1\n a1 poscil 0.3, 440\n outs a1, a1\nendin\n"
+    silent = "instr 1\n prints \"hello\\n\"\nendin\n"
+    rows = [{"instruction": f"Task {i}.", "output": f"```csound\n{code}```", "meta": {"task": t}}
+            for i, (code, t) in enumerate([(good, "write"), (silent, "write"), (good, "chat")])]
+    split.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logged = []
+    items = collect_items(None, split, limit=5, use_tasks=False, log=logged.append)
+    assert [i.messages[0]["content"] for i in items] == ["Task 0.", "Task 2."]
+    assert "1 references skipped" in logged[0]
