@@ -88,6 +88,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     for c in checks:
         if not c["ok"]:
             counts["example_dropped"][c["category"]] += 1
+    good, aliases = _dedupe_and_group(good, known, counts)
 
     # 2. orchestra fragments (the main instrument alone) and broken variants, verified
     fragments = _fragments(good, known, verifier, counts, assets)
@@ -96,7 +97,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # 3. rows
     # a limited (quick) build makes page rows only for the opcodes its examples are about
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
-    out_rows = _make_rows(good, fragments, fixes, manual, page_names, counts)
+    out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts)
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -112,6 +113,14 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
         elif "render" not in out_rows[i]["meta"]:
             out_rows[i]["meta"]["render"] = _render_flags(r)
     out_rows = [row for i, row in enumerate(out_rows) if i not in bad]
+    seen = set()
+    for i, row in enumerate(out_rows):  # a different question about the same code stays
+        key = json.dumps({k: v for k, v in row.items() if k != "meta"}, sort_keys=True)
+        if key in seen:
+            bad.add(-1 - i)
+            counts["row_dropped"]["duplicate"] += 1
+        seen.add(key)
+    out_rows = [row for i, row in enumerate(out_rows) if -1 - i not in bad]
     if not out_rows:
         raise DataError("no rows survived verification: is Csound installed (`csound --version`)?")
 
@@ -142,6 +151,32 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             license=LICENSE, attribution=ATTRIBUTION,
         )
     return record
+
+
+def _dedupe_and_group(good, known, counts) -> tuple[list, dict[str, str]]:
+    """Drop examples whose code repeats another's; give examples that share their main
+    instrument one group, so that ``data split`` keeps the shared code on one side."""
+    from .verify import normalize
+
+    by_code, kept, aliases = {}, [], {}
+    for ex, render in good:
+        key = normalize(ex.code)
+        if key in by_code:
+            counts["example_dropped"]["duplicate-of-another-example"] += 1
+            aliases[ex.name] = by_code[key]
+            continue
+        by_code[key] = ex.name
+        kept.append((ex, render))
+    by_block: dict[str, str] = {}
+    for ex, _ in kept:
+        block = csdcode.main_instrument(ex.code, ex.opcode, known)
+        if block is None:
+            continue
+        text = re.sub(r"\s+", " ", csdcode.strip_code_comments(csdcode.block_text(ex.code, block)))
+        ex.group = by_block.setdefault(text, ex.name)
+        if ex.group != ex.name:
+            counts["example_grouped"]["shares-an-instrument-with-another"] += 1
+    return kept, aliases
 
 
 def _fragments(good, known, verifier, counts, assets) -> dict[str, tuple]:
@@ -203,14 +238,15 @@ def _fixes(good, known, synopses, verifier, counts, per_example: int) -> dict[st
     return verified
 
 
-def _make_rows(good, fragments, fixes, manual, page_names, counts) -> list[dict]:
+def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts) -> list[dict]:
     pages, known = manual.pages, manual.known
     out: list[dict] = []
     page_example: dict[str, tuple[Example, dict]] = {}
     good_by_name = {ex.name: (ex, r) for ex, r in good}
     for page in pages.values():
         for name in page.examples:
-            hit = good_by_name.get(name.removesuffix(".csd"))
+            name = name.removesuffix(".csd")
+            hit = good_by_name.get(aliases.get(name, name))
             if hit and len(hit[0].code) <= MAX_CODE_CHARS:
                 page_example[page.name] = hit
                 break
@@ -236,7 +272,7 @@ def _make_rows(good, fragments, fixes, manual, page_names, counts) -> list[dict]
         if page.name not in page_names:
             continue
         hit = page_example.get(page.name)
-        group = hit[0].name if hit else f"page:{page.name}"
+        group = hit[0].group if hit else f"page:{page.name}"
         if hit:
             ex, render = hit
             use_chat = rows.pick([True, False], page.name, "chat-or-instruction")

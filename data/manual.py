@@ -50,6 +50,10 @@ class Example:
     opcode: str | None = None  # the opcode whose page links it (or whose name it bears)
     category: str = "uncategorized"
     opcodes: list[str] = field(default_factory=list)  # known opcodes it uses, in order of use
+    group: str = ""  # examples sharing code share a group (set by the build); default: name
+
+    def __post_init__(self):
+        self.group = self.group or self.name
 
 
 def _title(page_html: str) -> str:

@@ -198,7 +198,7 @@ def write_row(example: Example, page: OpcodePage, render: dict | None) -> dict:
         **{**fields, "others": f", combined with {', '.join(f'`{o}`' for o in others)}" if others else ""})
     output = f"{intro}\n\n{fence(example.code)}\n\n{after_note(example, render)}"
     return {"instruction": prompt, "input": "", "output": output,
-            "meta": meta(example, "write", group=example.name, opcode=page.name,
+            "meta": meta(example, "write", group=example.group, opcode=page.name,
                          category=page.category, opcodes=example.opcodes, render=render)}
 
 
@@ -238,7 +238,7 @@ def explain_row(example: Example, block: csdcode.Instrument, pages: dict[str, Op
         return None
     return {"instruction": pick(EXPLAIN_PROMPTS, example.name, "explain"),
             "input": fence(csdcode.block_text(example.code, block)), "output": body,
-            "meta": meta(example, "explain", group=example.name, opcode=example.opcode,
+            "meta": meta(example, "explain", group=example.group, opcode=example.opcode,
                          category=example.category, opcodes=example.opcodes)}
 
 
@@ -252,7 +252,7 @@ def opcode_row(page: OpcodePage, example: Example, render: dict | None) -> dict:
     output = (f"{opcode_answer(page)}\n\nHere is a complete example:\n\n{fence(example.code)}\n\n"
               f"{after_note(example, render)}")
     return {"instruction": prompt, "input": "", "output": output,
-            "meta": meta(example, "opcode", group=example.name, opcode=page.name,
+            "meta": meta(example, "opcode", group=example.group, opcode=page.name,
                          category=page.category, render=render)}
 
 
@@ -266,7 +266,7 @@ def chat_row(page: OpcodePage, example: Example, render: dict | None) -> dict:
                                          f"{fence(example.code)}\n\n{after_note(example, render)}"},
     ]
     return {"messages": messages,
-            "meta": meta(example, "chat", group=example.name, opcode=page.name,
+            "meta": meta(example, "chat", group=example.group, opcode=page.name,
                          category=page.category, render=render)}
 
 
@@ -297,7 +297,7 @@ def orchestra_row(example: Example, page: OpcodePage, block: csdcode.Instrument,
     prompt = pick(ORCHESTRA_PROMPTS, example.name, "orc").format(op=page.name, summary=page.summary)
     output = f"Here is the instrument, using `{page.name}`.\n\n{fence(block_code)}\n\n{note}"
     return {"instruction": prompt, "input": "", "output": output,
-            "meta": meta(example, "orchestra", group=example.name, opcode=page.name,
+            "meta": meta(example, "orchestra", group=example.group, opcode=page.name,
                          category=page.category, render=render)}
 
 
@@ -305,7 +305,7 @@ def completion_row(example: Example, block: csdcode.Instrument) -> dict:
     lines = example.code.split("\n")
     prompt = "\n".join(lines[: block.start + 1]) + "\n"
     return {"prompt": prompt, "completion": example.code[len(prompt):],
-            "meta": meta(example, "complete", group=example.name, opcode=example.opcode,
+            "meta": meta(example, "complete", group=example.group, opcode=example.opcode,
                          category=example.category)}
 
 
@@ -331,7 +331,7 @@ def fim_rows(example: Example, known: set[str]) -> list[dict]:
         if middle.strip():
             rows.append(("fim-expression", prefix, middle, suffix))
     return [{"prefix": p, "middle": m, "suffix": s,
-             "meta": meta(example, task, group=example.name, opcode=example.opcode,
+             "meta": meta(example, task, group=example.group, opcode=example.opcode,
                           category=example.category)}
             for task, p, m, s in rows]
 
@@ -342,7 +342,7 @@ def fix_row(example: Example, breakage: csdcode.Breakage, error: str) -> dict:
     return {"instruction": prompt,
             "input": f"{fence(breakage.code)}\n\nError:\n```text\n{error.strip()}\n```",
             "output": output,
-            "meta": meta(example, f"fix-{breakage.kind}", group=example.name,
+            "meta": meta(example, f"fix-{breakage.kind}", group=example.group,
                          opcode=example.opcode, category=example.category, bug=breakage.kind,
                          error=error.strip(), bug_line=breakage.line)}
 
