@@ -231,3 +231,15 @@ def test_only_test_rows_whose_reference_sounds_are_asked(tmp_path):
     items = collect_items(None, split, limit=5, use_tasks=False, log=logged.append)
     assert [i.messages[0]["content"] for i in items] == ["Task 0.", "Task 2."]
     assert "1 references skipped" in logged[0]
+
+
+def test_samples_report_pass_at_k(tmp_path):
+    from csound_assistant.eval.runner import run_eval
+
+    report = run_eval({"base": "embedded"}, tmp_path / "eval", limit=1, samples=2,
+                      max_new_tokens=4, n_threads=1, progress=False, log=lambda m: None)
+    overall = report["summary"]["base"]["overall"]
+    assert overall["items"] == 1 and "compile@2" in overall and "sound@2" in overall
+    assert [r["sample"] for r in report["items"]] == [0, 1]
+    assert report["settings"]["temperature"] == 0.8
+    assert "compile@2" in (tmp_path / "eval" / "report.md").read_text()
