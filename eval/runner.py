@@ -72,7 +72,7 @@ def _summary(rows: list[dict], samples: int) -> dict:
         "coverage": _mean([r["coverage"] for r in rows if r["coverage"] is not None]),
         "latency_s": statistics.mean(r["latency"] for r in rows),
         "latency_p50_s": statistics.median(r["latency"] for r in rows),
-        "tokens_per_s": (sum(r["tokens"] for r in rows) / max(1e-9, sum(r["latency"] for r in rows))),
+        "tokens_per_s": sum(r["tokens"] for r in rows) / max(1e-9, sum(r["latency"] for r in rows)),
         "categories": _count(r["category"] for r in first),
     }
     if samples > 1:

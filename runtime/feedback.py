@@ -1,8 +1,9 @@
 """The feedback store: completions the server gave, and what users said about them (SQLite).
 
-``csound-assistant serve --feedback-db PATH`` records every completion here; ``POST /v1/feedback``
-and ``csound-assistant eval feedback ID --good/--bad --correction FILE`` mark one; ``csound-assistant
-data from-feedback`` turns the corrected (and, if asked, the good) ones into training rows.
+``csound-assistant serve --feedback-db PATH`` records every completion here;
+``POST /v1/feedback`` and ``csound-assistant eval feedback ID --good/--bad --correction FILE``
+mark one; ``csound-assistant data from-feedback`` turns the corrected (and, if asked, the good)
+ones into training rows.
 
 A store object keeps one connection, so use it from one thread (the server gives it its own).
 """
