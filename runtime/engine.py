@@ -170,7 +170,8 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting for the model (those whose clients left are not counted)."""
+        return sum(1 for job in list(self._queue) if not job.cancelled.is_set())
 
     @property
     def busy(self) -> bool:

@@ -25,8 +25,9 @@ BYTE0 = 256
 class FakeBackend:
     def __init__(self, reply: str = "Hello from Csound.", *, delay: float = 0.0,
                  endless: bool = False, n_ctx: int = 512, chat_template: str | None = "chatml",
-                 fim_metadata: bool = False, fail: bool = False):
+                 fim_metadata: bool = False, fail: bool = False, first_delay: float = 0.0):
         self.reply, self.delay, self.endless, self.fail = reply, delay, endless, fail
+        self.first_delay = first_delay  # a long prompt read: nothing can interrupt it
         self.n_ctx, self.n_vocab = n_ctx, 512
         self.metadata = {"general.architecture": "llama", "general.file_type": "3",
                          "tokenizer.ggml.eos_token_id": "2", "general.license": "apache-2.0"}
@@ -101,6 +102,8 @@ class FakeBackend:
                     token = 2
                 if self.delay:
                     time.sleep(self.delay)
+                if i == 0 and self.first_delay:
+                    time.sleep(self.first_delay)
                 self.generated[-1] += 1
                 yield token
                 i += 1

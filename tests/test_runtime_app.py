@@ -357,7 +357,7 @@ def test_full_queue_answers_503_with_retry_after():
     with running_server(app) as url:
         def long_request():
             with httpx.Client(base_url=url, timeout=30) as h:
-                h.post("/complete", json={"prompt": "a", "max_tokens": 300})
+                h.post("/complete", json={"prompt": "a", "max_tokens": 100_000})
         threads = [threading.Thread(target=long_request) for _ in range(2)]
         threads[0].start()
         wait_for(lambda: backend.active == 1)
@@ -368,6 +368,7 @@ def test_full_queue_answers_503_with_retry_after():
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
             assert "queue is full" in r.json()["error"]["message"]
             assert h.get("/health").json()["counts"]["rejected_queue_full"] == 1
+        backend.endless = False  # let the two requests finish
         for t in threads:
             t.join(30)
 
@@ -396,12 +397,14 @@ def test_client_leaving_while_queued_is_skipped():
     with running_server(app) as url:
         def long_request():
             with httpx.Client(base_url=url, timeout=30) as h:
-                h.post("/complete", json={"prompt": "first", "max_tokens": 400})
+                h.post("/complete", json={"prompt": "first", "max_tokens": 100_000})
         first = threading.Thread(target=long_request)
         first.start()
         wait_for(lambda: backend.active == 1)
         with pytest.raises(httpx.ReadTimeout):  # gives up while queued
             httpx.post(f"{url}/complete", json={"prompt": "leaver"}, timeout=0.3)
+        wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
+        backend.endless = False
         first.join(30)
         with httpx.Client(base_url=url, timeout=30) as h:
             assert h.post("/complete", json={"prompt": "last", "max_tokens": 2}).status_code == 200
@@ -410,11 +413,11 @@ def test_client_leaving_while_queued_is_skipped():
 
 
 def test_request_timeout_stops_generation_and_queue_wait():
-    # Tokens come every 0.25 s and the deadline is checked between tokens, so the first
-    # request holds the model past the second one's deadline: it stops with what it has, the
-    # second gives up waiting with a 503.
-    backend = FakeBackend("t", endless=True, delay=0.25)
-    app = create_app(Settings(request_timeout=0.6, max_tokens_limit=100_000), backend)
+    # The first request reads its "prompt" for 1.5 s (uninterruptible, like llama.cpp's prompt
+    # eval), then stops at its first token because its 0.5 s are up; the second one's deadline
+    # passes while it waits: 503.
+    backend = FakeBackend("t", endless=True, first_delay=1.5)
+    app = create_app(Settings(request_timeout=0.5, max_tokens_limit=100_000), backend)
     with running_server(app) as url:
         results = {}
 
@@ -430,9 +433,9 @@ def test_request_timeout_stops_generation_and_queue_wait():
         assert results[0].status_code == 200
         done = results[0].json()
         assert done["choices"][0]["finish_reason"] == "length"
-        assert 0 < done["usage"]["completion_tokens"] < 10
+        assert done["usage"]["completion_tokens"] == 1
         assert results[1].status_code == 503 and "timed out" in results[1].json()["error"]["message"]
-
+        assert int(results[1].headers["retry-after"]) >= 1
 
 def test_ignore_eos_generates_exactly_max_tokens():
     with make_client(FakeBackend("ab")) as c:

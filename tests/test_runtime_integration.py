@@ -168,6 +168,7 @@ def test_infill_reuses_the_prefix_cache_across_files(http):
     infill(file_b)  # another file evicts the live cache...
     back = infill(file_a)  # ...but file A's prefix comes back from a saved slot
     assert back["timings"]["cache_n"] >= cold["tokens_evaluated"] - 10
+    assert back["content"] == cold["content"]  # the restored KV state is the right one
     streamed = http.post("/infill", json={"input_prefix": file_a, "input_suffix": "",
                                           "n_predict": 4, "stream": True, "temperature": 0})
     events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
