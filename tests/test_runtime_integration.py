@@ -235,6 +235,17 @@ def _load_round(url: str, n: int = 50) -> list[str]:
         return [f.result(timeout=300) for f in futures]
 
 
+def test_concurrent_mixed_requests_with_a_disconnect(server, http):
+    # A quick version of the load test below for the default suite: 8 clients, one leaves.
+    outcomes = _load_round(server[0], 8)
+    assert outcomes.count("done") == 7 and outcomes.count("left") == 1
+    deadline = time.monotonic() + 60
+    while (h := http.get("/health").json())["busy"] or h["queue_depth"]:
+        assert time.monotonic() < deadline, "the server is still busy after the load"
+        time.sleep(0.1)
+    assert h["counts"].get("errors", 0) == 0
+
+
 @pytest.mark.slow
 def test_load_50_concurrent_mixed_requests_with_disconnects(server, http):
     url, proc = server
