@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import resource
 import time
@@ -21,7 +22,7 @@ from csound_assistant.prompt_format import row_kind
 
 from . import csdcode, rows
 from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
-from .verify import Verifier
+from .verify import PROVEN_BY_RENDER, Verifier
 
 ROWS_NAME = "rows.jsonl"
 RENDER_SECONDS = 1.0
@@ -30,6 +31,8 @@ MAX_FIX_CHARS = 3500
 FIXES_PER_EXAMPLE = 1  # kinds rotate over examples; 2 doubles the fix rows and the check time
 # Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
 KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "gui", "timeout"}
+# Render outcomes after which a syntax check decides whether the example compiled.
+CHECK_AFTER_RENDER = {"needs-input-file", "timeout", "crash"}
 LICENSE = "GFDL-1.2-or-later"
 ATTRIBUTION = ("Derived from The Canonical Csound Reference Manual (Debian package csound-doc), "
                "GNU Free Documentation License 1.2 or later, no Invariant Sections, no "
@@ -56,7 +59,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     ``limit`` keeps the first N manual examples (quick runs and tests). Verdicts are cached by
     content (``cache_dir``), so a rebuild only re-checks what changed.
     """
-    t0, cpu0 = time.monotonic(), _cpu_seconds()
+    t0, cpu0, load0 = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise DataError(f"{out_dir} already exists; pass --force to rebuild it")
@@ -67,27 +70,29 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     assets = _manual_assets(manual.directory)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
-    # 1. every example: check, then render those that compile
+    # 1. every example: render it (a render compiles first, so it is also the compile check);
+    #    where the render cannot tell whether it compiled, check it
     examples = list(manual.examples.values())
-    log(f"checking {len(examples)} manual examples with Csound ({workers} workers)")
-    checks = verifier.check([ex.code for ex in examples], "check examples")
-    compiled = [ex for ex, c in zip(examples, checks) if c["ok"]]
-    for c in checks:
-        counts["example_check"][c["category"] if not c["ok"] else "ok"] += 1
-    log(f"rendering {len(compiled)} compiling examples ({RENDER_SECONDS:g} s each)")
-    renders = verifier.render([ex.code for ex in compiled], RENDER_SECONDS, "render examples", assets)
+    log(f"rendering {len(examples)} manual examples with Csound ({RENDER_SECONDS:g} s each, "
+        f"{workers} workers)")
+    renders = verifier.render([ex.code for ex in examples], RENDER_SECONDS, "render examples", assets)
+    unsure = [ex.code for ex, r in zip(examples, renders) if r["category"] in CHECK_AFTER_RENDER]
+    checks = dict(zip(unsure, verifier.check(unsure, "check examples")))
     good: list[tuple[Example, dict]] = []
-    for ex, r in zip(compiled, renders):
-        counts["example_render"][r["category"]] += 1
-        if r.get("nan"):
-            counts["example_dropped"]["nan"] += 1
-        elif r["category"] not in KEEP_RENDER:
-            counts["example_dropped"][f"render-{r['category']}"] += 1
+    compiled = 0
+    for ex, r in zip(examples, renders):
+        category = r["category"]
+        counts["example_render"][category] += 1
+        check = checks.get(ex.code)
+        if check is not None and not check["ok"]:
+            counts["example_dropped"][check["category"]] += 1
+            continue
+        if check is not None or category in PROVEN_BY_RENDER or category in ("nan", "runtime-error"):
+            compiled += 1  # an init/performance error or NaN comes after a successful compile
+        if r.get("nan") or category not in KEEP_RENDER:
+            counts["example_dropped"][category] += 1
         else:
             good.append((ex, _render_flags(r)))
-    for c in checks:
-        if not c["ok"]:
-            counts["example_dropped"][c["category"]] += 1
     good, aliases = _dedupe_and_group(good, known, counts)
 
     # 2. orchestra fragments (the main instrument alone) and broken variants, verified
@@ -102,7 +107,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
     log(f"final check of {len(answers)} code answers")
-    final = verifier.check([code for _, code in answers], "final check")
+    final = verifier.compiles([code for _, code in answers], RENDER_SECONDS, assets, "final check")
     final_render = verifier.render([code for _, code in answers], RENDER_SECONDS, "final render",
                                    assets)
     bad = set()
@@ -138,7 +143,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             rows=len(out_rows), rows_file=ROWS_NAME, code_answers_checked=len(answers),
             rows_with_code=sum(1 for row in out_rows if rows.code_answers(row)),
             rows_by_task=dict(sorted(by_task.items())), rows_by_format=dict(by_format),
-            examples={"total": len(examples), "compiled": len(compiled), "used": len(good)},
+            examples={"total": len(examples), "compiled": compiled, "used": len(good)},
             counts={k: dict(sorted(v.items())) for k, v in counts.items()},
             categories=dict(categories.most_common()), opcodes=dict(opcodes.most_common()),
             eval_opcodes=_eval_opcodes(good, pages),
@@ -148,6 +153,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             cache={"hits": verifier.hits, "misses": verifier.misses,
                    "path": str(verifier.cache_path) if verifier.cache_path else None},
             wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
+            load_average={"start": round(load0, 1), "end": round(os.getloadavg()[0], 1),
+                          "cores": os.cpu_count()},
             license=LICENSE, attribution=ATTRIBUTION,
         )
     return record

@@ -63,9 +63,11 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
 def summary(record: dict) -> str:
     lines = [f"{record['rows']} rows, {record['rows_with_code']} with code answers "
              f"({record['code_answers_checked']} code answers compile-checked and rendered) "
-             f"in {record['wall_seconds']} s wall, {record['cpu_seconds']} s CPU",
+             f"in {record['wall_seconds']} s wall, {record['cpu_seconds']} s CPU (load average "
+             f"{record['load_average']['start']} -> {record['load_average']['end']} on "
+             f"{record['load_average']['cores']} cores)",
              "examples: " + ", ".join(f"{k} {v}" for k, v in record["examples"].items())]
-    for key in ("example_check", "example_render", "example_dropped", "fix_verified",
+    for key in ("example_render", "example_dropped", "fix_verified",
                 "fix_rejected_still_compiles", "fragment", "row_dropped"):
         if record["counts"].get(key):
             lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in record["counts"][key].items()))

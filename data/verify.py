@@ -17,6 +17,10 @@ from pathlib import Path
 from csound_assistant.artifacts import atomic_write
 
 ENV_CACHE = "CSOUND_ASSISTANT_CACHE"
+# Render outcomes that prove the code compiled (a render parses and type-checks first, exactly
+# like ``check``, then runs). "needs-input-file" is not among them: a missing #include fails
+# the parse with that category too.
+PROVEN_BY_RENDER = {"ok", "silent", "clipping", "realtime", "gui"}
 CACHE_VERSION = "1"
 
 
@@ -125,8 +129,27 @@ class Verifier:
                 })
             return out
 
-        kind = f"render-{seconds}" + ("-assets-" + _assets_key(assets) if assets else "")
-        return self._run(kind, codes, fn, label)
+        return self._run(self._render_kind(seconds, assets), codes, fn, label)
+
+    def compiles(self, codes: list[str], seconds: float, assets: dict | None = None,
+                 label: str = "checking") -> list[dict]:
+        """Compile verdicts, reusing a render already made of the same code when it proves
+        the code compiled; ``check`` runs for the rest."""
+        kind = self._render_kind(seconds, assets)
+        verdicts: list[dict | None] = []
+        for code in codes:
+            rendered = self.cache.get(self._key(kind, code))
+            if rendered and rendered["category"] in PROVEN_BY_RENDER:
+                verdicts.append({"ok": True, "category": "ok", "error": ""})
+            else:
+                verdicts.append(None)
+        missing = [c for c, v in zip(codes, verdicts) if v is None]
+        checked = iter(self.check(missing, label) if missing else [])
+        return [v if v is not None else next(checked) for v in verdicts]
+
+    @staticmethod
+    def _render_kind(seconds: float, assets: dict | None) -> str:
+        return f"render-{seconds}" + ("-assets-" + _assets_key(assets) if assets else "")
 
     def _batched(self, many, batch: list[str], label: str, **kw):
         return many(batch, workers=self.workers, progress=self.progress, **kw)

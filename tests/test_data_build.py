@@ -67,7 +67,7 @@ def test_rows_validate_and_carry_provenance(built):
 def test_drops_are_counted_by_reason(built):
     _, _, record, rows = built
     counts = record["counts"]
-    assert counts["example_check"]["refused"] >= 1  # ATSaddnz runs `system_i`
+    assert counts["example_render"]["refused"] >= 1  # ATSaddnz runs `system_i`: never run
     assert counts["example_dropped"]["refused"] >= 1
     assert sum(counts["example_dropped"].values()) >= 2  # scans: not in Debian's build
     assert "ATSaddnz" not in {r["meta"]["group"] for r in rows}
