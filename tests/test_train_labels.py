@@ -115,3 +115,14 @@ def test_bad_jsonl_lines_are_all_reported(tmp_path):
     assert "train.jsonl:2" in err.value.problems[0] and "train.jsonl:3" in err.value.problems[1]
     with pytest.raises(DataError, match="data split"):
         read_rows(tmp_path / "missing.jsonl")
+
+
+def test_task_filter_keeps_listed_tasks_and_explains_an_empty_result():
+    from csound_assistant.train.encode import select_tasks
+
+    rows = [{**r, "meta": {"task": t}} for r, t in zip(ROWS, ["write", "fim-line", "write", "chat"])]
+    assert select_tasks(rows, [], "x") == rows
+    assert [r["meta"]["task"] for r in select_tasks(rows, ["write", "chat"], "x")] == [
+        "write", "write", "chat"]
+    with pytest.raises(DataError, match="tasks present: \\['chat', 'fim-line', 'write'\\]"):
+        select_tasks(rows, ["orchestra"], "x")

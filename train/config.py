@@ -45,6 +45,8 @@ class TrainConfig:
     lora_layers: int = _f(0, "adapt only the last N decoder layers (0 = all): the backward pass "
                           "then stops at layer L-N, which saves compute on CPU")
     # --- data ---------------------------------------------------------------------------------
+    tasks: list = _f([], "train and validate only on rows whose meta.task is listed (e.g. "
+                     "[write, opcode, chat, orchestra]); empty = every row")
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
     batch_tokens: int = _f(4096, "tokens per micro-batch (real tokens when packed; rows x "

@@ -124,6 +124,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def select_tasks(rows: list[dict], tasks: list[str], where: str) -> list[dict]:
+    """The rows whose ``meta.task`` is in ``tasks`` (all rows when ``tasks`` is empty)."""
+    if not tasks:
+        return rows
+    kept = [r for r in rows if (r.get("meta") or {}).get("task") in tasks]
+    if not kept:
+        found = sorted({str((r.get("meta") or {}).get("task")) for r in rows})
+        raise DataError(f"{where}: no row has a meta.task in {tasks}; tasks present: {found}")
+    return kept
+
+
 def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
                  stop_ids: dict[str, int], name: str) -> EncodedSplit:
     out = EncodedSplit([])
