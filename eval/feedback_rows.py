@@ -5,7 +5,7 @@ asked, each one marked good) into a row in the shape the model saw it - chat, FI
 completion - checks its Csound in the sandbox, and publishes ``<work>/feedback/rows.jsonl``
 with a record of what was kept and why the rest was not. With ``merge`` the kept rows are also
 added to ``<work>/splits/train.jsonl`` (never to validation or test), so the next
-``csound-assistant train --force`` learns from them.
+``csound-assistant train run --force`` learns from them.
 """
 
 from __future__ import annotations
