@@ -63,7 +63,8 @@ class LlamaBackend:
     """llama-cpp-python model: tokenizer, metadata and a token generator."""
 
     def __init__(self, model_path: Path, *, lora_path: Path | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None, n_gpu_layers: int = 0, cache_slots: int = 4):
+                 n_threads: int | None = None, n_gpu_layers: int = 0, cache_slots: int = 4,
+                 parallel: int = 1):
         import llama_cpp
 
         for label, path in (("model", model_path), ("LoRA adapter", lora_path)):
@@ -76,14 +77,18 @@ class LlamaBackend:
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path), lora_path=str(lora_path) if lora_path else None,
-                n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                # With --parallel the batched engine makes its own context; this one only
+                # serves the tokenizer, so it is kept small.
+                n_ctx=n_ctx if parallel <= 1 else min(n_ctx, 256),
+                n_threads=n_threads, n_threads_batch=n_threads,
                 n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self.model_path = Path(model_path)
         self.lora_path = Path(lora_path) if lora_path else None
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = self.llm.n_ctx() if parallel <= 1 else n_ctx
+        self.parallel = parallel
         self.n_vocab = self.llm.n_vocab()
         self.metadata: dict[str, str] = dict(self.llm.metadata)
         self.cache_slots = cache_slots
@@ -121,6 +126,24 @@ class LlamaBackend:
             frequency_penalty=sampling.frequency_penalty,
             presence_penalty=sampling.presence_penalty, reset=True,
         )
+
+    def parallel_context(self, n_seq: int):
+        """A llama.cpp context of the same model with ``n_seq`` sequences sharing ``n_ctx``
+        KV cells (for the batched engine)."""
+        from llama_cpp._internals import LlamaContext
+
+        from .batched import lora_onto
+
+        lc, base = self._llama_cpp, self.llm.context_params
+        params = lc.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = params.n_ubatch = self.llm.n_batch
+        params.n_threads, params.n_threads_batch = base.n_threads, base.n_threads_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        ctx = LlamaContext(model=self.llm._model, params=params, verbose=False)
+        lora_onto(self.llm, ctx)
+        return ctx
 
     def clear_cache(self) -> None:
         """Forget every cached prefix (``cache_prompt: false``)."""

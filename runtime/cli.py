@@ -37,6 +37,9 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
               help="Request body limit; larger bodies get 413 [default: 2000000].")
 @click.option("--cache-slots", type=int, default=None,
               help="KV states kept for prompt-prefix reuse across files [default: 4].")
+@click.option("--parallel", type=int, default=None,
+              help="Decode up to N requests together in one batch, each on its own sequence "
+                   "with its own cached prefix [default: 1, one at a time].")
 @click.option("--feedback-db", type=click.Path(dir_okay=False), default=None,
               envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
               help="Record every completion (SQLite) and accept POST /v1/feedback.")
@@ -68,7 +71,7 @@ def cli(model, log_level, **options):
         backend = LlamaBackend(
             settings.model_path, lora_path=settings.lora_path, n_ctx=settings.n_ctx,
             n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
-            cache_slots=settings.cache_slots)
+            cache_slots=settings.cache_slots, parallel=settings.parallel)
         app = create_app(settings, backend)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "

@@ -234,54 +234,78 @@ class Engine:
                       prompt_s=prompt_s, decode_s=decode_s)
 
     def _run(self, job: Job) -> Result:
-        backend, s = self.backend, job.sampling
-        job.t_start = time.monotonic()
         if job.clear_cache:
-            backend.clear_cache()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = [x for x in s.stop if x]
-        max_tokens = min(s.max_tokens, backend.n_ctx - len(job.tokens))
-        held, out, n, reason = "", [], 0, "length"
-        t_first = None
-        gen = backend.generate(job.tokens, s)
-        cached = backend.last_cached_tokens
+            self.backend.clear_cache()
+        stream = TokenStream(job, self.backend, self.metrics)
+        gen = self.backend.generate(job.tokens, job.sampling)
+        cached = self.backend.last_cached_tokens
+        reason = None
         try:
             for token in gen:
-                now = time.monotonic()
-                if t_first is None:
-                    t_first = now
-                if job.cancelled.is_set():
-                    reason = "cancelled"
-                    break
-                if not s.ignore_eos and (token in job.stop_ids or backend.is_eog(token)):
-                    reason = "stop"
-                    break
-                n += 1
-                held += decoder.decode(backend.token_bytes(token))
-                cut, hit = _find_stop(held, stops)
-                if hit:
-                    held, reason = held[:cut], "stop"
-                    break
-                emit, held = held[: len(held) - cut], held[len(held) - cut:]
-                if emit:
-                    out.append(emit)
-                    job._post(("text", emit))
-                if n >= max_tokens:
-                    break
-                if now > job.deadline or (s.time_limit and now - t_first > s.time_limit):
-                    self.metrics.counts["timeouts"] += 1
+                reason = stream.feed(token)
+                if reason:
                     break
         finally:
             gen.close()
-        if reason != "stop" or not stops or held:
-            held += decoder.decode(b"", final=True)
-        if held:
-            out.append(held)
-            job._post(("text", held))
+        return stream.finish(reason or "length", cached)
+
+
+class TokenStream:
+    """One job's sampled tokens -> text events: UTF-8 reassembled across tokens, end tokens and
+    stop strings (a possible stop's beginning is held back), max_tokens, cancellation and the
+    deadline, all checked token by token."""
+
+    def __init__(self, job: Job, backend, metrics: Metrics):
+        self.job, self.backend, self.metrics = job, backend, metrics
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = [x for x in job.sampling.stop if x]
+        self.max_tokens = min(job.sampling.max_tokens, backend.n_ctx - len(job.tokens))
+        self.held, self.out, self.n = "", [], 0
+        self.t_first = None
+        self.stopped_by_string = False
+        job.t_start = time.monotonic()
+
+    def feed(self, token: int) -> str | None:
+        """Take one sampled token; return the finish reason once the job is done."""
+        job, s = self.job, self.job.sampling
+        now = time.monotonic()
+        if self.t_first is None:
+            self.t_first = now
+        if job.cancelled.is_set():
+            return "cancelled"
+        if not s.ignore_eos and (token in job.stop_ids or self.backend.is_eog(token)):
+            return "stop"
+        self.n += 1
+        self.held += self.decoder.decode(self.backend.token_bytes(token))
+        cut, hit = _find_stop(self.held, self.stops)
+        if hit:
+            self.held, self.stopped_by_string = self.held[:cut], True
+            return "stop"
+        emit, self.held = self.held[: len(self.held) - cut], self.held[len(self.held) - cut:]
+        if emit:
+            self.out.append(emit)
+            job._post(("text", emit))
+        if self.n >= self.max_tokens:
+            return "length"
+        if now > job.deadline or (s.time_limit and now - self.t_first > s.time_limit):
+            self.metrics.counts["timeouts"] += 1
+            return "length"
+        return None
+
+    def finish(self, reason: str, cached: int) -> Result:
+        if not self.stopped_by_string:
+            self.held += self.decoder.decode(b"", final=True)
+        if self.held:
+            self.out.append(self.held)
+            self.job._post(("text", self.held))
         end = time.monotonic()
-        t_first = t_first or end
-        return self._result(job, "".join(out), reason, n, cached, t_first - job.t_start,
-                            end - t_first)
+        t_first = self.t_first or end
+        job = self.job
+        return Result(text="".join(self.out), finish_reason=reason,
+                      prompt_tokens=len(job.tokens), completion_tokens=self.n,
+                      cached_tokens=cached, truncated=job.truncated,
+                      queued_s=job.t_start - job.submitted, prompt_s=t_first - job.t_start,
+                      decode_s=end - t_first)
 
 
 def _find_stop(text: str, stops: list[str]) -> tuple[int, bool]:

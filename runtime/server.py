@@ -42,8 +42,15 @@ class Service:
     def __init__(self, settings: Settings, backend):
         self.settings, self.backend = settings, backend
         self.prompts = PromptBuilder(backend, settings.prompt_format)
-        self.engine = Engine(backend, max_queue=settings.max_queue,
-                             request_timeout=settings.request_timeout)
+        if settings.parallel > 1 and hasattr(backend, "parallel_context"):
+            from .batched import BatchedEngine
+
+            self.engine = BatchedEngine(backend, parallel=settings.parallel,
+                                        max_queue=settings.max_queue,
+                                        request_timeout=settings.request_timeout)
+        else:
+            self.engine = Engine(backend, max_queue=settings.max_queue,
+                                 request_timeout=settings.request_timeout)
         self.check_slots = asyncio.Semaphore(settings.check_workers)
         self._feedback_pool = None
         self.feedback = None
@@ -353,7 +360,8 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
             loaded = await run_in_threadpool(
                 LlamaBackend, settings.model_path, lora_path=settings.lora_path,
                 n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                n_gpu_layers=settings.n_gpu_layers, cache_slots=settings.cache_slots)
+                n_gpu_layers=settings.n_gpu_layers, cache_slots=settings.cache_slots,
+                parallel=settings.parallel)
             holder["service"] = Service(settings, loaded)
         service = holder["service"]
         service.check_slots = asyncio.Semaphore(settings.check_workers)

@@ -38,6 +38,8 @@ class Settings:
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "request body limit (413)"})
     cache_slots: int = field(default=4, metadata={
         "help": "saved KV states for prompt-prefix reuse across files (0: only the last prompt)"})
+    parallel: int = field(default=1, metadata={
+        "help": "requests decoded together in one batch (1: one at a time)"})
     feedback_db: Path | None = field(default=None, metadata={"help": "record completions here"})
     check_workers: int = field(default=2, metadata={"help": "parallel Csound sandbox checks"})
 
@@ -48,7 +50,7 @@ class Settings:
                 setattr(self, name, Path(value))
         problems = []
         for name in ("port", "n_ctx", "max_queue", "max_tokens_limit", "default_max_tokens",
-                     "max_body_bytes", "check_workers"):
+                     "max_body_bytes", "check_workers", "parallel"):
             if getattr(self, name) < (0 if name == "max_queue" else 1):
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.cache_slots < 0:

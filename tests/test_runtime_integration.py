@@ -267,3 +267,83 @@ def test_load_50_concurrent_mixed_requests_with_disconnects(server, http):
     print(f"server RSS MiB: {[round(r / 2**20) for r in rss]}")
     assert growth[1] < 64, f"RSS grew {growth[1]:.0f} MiB in the second round"
     assert (rss[-1] - rss[0]) / 2**20 < 256
+
+
+# --- several sequences in one batch (serve --parallel) ------------------------------------------
+@pytest.fixture(scope="module")
+def parallel_url(embedded_gguf):
+    from csound_assistant.runtime.server import create_app
+    from csound_assistant.runtime.settings import Settings
+
+    from runtime_helpers import running_server
+
+    backend = LlamaBackend(embedded_gguf, n_ctx=2048, n_threads=1, parallel=3)
+    app = create_app(Settings(prompt_format="chatml", parallel=3, n_ctx=2048), backend)
+    with running_server(app) as url:
+        yield url
+    backend.close()
+
+
+def test_parallel_requests_share_batches(parallel_url):
+    prompts = ["instr 1\n  aout oscili", "instr 1\n  aout oscili", "<CsoundSynthesizer>\n",
+               "; a reverb\ninstr 2\n"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda p: httpx.post(
+            f"{parallel_url}/v1/completions", timeout=300,
+            json={"prompt": p, "max_tokens": 10, "temperature": 0, "ignore_eos": True}).json(),
+            prompts))
+    assert all(r["usage"]["completion_tokens"] == 10 for r in replies)
+    # The same prompt decoded beside other requests starts with the same greedy token ("ator",
+    # 0.18 logits ahead of the next candidate; later near-ties may flip with batch shapes).
+    first, second = (r["choices"][0]["text"] for r in replies[:2])
+    assert first.startswith("ator") and second.startswith("ator")
+    health = httpx.get(f"{parallel_url}/health").json()
+    assert health["counts"]["batched_steps"] > 0  # steps that decoded several requests at once
+    assert not health["busy"] and health["queue_depth"] == 0
+    # A free sequence that holds a prompt's prefix is reused for the next one.
+    again = httpx.post(f"{parallel_url}/v1/completions", timeout=300,
+                       json={"prompt": "; a reverb\ninstr 2\n  aL, aR reverbsc", "max_tokens": 2})
+    assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 6
+
+
+def test_parallel_disconnect_frees_the_sequence(parallel_url):
+    with httpx.Client(base_url=parallel_url, timeout=300) as h:
+        with h.stream("POST", "/v1/completions", json={
+                "prompt": "1, 2, 3,", "max_tokens": 1000, "ignore_eos": True,
+                "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break
+        deadline = time.monotonic() + 60
+        while (health := h.get("/health").json())["busy"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health["counts"]["finish_cancelled"] >= 1
+        fim = h.post("/infill", json={"input_prefix": "instr 1\n", "input_suffix": "endin\n",
+                                      "n_predict": 3})
+        assert fim.status_code == 200 and fim.json()["tokens_predicted"] <= 3
+
+
+def test_parallel_full_kv_cache_stops_one_request_not_the_server(embedded_gguf):
+    from csound_assistant.runtime.server import create_app
+    from csound_assistant.runtime.settings import Settings
+
+    from runtime_helpers import running_server
+
+    # Two sequences share 256 KV cells (llama.cpp's minimum); each asks for more than half.
+    backend = LlamaBackend(embedded_gguf, n_ctx=256, n_threads=1, parallel=2)
+    app = create_app(Settings(prompt_format="chatml", parallel=2, n_ctx=256), backend)
+    try:
+        with running_server(app) as url, concurrent.futures.ThreadPoolExecutor(2) as pool:
+            body = {"prompt": "instr 1\n" * 10, "max_tokens": 180, "ignore_eos": True}
+            replies = list(pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body,
+                                                         timeout=300), range(2)))
+            assert [r.status_code for r in replies] == [200, 200]
+            counts = sorted(r.json()["usage"]["completion_tokens"] for r in replies)
+            # One is stopped when the cells run out; its cells freed, the other one finishes.
+            assert counts[0] < 180 and counts[1] == 180
+            assert all(r.json()["choices"][0]["finish_reason"] == "length" for r in replies)
+            assert httpx.post(f"{url}/complete", json={"prompt": "x", "max_tokens": 2},
+                              timeout=60).status_code == 200
+    finally:
+        backend.close()

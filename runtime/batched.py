@@ -1,0 +1,229 @@
+"""Several requests decoded in one llama.cpp batch (``serve --parallel N``).
+
+The worker owns a llama.cpp context with N sequence ids sharing one KV cache. Each step it
+builds one batch: the next token of every decoding sequence plus chunks of the prompts still
+being read, runs one ``llama_decode`` and samples a token for each sequence from its own
+sampler chain. A sequence keeps its tokens after its request ends, so the next request is
+given the free sequence sharing the longest prefix with it (prefix reuse per sequence, as
+llama.cpp's server slots do). Requests still queue FIFO for a free sequence.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+
+from .backend import Sampling, common_prefix
+from .engine import Engine, Job, QueueTimeout, TokenStream
+
+log = logging.getLogger("csound_assistant.serve")
+
+
+@dataclass(eq=False)
+class _Sequence:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what its KV cells hold, in order
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not read yet
+    feeding: list[int] = field(default_factory=list)  # tokens in the current batch
+    next_token: int | None = None
+    stream: TokenStream | None = None
+    sampler: object = None
+    cached: int = 0
+    logit_index: int = -1
+
+
+def make_sampler(s: Sampling, n_vocab: int):
+    from llama_cpp._internals import LlamaSampler
+
+    sampler = LlamaSampler()
+    if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+        sampler.add_penalties(n_vocab=n_vocab, penalty_last_n=64,
+                              penalty_repeat=s.repeat_penalty, penalty_freq=s.frequency_penalty,
+                              penalty_present=s.presence_penalty)
+    if s.temperature <= 0:
+        sampler.add_greedy()
+    else:
+        import os
+
+        sampler.add_top_k(s.top_k)
+        sampler.add_top_p(s.top_p, 1)
+        sampler.add_min_p(s.min_p, 1)
+        sampler.add_temp(s.temperature)
+        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
+        sampler.add_dist(seed)
+    return sampler
+
+
+class BatchedEngine(Engine):
+    def __init__(self, backend, *, parallel: int, **kw):
+        super().__init__(backend, **kw)
+        self.parallel = parallel
+        self._n_active = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._n_active > 0
+
+    def _work(self) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        ctx = self.backend.parallel_context(self.parallel)
+        self._ctx = ctx
+        n_batch = ctx.params.n_batch
+        batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        seqs = [_Sequence(i) for i in range(self.parallel)]
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._n_active and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    admitted = self._admit(seqs)
+                for seq, job in admitted:
+                    self._start(seq, job)
+                if any(seq.job for seq in seqs):
+                    try:
+                        self._step(batch, seqs, n_batch)
+                    except Exception as exc:  # a backend failure ends the running jobs only
+                        log.exception("batched decoding failed")
+                        self.metrics.counts["errors"] += 1
+                        for seq in seqs:
+                            if seq.job:
+                                seq.job._post(("error", exc))
+                                self._release(seq, forget=True)
+        finally:
+            for seq in seqs:
+                if seq.job:
+                    seq.job._post(("error", QueueTimeout("the server is shutting down")))
+                    self._release(seq, forget=True)
+            llama_cpp.llama_batch_free(batch)
+            ctx.close()
+
+    # --- scheduling ------------------------------------------------------------------------
+    def _admit(self, seqs) -> list:
+        admitted = []
+        free = [seq for seq in seqs if seq.job is None]
+        while free and self._queue:
+            job = self._queue.popleft()
+            if job.cancelled.is_set():
+                self.metrics.counts["cancelled_while_queued"] += 1
+                job._post(("done", TokenStream(job, self.backend, self.metrics)
+                           .finish("cancelled", 0)))
+                continue
+            if job.deadline < __import__("time").monotonic():
+                self.metrics.counts["timeout_while_queued"] += 1
+                job._post(("error", QueueTimeout("timed out waiting for the model")))
+                continue
+            seq = max(free, key=lambda q: common_prefix(q.tokens, job.tokens))
+            free.remove(seq)
+            seq.job = job
+            self._n_active += 1
+            admitted.append((seq, job))
+        return admitted
+
+    def _start(self, seq: _Sequence, job: Job) -> None:
+        job._post(("start", None))
+        if job.clear_cache:
+            seq.tokens = []
+        keep = min(common_prefix(seq.tokens, job.tokens), len(job.tokens) - 1)
+        self._lc.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, keep, -1)
+        seq.tokens = seq.tokens[:keep]
+        seq.pending = list(job.tokens[keep:])
+        seq.cached = keep
+        seq.next_token = None
+        seq.stream = TokenStream(job, self.backend, self.metrics)
+        seq.sampler = make_sampler(job.sampling, self.backend.n_vocab)
+
+    def _release(self, seq: _Sequence, *, forget: bool = False) -> None:
+        if seq.sampler is not None:
+            seq.sampler.close()
+        seq.job, seq.sampler, seq.stream = None, None, None
+        seq.pending, seq.feeding = [], []
+        self._n_active -= 1
+        if forget:
+            self._lc.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, 0, -1)
+            seq.tokens = []
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        result = seq.stream.finish(reason, seq.cached)
+        self.metrics.record(result)
+        seq.job._post(("done", result))
+        self._release(seq)
+
+    # --- one decode step ------------------------------------------------------------------
+    def _step(self, batch, seqs, n_batch: int) -> None:
+        active = [seq for seq in seqs if seq.job]
+        for seq in active:  # a client that left frees its sequence before the next decode
+            if seq.job.cancelled.is_set():
+                self._finish(seq, "cancelled")
+        active = [seq for seq in seqs if seq.job]
+        if not active:
+            return
+        decoding = [seq for seq in active if not seq.pending]
+        reading = [seq for seq in active if seq.pending]
+        chunk = max(1, (n_batch - len(decoding)) // max(1, len(reading)))
+        batch.n_tokens = 0
+        for seq in active:
+            if seq.pending:
+                seq.feeding = seq.pending[:chunk]
+                last = len(seq.feeding) == len(seq.pending)
+            else:
+                seq.feeding, last = [seq.next_token], True
+            for i, token in enumerate(seq.feeding):
+                k = batch.n_tokens
+                batch.token[k] = token
+                batch.pos[k] = len(seq.tokens) + i
+                batch.n_seq_id[k] = 1
+                batch.seq_id[k][0] = seq.seq_id
+                batch.logits[k] = last and i == len(seq.feeding) - 1
+                batch.n_tokens = k + 1
+            seq.logit_index = batch.n_tokens - 1 if last else -1
+        if len(active) > 1:
+            self.metrics.counts["batched_steps"] += 1
+        rc = self._lc.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            self._out_of_cells(seqs, rc)
+            return
+        for seq in active:
+            seq.tokens += seq.feeding
+            seq.pending = seq.pending[len(seq.feeding):] if seq.pending else []
+            if seq.logit_index < 0:
+                continue
+            token = seq.sampler.sample(self._ctx, seq.logit_index)
+            reason = seq.stream.feed(token)
+            if reason:
+                self._finish(seq, reason)
+            else:
+                seq.next_token = token
+
+    def _out_of_cells(self, seqs, rc: int) -> None:
+        """The shared KV cache is full: drop idle sequences' prefixes, else stop the longest."""
+        idle = [seq for seq in seqs if seq.job is None and seq.tokens]
+        for seq in idle:
+            self._lc.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, 0, -1)
+            seq.tokens = []
+        if not idle:
+            longest = max((seq for seq in seqs if seq.job), key=lambda q: len(q.tokens))
+            log.warning("KV cache full (llama_decode returned %s): stopping one request", rc)
+            self._finish(longest, "length")
+            self._lc.llama_memory_seq_rm(self._ctx.memory, longest.seq_id, 0, -1)
+            longest.tokens = []
+        for seq in seqs:  # the failed batch wrote nothing: feed the same tokens again
+            seq.feeding = []
+
+
+def lora_onto(llm, ctx) -> None:
+    """Apply the Llama object's LoRA adapter to another context of the same model."""
+    import llama_cpp
+
+    adapter = getattr(llm, "_lora_adapter", None)
+    if adapter is None:
+        return
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(llm.lora_scale)
+    if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, scales):
+        raise RuntimeError("could not apply the LoRA adapter to the batched context")
