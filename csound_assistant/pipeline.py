@@ -97,9 +97,10 @@ class StageRun:
 class Pipeline:
     """Runs stages in order, reusing those whose key matches."""
 
-    def __init__(self, root: Path, echo=click.echo):
+    def __init__(self, root: Path, echo=click.echo, rebuild_from: str | None = None):
         self.root = root
         self.echo = echo
+        self.rebuild_from = rebuild_from  # this stage and every later one are rebuilt
         self.keys: dict[str, str] = {}
         self.runs: list[StageRun] = []
 
@@ -107,7 +108,9 @@ class Pipeline:
         out = self.root / folder
         key = stage_key(settings, [self.keys[a] for a in after])
         self.keys[name] = key
-        if _existing_key(out) == key:
+        if name == self.rebuild_from:
+            self.rebuild_from = "*"
+        if self.rebuild_from != "*" and _existing_key(out) == key:
             self.echo(f"[{name}] up to date: {out}")
             self.runs.append(StageRun(name, out, 0.0, True))
             return out
@@ -129,13 +132,17 @@ def remove_partials(root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
 
 
-def run_pipeline(cfg: PipelineConfig, work_dir: str | None = None) -> dict:
+STAGES = ("base", "data", "split", "train", "export", "package", "base-gguf", "eval")
+
+
+def run_pipeline(cfg: PipelineConfig, work_dir: str | None = None,
+                 rebuild_from: str | None = None) -> dict:
     from .artifacts import work_dir as resolve
 
     root = resolve(work_dir, cfg.run)
     root.mkdir(parents=True, exist_ok=True)
     remove_partials(root)
-    p = Pipeline(root)
+    p = Pipeline(root, rebuild_from=rebuild_from)
     from . import pipeline_stages as stages
 
     stages.run_all(p, cfg)
@@ -147,9 +154,11 @@ def run_pipeline(cfg: PipelineConfig, work_dir: str | None = None) -> dict:
 
 @click.command()
 @click.argument("config", required=False)
+@click.option("--from", "rebuild_from", type=click.Choice(STAGES), default=None,
+              help="Rebuild this stage and every later one even if up to date.")
 @work_dir_option
 @run_option
-def cli(config, work_dir, run):
+def cli(config, rebuild_from, work_dir, run):
     """Run every stage, reusing finished ones: data build -> split -> train -> export
     (merge, convert, quantize, quality gate) -> Modelfile and editor configs -> eval of base vs
     fine-tuned. CONFIG is a YAML file or a shipped config name; with none it runs the embedded
@@ -159,9 +168,10 @@ def cli(config, work_dir, run):
     Examples:
         csound-assistant pipeline
         csound-assistant pipeline codellama-7b.yaml --run codellama
+        csound-assistant pipeline --from train     # retrain and redo what follows
     """
     with domain_errors():
         cfg = PipelineConfig.load(config)
         if run:
             cfg.run = run
-        run_pipeline(cfg, work_dir)
+        run_pipeline(cfg, work_dir, rebuild_from)

@@ -54,6 +54,11 @@ def test_stages_are_reused_until_an_input_changes(tmp_path):
     assert run({"x": 1}, {"y": 2}) == ["b"]            # only b's settings changed
     assert run({"x": 2}, {"y": 2}) == ["a", "b"]       # a changed: b follows
     assert json.loads((tmp_path / "b" / "record.json").read_text())["pipeline_key"]
+    calls = []
+    p = Pipeline(tmp_path, echo=lambda *_: None, rebuild_from="b")
+    p.stage("a", "a", {"x": 2}, [], _builder(calls, "a"))
+    p.stage("b", "b", {"y": 2}, ["a"], _builder(calls, "b"))
+    assert calls == ["b"]
 
 
 def test_a_failed_stage_is_rebuilt_and_partials_are_removed(tmp_path):
