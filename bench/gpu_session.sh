@@ -37,7 +37,7 @@ collect() {  # $1: tag
 }
 case "$1" in
   bench)
-    python3 $REPO/bench/train_throughput.py --out $OUT/bench.json 2>&1 | tee $OUT/bench.log ;;
+    python3 $REPO/bench/train_throughput.py --out $OUT/bench.json $BENCH_ARGS 2>&1 | tee $OUT/bench.log ;;
   recipe)
     base
     python3 -m csound_assistant.cli train run -c $REPO/train/configs/codellama-7b-qlora.yaml --work-dir /tmp/runs \

@@ -214,7 +214,8 @@ def test_embedded_adapter_learns_to_stop_and_lowers_validation_loss(tmp_path, ba
     val_rows = [train_rows.pop(3), train_rows.pop(7)]
     work = make_work(tmp_path, base_dir, train_rows, val_rows)
     adapter = train(load_config("cpu-smollm2", ["max_steps=12", "eval_every=0", "save_every=0",
-                                                "progress=false", "warmup_steps=2"]), work,
+                                                "progress=false", "warmup_steps=2", "tasks=[]",
+                                                "time_budget_minutes=0"]), work,
                     log=lambda *a: None)
     metrics = json.loads((adapter / "metrics.json").read_text())
     assert metrics["val_loss_end"] < metrics["val_loss_start"]
