@@ -1,8 +1,9 @@
 """``csound-assistant data build``: a Csound-verified training set from the installed manual.
 
-Top to bottom: read the manual; check every example CSD with Csound (sandboxed, syntax and type
-check only) and render the good ones briefly; propose fragments and broken variants and verify
-them the same way; turn what survived into rows; check every code answer once more; write
+Top to bottom: read the manual; render every example CSD briefly with Csound in the sandbox (a
+render parses and type-checks first, so it doubles as the compile check; a syntax-only check
+settles the cases a render cannot); propose instrument fragments and broken variants and verify
+them the same way; turn what survived into rows; confirm every code answer compiled; write
 ``rows.jsonl`` and ``record.json`` (counts by reason) into the stage folder atomically.
 """
 
@@ -22,6 +23,7 @@ from csound_assistant.prompt_format import row_kind
 
 from . import csdcode, rows
 from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
+from .validate import CHARS_PER_TOKEN, row_text
 from .verify import PROVEN_BY_RENDER, Verifier
 
 ROWS_NAME = "rows.jsonl"
@@ -52,12 +54,12 @@ def _render_flags(render: dict) -> dict:
 def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUAL_DIR,
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
-                  fixes_per_example: int = FIXES_PER_EXAMPLE, progress: bool = False,
-                  log=print) -> dict:
+                  fixes_per_example: int = FIXES_PER_EXAMPLE, max_tokens: int | None = 2048,
+                  progress: bool = False, log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
-    ``limit`` keeps the first N manual examples (quick runs and tests). Verdicts are cached by
-    content (``cache_dir``), so a rebuild only re-checks what changed.
+    ``limit`` keeps N manual examples spread over the manual (quick runs and tests). Verdicts
+    are cached by content (``cache_dir``), so a rebuild only re-checks what changed.
     """
     t0, cpu0, load0 = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
     out_dir = Path(out_dir)
@@ -126,6 +128,11 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             counts["row_dropped"]["duplicate"] += 1
         seen.add(key)
     out_rows = [row for i, row in enumerate(out_rows) if -1 - i not in bad]
+    if max_tokens:  # estimated from characters: rows a training context cannot hold
+        limit_chars = max_tokens * CHARS_PER_TOKEN
+        long = [len(row_text(row)) > limit_chars for row in out_rows]
+        counts["row_dropped"]["too-long"] += sum(long)
+        out_rows = [row for row, too_long in zip(out_rows, long) if not too_long]
     if not out_rows:
         raise DataError("no rows survived verification: is Csound installed (`csound --version`)?")
 
@@ -148,7 +155,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             categories=dict(categories.most_common()), opcodes=dict(opcodes.most_common()),
             eval_opcodes=_eval_opcodes(good, pages),
             manual_dir=str(manual.directory), limit=limit, workers=workers,
-            fixes_per_example=fixes_per_example,
+            fixes_per_example=fixes_per_example, max_tokens=max_tokens,
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
                    "path": str(verifier.cache_path) if verifier.cache_path else None},

@@ -35,11 +35,14 @@ def cli():
 @click.option("--no-cache", is_flag=True, help="Check everything again, ignoring the cache.")
 @click.option("--fixes-per-example", type=click.IntRange(0, 5), default=1, show_default=True,
               help="Fix-the-bug rows per example (each costs a Csound check).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=2048, show_default=True,
+              help="Drop rows longer than this many tokens (estimated at 2.5 characters per "
+                   "token, as the chatml prompt renders them); 0 keeps all.")
 @work_dir_option
 @run_option
 @force_option
-def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, work_dir,
-          run, force):
+def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, max_tokens,
+          work_dir, run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -55,7 +58,8 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
     with domain_errors():
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
-                               fixes_per_example=fixes_per_example, progress=True, log=lambda m: click.echo(m, err=True))
+                               fixes_per_example=fixes_per_example,
+                               max_tokens=max_tokens or None, progress=True, log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))
     click.echo(f"rows written to {out_dir / record['rows_file']}")
 
@@ -81,7 +85,7 @@ def summary(record: dict) -> str:
               help="Flag rows longer than this (the training context length).")
 @click.option("--tokenizer", default=None,
               help="Folder or tokenizer.json to count tokens with (e.g. runs/default/base); "
-                   "default: estimate 3.5 characters per token.")
+                   "default: estimate 2.5 characters per token.")
 @click.option("--prompt-format", default="chatml", show_default=True,
               help="Prompt format used to render rows when measuring length.")
 @click.option("--compile", "compile_", is_flag=True,
@@ -145,7 +149,7 @@ def split(rows_file, out_dir, seed, ratios, work_dir, run, force):
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Where stats.json, stats.md and tokens.png go [default: <file's folder>/stats].")
 @click.option("--tokenizer", default=None,
-              help="Folder or tokenizer.json to count tokens with; default: chars/3.5.")
+              help="Folder or tokenizer.json to count tokens with; default: chars/2.5.")
 @click.option("--prompt-format", default="chatml", show_default=True)
 @click.option("--manual-dir", type=click.Path(path_type=Path, file_okay=False),
               default="/usr/share/doc/csound-doc/html", show_default=True,

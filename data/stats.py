@@ -52,7 +52,7 @@ def dataset_stats(path: str | Path, *, tokenizer: str | None = None,
         "tasks": dict(tasks.most_common()), "categories": dict(categories.most_common()),
         "opcodes": len(opcodes), "top_opcodes": dict(opcodes.most_common(20)),
         "tokens": {
-            "counter": tokenizer or "chars/3.5 estimate",
+            "counter": tokenizer or "chars/2.5 estimate",
             "min": lengths[0] if lengths else 0, "max": lengths[-1] if lengths else 0,
             "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
             "p50": lengths[len(lengths) // 2] if lengths else 0,
