@@ -134,11 +134,12 @@ class LlamaBackend:
 
         from .batched import lora_onto
 
-        lc, base = self._llama_cpp, self.llm.context_params
-        params = lc.llama_context_default_params()
+        # The Llama object's own parameters (flash attention off, rope scaling, threads), so
+        # both contexts compute the same logits; llama.cpp's defaults would turn flash
+        # attention on, which moved SmolLM2's logits by ~0.3 and flipped greedy tokens.
+        params = type(self.llm.context_params).from_buffer_copy(self.llm.context_params)
         params.n_ctx = self.n_ctx
-        params.n_batch = params.n_ubatch = self.llm.n_batch
-        params.n_threads, params.n_threads_batch = base.n_threads, base.n_threads_batch
+        params.n_batch = params.n_ubatch = 512
         params.n_seq_max = n_seq
         params.kv_unified = True
         ctx = LlamaContext(model=self.llm._model, params=params, verbose=False)

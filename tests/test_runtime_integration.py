@@ -285,7 +285,7 @@ def parallel_url(embedded_gguf):
 
 
 def test_parallel_requests_share_batches(parallel_url):
-    prompts = ["instr 1\n  aout oscili", "instr 1\n  aout oscili", "<CsoundSynthesizer>\n",
+    prompts = ["instr 3\n  aout oscili", "instr 3\n  aout oscili", "<CsoundSynthesizer>\n",
                "; a reverb\ninstr 2\n"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda p: httpx.post(
@@ -294,7 +294,7 @@ def test_parallel_requests_share_batches(parallel_url):
             prompts))
     assert all(r["usage"]["completion_tokens"] == 10 for r in replies)
     # The same prompt decoded beside other requests starts with the same greedy token ("ator",
-    # 0.18 logits ahead of the next candidate; later near-ties may flip with batch shapes).
+    # 0.31 logits ahead of the next candidate; later near-ties may flip with batch shapes).
     first, second = (r["choices"][0]["text"] for r in replies[:2])
     assert first.startswith("ator") and second.startswith("ator")
     health = httpx.get(f"{parallel_url}/health").json()
