@@ -30,6 +30,16 @@ class Generation:
     prompt_tokens: int = 0
 
 
+def looping(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
+    """The last ``window`` tokens repeat with a period of at most ``max_period`` tokens (the
+    base model's "#Csound #Csound ..."): greedy decoding never leaves such a loop, so the rest
+    of the answer would only cost time."""
+    if len(tokens) < window + max_period:
+        return False
+    tail = tokens[-window:]
+    return any(tail == tokens[-window - p:-p] for p in range(1, max_period + 1))
+
+
 def resolve_spec(spec: str) -> str:
     """A model spec as a path or URL: ``embedded`` means the embedded base GGUF."""
     if spec == EMBEDDED:
@@ -117,8 +127,15 @@ class GGUFModel:
             out.append(token)
             if len(out) >= max_tokens or len(tokens) + len(out) >= self.llm.n_ctx() - 1:
                 break
+            if len(out) % 16 == 0 and ((temperature == 0 and looping(out))
+                                       or self._csd_closed(out)):
+                break
         text = self.llm.detokenize(out).decode("utf-8", errors="replace")
         return Generation(text, time.monotonic() - start, len(out), len(tokens))
+
+    def _csd_closed(self, out: list[int]) -> bool:
+        """A chat answer's CSD is complete: what follows cannot change its score."""
+        return b"</CsoundSynthesizer>" in self.llm.detokenize(out[-24:])
 
     def chat(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int = 0) -> Generation:

@@ -224,7 +224,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
-                    "n_threads": n_threads, "n_ctx": n_ctx}
+                    "n_threads": n_threads, "n_ctx": n_ctx,
+                    "early_stop": "greedy token loops; a closed </CsoundSynthesizer>"}
         summary = summarize(rows, labels, samples)
         for label in labels:
             overall = summary[label]["overall"]

@@ -243,3 +243,11 @@ def test_samples_report_pass_at_k(tmp_path):
     assert [r["sample"] for r in report["items"]] == [0, 1]
     assert report["settings"]["temperature"] == 0.8
     assert "compile@2" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_greedy_loops_are_cut_short():
+    from csound_assistant.eval.models import looping
+
+    assert looping([7, 8, 9] * 30)
+    assert not looping(list(range(100)))
+    assert not looping([7, 8, 9] * 10)  # too short to judge
