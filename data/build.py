@@ -17,7 +17,7 @@ import resource
 import time
 from pathlib import Path
 
-from csound_assistant.artifacts import stage_output, write_record
+from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
 from csound_assistant.prompt_format import row_kind
 
@@ -147,7 +147,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         record = write_record(
             tmp, "data",
-            rows=len(out_rows), rows_file=ROWS_NAME, code_answers_checked=len(answers),
+            rows=len(out_rows), rows_file=ROWS_NAME, rows_sha256=sha256_file(tmp / ROWS_NAME),
+            code_answers_checked=len(answers),
             rows_with_code=sum(1 for row in out_rows if rows.code_answers(row)),
             rows_by_task=dict(sorted(by_task.items())), rows_by_format=dict(by_format),
             examples={"total": len(examples), "compiled": compiled, "used": len(good)},

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from csound_assistant.artifacts import stage_output, write_record
+from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
 
 from .validate import read_rows, validate_rows
@@ -87,7 +87,8 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
                 for row in split_rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         record = write_record(
-            tmp, "splits", source=str(rows_path), seed=seed, ratios=list(ratios),
+            tmp, "splits", source=str(rows_path), source_sha256=sha256_file(rows_path),
+            seed=seed, ratios=list(ratios),
             rows={s: len(r) for s, r in by_split.items()},
             groups={s: len(g) for s, g in group_sets.items()},
             rows_without_group=sum(1 for g in groups if g.startswith("row:")),
