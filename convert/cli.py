@@ -70,7 +70,7 @@ def cli(ctx, work_dir, run, adapter_dir, base_dir, out_dir, quant_types, name, g
         export(Path(adapter_dir) if adapter_dir else run_dir / "adapter", out,
                quant_types=quant_types, gate=gate, lora=lora, name=name, force=force,
                merged_dir=run_dir / "merged" if not out_dir else None,
-               splits_dir=run_dir / "splits", base_dir=base_dir, imatrix=imatrix,
+               base_dir=base_dir, imatrix=imatrix,
                gate_tokens=gate_tokens, log=click.echo)
         if push_repo:
             push(out, push_repo, log=click.echo)
@@ -179,7 +179,7 @@ def quantize_cmd(src_gguf, dst_gguf, quant_type, merged_dir, splits_dir, verbose
     Example:
         csound-assistant export quantize model.F16.gguf model.Q4_K_M.gguf --type Q4_K_M
     """
-    from .gate import heldout_texts
+    from .gate import heldout_texts, spread
     from .merge import load_prompt_format
     from .quantize import importance_matrix, quantize
 
@@ -189,7 +189,7 @@ def quantize_cmd(src_gguf, dst_gguf, quant_type, merged_dir, splits_dir, verbose
             texts, source = heldout_texts(splits_dir, load_prompt_format(Path(merged_dir)),
                                           "imatrix")
             click.echo(f"imatrix: from {source}")
-            im = importance_matrix(merged_dir, texts, log=click.echo)
+            im = importance_matrix(merged_dir, spread(texts, 4096), log=click.echo)
         census = quantize(src_gguf, dst_gguf, quant_type, imatrix=im, verbose=verbose)
         click.echo(f"wrote {dst_gguf}: {census['bits_per_weight']} bits/weight, tensors "
                    f"{census['tensors']} ({census['fallback_tensors']} fell back to other types)")
@@ -216,13 +216,14 @@ def gate_cmd(f16_gguf, quant_gguf, quant_type, splits_dir, format_name, tokens):
     """
     from csound_assistant.prompt_format import get_format
 
-    from .gate import gate, heldout_texts, table
+    from .gate import gate, heldout_texts, spread, table
 
     with domain_errors():
         texts, source = heldout_texts(Path(splits_dir) if splits_dir else None,
                                       get_format(format_name), "gate")
         click.echo(f"held-out text: {source}")
-        results = gate(f16_gguf, {quant_type: Path(quant_gguf)}, texts, max_tokens=tokens)
+        results = gate(f16_gguf, {quant_type: Path(quant_gguf)}, spread(texts, tokens),
+                       max_tokens=tokens)
         click.echo(table(results))
 
 

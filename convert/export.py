@@ -25,7 +25,8 @@ from .gguf_convert import convert, convert_lora
 from .llama_cpp_tools import find as find_tools
 from .merge import Adapter, merge, resolve_adapter
 from .model_card import model_card
-from .quantize import check_quant_types, imatrix_supported, importance_matrix, quantize
+from .quantize import (check_quant_types, imatrix_supported, importance_matrix, quantize,
+                       tensor_types)
 
 DEFAULT_DATASET = "Csound manual examples (csound-doc 6.18, GFDL-1.2-or-later)"
 
@@ -70,7 +71,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
            gate: bool = True, lora: bool = True, name: str = DEFAULT_MODEL_NAME,
            force: bool = False, merged_dir: str | Path | None = None,
            splits_dir: str | Path | None = None, base_dir: str | Path | None = None,
-           imatrix: bool = True, gate_tokens: int = 4096, log=print) -> dict:
+           imatrix: bool = True, gate_tokens: int = 4096, imatrix_tokens: int = 4096,
+           log=print) -> dict:
     """Run every export step; return the export record (also written as record.json)."""
     out_dir = Path(out_dir)
     quant_types = [q for q in check_quant_types(quant_types) if q != "F16"]
@@ -80,7 +82,7 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
                             "is kept until the new one is complete)")
     tools = find_tools()  # fail before the slow steps if the converter is missing
     merged_dir = Path(merged_dir) if merged_dir else out_dir.parent / "merged"
-    splits_dir = Path(splits_dir) if splits_dir else adapter.dir.parent / "splits"
+    splits_dir = Path(splits_dir or adapter.record.get("splits_dir") or adapter.dir.parent / "splits")
     fmt, meta = adapter.prompt_format, provenance(adapter, name)
     timings, files = {}, {}
 
@@ -95,7 +97,7 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
         f16 = tmp / f"{name}.F16.gguf"
         timed("convert", convert, merged_dir, f16, prompt_format=fmt, metadata=meta,
               tools=tools, log=log)
-        files[f16.name] = {"kind": "model", "quant": "F16"}
+        files[f16.name] = {"kind": "model", "quant": "F16", **tensor_types(f16)}
         if lora:
             lora_path = tmp / f"{name}.lora.gguf"
             timed("lora", convert_lora, adapter.dir, adapter.base_dir, lora_path, metadata=meta,
@@ -107,7 +109,9 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
             supported, why = imatrix_supported()
             if supported:
                 texts, source = gate_mod.heldout_texts(splits_dir, fmt, "imatrix")
-                im = timed("imatrix", importance_matrix, merged_dir, texts, log=log)
+                im = timed("imatrix", importance_matrix, merged_dir,
+                           gate_mod.spread(texts, imatrix_tokens), max_tokens=imatrix_tokens,
+                           log=log)
                 imatrix_info = {"used": True, "source": source, "tensors": len(im), "via": why}
             else:
                 log(f"imatrix: {why}")
@@ -124,7 +128,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
         if candidates:
             texts, source = gate_mod.heldout_texts(splits_dir, fmt, "gate")
             log(f"gate: {', '.join(candidates)} vs F16 on {source}")
-            results = timed("gate", gate_mod.gate, f16, candidates, texts, enforce=gate,
+            results = timed("gate", gate_mod.gate, f16, candidates,
+                            gate_mod.spread(texts, gate_tokens), enforce=gate,
                             max_tokens=gate_tokens)
             gate_info.update(source=source, results=results, table=gate_mod.table(results))
             log(gate_info["table"])

@@ -88,6 +88,18 @@ def manual_texts(part: str, examples: Path = MANUAL_EXAMPLES) -> list[str]:
     return [t for t in texts if t not in calibration]
 
 
+def spread(texts: list[str], tokens: int, chars_per_token: int = 12) -> list[str]:
+    """Evenly spaced texts holding at least about ``tokens`` tokens (Csound runs 3-4 characters
+    a token; the margin covers uneven lengths), so a budget samples the whole split rather than
+    its first rows, which may all come from one source. Callers cut at ``tokens``."""
+    total = sum(len(t) for t in texts)
+    budget = tokens * chars_per_token
+    if total <= budget:
+        return texts
+    step = total / budget
+    return texts[:: max(1, int(step))]
+
+
 def heldout_texts(splits_dir: Path | None, fmt: PromptFormat, part: str) -> tuple[list[str], str]:
     """(texts, where they came from): the test split for the gate, the train split for the
     importance matrix, else the manual examples."""

@@ -146,7 +146,7 @@ def _imatrix_array(imatrix: dict):
 
 
 def importance_matrix(merged_dir: str | Path, texts: list[str], *, gguf_arch: str = "llama",
-                      max_tokens: int = 16384, ctx: int = 512, log=print) -> dict:
+                      max_tokens: int = 4096, ctx: int = 512, log=print) -> dict:
     """Per-tensor mean squared input activations of every linear layer, keyed by GGUF name."""
     import gguf
     import torch

@@ -326,19 +326,21 @@ def test_export_refuses_to_overwrite_and_push_offline(tiny_adapter, tiny_export,
 
 def test_gate_failure_publishes_nothing_unless_no_gate(tiny_adapter, tiny_export, monkeypatch,
                                                        tmp_path):
-    monkeypatch.setitem(gate_mod.THRESHOLDS, "Q8_0", gate_mod.Threshold(-1.0, 1.1, 0.0))
+    impossible = gate_mod.Threshold(-1.0, 1.1, 0.0)
+    monkeypatch.setitem(gate_mod.THRESHOLDS, "Q8_0", impossible)
     out = tmp_path / "export"
     with pytest.raises(GateFailed, match="Q8_0") as err:
         export(tiny_adapter, out, quant_types=("Q8_0",), lora=False, imatrix=False,
                merged_dir=tiny_adapter.parent / "merged", gate_tokens=256, **QUIET)
     assert not err.value.results["Q8_0"]["passed"]
     assert not out.exists() and not list(tmp_path.iterdir())
-    record = export(tiny_adapter, out, quant_types=("Q8_0",), lora=False, imatrix=False,
-                    gate=False, merged_dir=tiny_adapter.parent / "merged", gate_tokens=256,
-                    **QUIET)
-    assert record["gate"]["enforced"] is False
-    assert record["gate"]["results"]["Q8_0"]["passed"] is False
-    assert (out / "csound-assistant.Q8_0.gguf").is_file()
+    # --no-gate: the same numbers are measured and recorded, nothing is raised.
+    done, _ = tiny_export
+    results = gate_mod.gate(done / "csound-assistant.F16.gguf",
+                            {"Q8_0": done / "csound-assistant.Q8_0.gguf"},
+                            gate_mod.manual_texts("gate"), enforce=False, max_tokens=256,
+                            progress=False)
+    assert results["Q8_0"]["passed"] is False and results["Q8_0"]["reasons"]
 
 
 KILL_SCRIPT = """
@@ -354,13 +356,15 @@ def test_kill_during_conversion_leaves_no_final_named_file(tiny_adapter, tiny_ex
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(tiny_adapter), str(out),
          str(tiny_adapter.parent / "merged")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     # Wait until llama.cpp's converter is running (its output reaches us through our pipe).
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if line.startswith("convert: convert_hf_to_gguf.py"):
             break
+    assert seen and seen[-1].startswith("convert: "), "export ended early:\n" + "".join(seen)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -370,10 +374,6 @@ def test_kill_during_conversion_leaves_no_final_named_file(tiny_adapter, tiny_ex
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert all(any(part.startswith(".") for part in p.relative_to(tmp_path).parts)
                for p in leftovers), leftovers
-    # A later export succeeds alongside the leftovers.
-    record = export(tiny_adapter, out, quant_types=("Q8_0",), lora=False, imatrix=False,
-                    merged_dir=tiny_adapter.parent / "merged", gate_tokens=256, **QUIET)
-    assert (out / "record.json").is_file() and record["files"]
 
 
 def test_cli_help_lists_steps_and_rejects_bad_quant(tmp_path):
