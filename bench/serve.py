@@ -4,6 +4,7 @@ cached vs cold time to first token for an editor-style FIM request with a ~1,500
 
     .venv/bin/python bench/serve.py                      # embedded SmolLM2, all cores
     .venv/bin/python bench/serve.py --threads 1 --repeats 5 --out bench/results
+    .venv/bin/python bench/serve.py --threads 1 --concurrency-only 4 --tokens 32 --repeats 3
 
 Decode speed counts exactly ``--tokens`` new tokens (end-of-sequence ignored, greedy) after
 the same prompt text; time to first token is measured by the client: from sending the request
@@ -126,6 +127,46 @@ def editor_file(tokens_wanted: int, tokenize) -> tuple[str, str]:
     return text[: len(text) * len(ids) // len(tokenize(text))], "\nendin\n"
 
 
+def concurrency_bench(gguf: Path, threads: int, clients: int, tokens: int, rounds: int) -> dict:
+    """Aggregate decode tokens/s of ``clients`` concurrent requests, one at a time
+    (``--parallel 1``) vs decoded together (``--parallel clients``), alternating servers."""
+    import concurrent.futures
+
+    procs, urls = {}, {}
+    try:
+        for parallel in (1, clients):
+            port = free_port()
+            procs[parallel] = subprocess.Popen(
+                [sys.executable, "-m", "csound_assistant.cli", "serve", str(gguf),
+                 "--prompt-format", "chatml", "--threads", str(threads), "--n-ctx", "4096",
+                 "--parallel", str(parallel), "--port", str(port), "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            urls[parallel] = f"http://127.0.0.1:{port}"
+            wait_healthy(urls[parallel] + "/health", procs[parallel])
+        out = {p: [] for p in urls}
+
+        def one(url, i):
+            r = httpx.post(f"{url}/v1/completions", timeout=900, json={
+                "prompt": f"instr {i + 1}\n  aout oscili", "max_tokens": tokens,
+                "temperature": 0, "ignore_eos": True})
+            return r.json()["usage"]["completion_tokens"]
+
+        for r in range(rounds):
+            for parallel, url in urls.items():
+                print(f"concurrency round {r + 1}/{rounds}, --parallel {parallel}",
+                      file=sys.stderr)
+                t0 = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                    n = sum(pool.map(lambda i: one(url, i), range(clients)))
+                out[parallel].append(n / (time.perf_counter() - t0))
+        return {"clients": clients, "tokens": tokens,
+                "tokens_per_s": {str(p): v for p, v in out.items()}}
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(30)
+
+
 def median(rows, key):
     return statistics.median(r[key] for r in rows)
 
@@ -143,7 +184,22 @@ def main():
     ap.add_argument("--fim-tokens", type=int, default=1500)
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--concurrency-only", type=int, default=0, metavar="N",
+                    help="only compare N concurrent requests on --parallel 1 vs --parallel N")
     args = ap.parse_args()
+    if args.concurrency_only:
+        from csound_assistant.base.importer import embedded_gguf
+
+        res = concurrency_bench(Path(args.gguf) if args.gguf else embedded_gguf(), args.threads,
+                                args.concurrency_only, args.tokens, args.repeats)
+        one, many = (statistics.median(v) for v in res["tokens_per_s"].values())
+        print(f"| {res['clients']} concurrent requests x {res['tokens']} tokens | aggregate "
+              f"tokens/s |\n|---|---|\n| --parallel 1 | {one:.1f} |\n| --parallel "
+              f"{res['clients']} | {many:.1f} |\n\nper round: {res['tokens_per_s']}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "serve_parallel.json").write_text(json.dumps(res, indent=2) + "\n")
+        return
     import llama_cpp
 
     from csound_assistant.base.importer import embedded_gguf
