@@ -126,7 +126,7 @@ def run_steps(model, steps_docs, layout, per_micro_norm: bool, liger: bool):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, fused=True)
     extra = {"skip_logits": True} if liger else {}
-    losses, t0, tokens = [], None, 0
+    losses, t0, tokens, peaks = [], None, 0, []
     torch.cuda.reset_peak_memory_stats()
     model.train()
     for s, micro in enumerate(steps_docs):
@@ -150,10 +150,12 @@ def run_steps(model, steps_docs, layout, per_micro_norm: bool, liger: bool):
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        peaks.append(round(torch.cuda.max_memory_allocated() / 2**30, 2))
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"tokens_s": tokens / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "losses": losses, "timed_steps": len(steps_docs) - 2, "seconds": seconds}
+            "losses": losses, "peak_after_step": peaks,
+            "tokens_per_step": [sum(len(i) for b in m for i, _ in b) for m in steps_docs], "timed_steps": len(steps_docs) - 2, "seconds": seconds}
 
 
 def pack_steps(docs, batch_tokens, steps):
@@ -183,6 +185,7 @@ def main():
     ap.add_argument("--batch-tokens", default="8192,16384", help="packed micro-batch sizes (b)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--skip-same", action="store_true", help="skip (b) on (a)'s documents")
     args = ap.parse_args()
     path = Path(args.model_dir)
     from random_base import build
@@ -198,6 +201,8 @@ def main():
         try:
             results[name] = fn()
             print(name, {k: v for k, v in results[name].items() if k != "losses"}, flush=True)
+            if args.out:  # keep what was measured even if a later configuration dies
+                Path(args.out).write_text(json.dumps({"results": results}, indent=1))
         except Exception:  # one failed configuration must not lose the others' numbers
             traceback.print_exc()
             torch.cuda.empty_cache()
@@ -228,7 +233,8 @@ def main():
     print("check", checks, flush=True)
     # same documents, same per-step normalisation: (b) layout must track (a)'s losses
     same = [[docs[s * 16: s * 16 + 16]] for s in range(args.steps)]
-    attempt("b same docs as a (16/step)", lambda: run_steps(model, same, packed, False, True))
+    if not args.skip_same:
+        attempt("b same docs as a (16/step)", lambda: run_steps(model, same, packed, False, True))
     for bt in [int(x) for x in args.batch_tokens.split(",")]:
         attempt(f"b packed {bt} tok/micro-batch",
                 lambda: run_steps(model, pack_steps(docs, bt, args.steps), packed, False, True))
