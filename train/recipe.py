@@ -303,10 +303,13 @@ def _init_distributed(backend) -> bool:
 
 
 def _progress(enabled: bool, total: int, initial: int):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                desc="train", dynamic_ncols=True)
+    # in a log file (the pipeline's), one line every 30 s instead of a redraw per step
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="train",
+                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
 
 
 def _base_identity(base_dir: Path) -> dict:
