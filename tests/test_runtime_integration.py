@@ -324,6 +324,7 @@ def test_parallel_disconnect_frees_the_sequence(parallel_url):
         assert fim.status_code == 200 and fim.json()["tokens_predicted"] <= 3
 
 
+@pytest.mark.slow
 def test_parallel_full_kv_cache_stops_one_request_not_the_server(embedded_gguf):
     from csound_assistant.runtime.server import create_app
     from csound_assistant.runtime.settings import Settings
