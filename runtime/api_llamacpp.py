@@ -3,8 +3,9 @@
 ``/infill`` takes ``input_prefix``, ``input_suffix``, ``input_extra`` ([{filename, text}]) and
 ``prompt`` (the text typed on the cursor's line, appended to the prefix, as llama.cpp does); a
 prompt too long for the context is trimmed the way llama.cpp trims it (``truncated: true``).
-``cache_prompt: false`` drops the prefix cache first. ``t_max_predict_ms`` caps decoding time.
-Not implemented: ``n_indent``, ``n_probs``, ``samplers`` (ignored), grammars (400).
+``cache_prompt: false`` drops the prefix cache first. ``t_max_predict_ms`` caps decoding time;
+``n_indent`` stops at a new line indented less than it (the line is dropped), as llama.cpp does.
+Not implemented: ``n_probs``, ``samplers`` (ignored), grammars (400).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _select(body: dict, fields: list[str] | None) -> dict:
 
 def _params(f: Fields, svc):
     sampling = svc.sampling(f, max_tokens_keys=("n_predict", "max_tokens"), unlimited=(-1,))
+    sampling.n_indent = f.get("n_indent", int, 0, low=0, high=1000)
     limit_ms = f.get("t_max_predict_ms", float, low=0.0)
     if limit_ms:
         sampling.time_limit = limit_ms / 1000

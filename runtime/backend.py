@@ -42,6 +42,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     time_limit: float | None = None  # seconds of generation after the prompt is read
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    n_indent: int = 0  # llama.cpp /infill: stop at a new line indented less than this
 
 
 def common_prefix(a, b) -> int:

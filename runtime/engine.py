@@ -281,6 +281,12 @@ class TokenStream:
         if hit:
             self.held, self.stopped_by_string = self.held[:cut], True
             return "stop"
+        if s.n_indent:
+            at, hold = _indent_cut(self.held, s.n_indent)
+            if at is not None:
+                self.held, self.stopped_by_string = self.held[:at], True
+                return "stop"
+            cut = max(cut, hold)
         emit, self.held = self.held[: len(self.held) - cut], self.held[len(self.held) - cut:]
         if emit:
             self.out.append(emit)
@@ -306,6 +312,23 @@ class TokenStream:
                       cached_tokens=cached, truncated=job.truncated,
                       queued_s=job.t_start - job.submitted, prompt_s=t_first - job.t_start,
                       decode_s=end - t_first)
+
+
+def _indent_cut(text: str, n_indent: int) -> tuple[int | None, int]:
+    """llama.cpp's ``n_indent`` on not-yet-sent text: (index of the newline that starts a line
+    indented less than ``n_indent``, or None; how many trailing characters to hold back while
+    the last line is still only indentation)."""
+    start = 0
+    while (newline := text.find("\n", start)) >= 0:
+        end = text.find("\n", newline + 1)
+        line = text[newline + 1: end if end >= 0 else len(text)]
+        body = line.lstrip(" \t")
+        if body and len(line) - len(body) < n_indent:
+            return newline, 0
+        if not body and end < 0:
+            return None, len(text) - newline
+        start = newline + 1
+    return None, 0
 
 
 def _find_stop(text: str, stops: list[str]) -> tuple[int, bool]:

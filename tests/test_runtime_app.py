@@ -488,3 +488,14 @@ def test_feedback_records_completions_and_marks_them(tmp_path):
         streamed = store.get(stream_id)
         assert streamed["good"] == 1 and streamed["output"] == "aout oscili"
         assert json.loads(streamed["prompt"])[0]["content"] == "Write an oscillator."
+
+
+def test_infill_n_indent_stops_at_a_dedented_line():
+    with make_client(FakeBackend("a\n    b\n\n    c\nendin\nmore"), prompt_format="chatml") as c:
+        body = {"input_prefix": "instr 1\n", "input_suffix": "", "n_indent": 4}
+        assert c.post("/infill", json=body).json()["content"] == "a\n    b\n\n    c"
+        r = c.post("/infill", json={**body, "stream": True})
+        pieces = [json.loads(e)["content"] for e in sse_events(r.text)]
+        assert "".join(pieces) == "a\n    b\n\n    c" and not any("endin" in p for p in pieces)
+        assert c.post("/infill", json={**body, "n_indent": 0}).json()["content"] == \
+            "a\n    b\n\n    c\nendin\nmore"
