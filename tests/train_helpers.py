@@ -26,7 +26,7 @@ def write_splits(splits_dir: Path, train_rows: list[dict], validation_rows: list
 def make_work(tmp_path: Path, base_dir: Path, train_rows=None, validation_rows=None) -> Path:
     """``tmp_path/run`` with ``base`` (a symlink to the fixture) and ``splits``."""
     work = tmp_path / "run"
-    work.mkdir()
+    work.mkdir(parents=True)
     (work / "base").symlink_to(base_dir)
     write_splits(work / "splits", train_rows or ROWS * 4, validation_rows or ROWS)
     return work
