@@ -300,7 +300,11 @@ def test_parallel_requests_share_batches(parallel_url):
     health = httpx.get(f"{parallel_url}/health").json()
     assert health["counts"]["batched_steps"] > 0  # steps that decoded several requests at once
     assert not health["busy"] and health["queue_depth"] == 0
-    # A free sequence that holds a prompt's prefix is reused for the next one.
+    # A free sequence that holds a prompt's prefix is reused for the next one. (Sent alone:
+    # among the concurrent requests above, the one that queued may land on any free sequence,
+    # overwriting whichever prefix it held.)
+    httpx.post(f"{parallel_url}/v1/completions", timeout=300,
+               json={"prompt": "; a reverb\ninstr 2\n", "max_tokens": 2})
     again = httpx.post(f"{parallel_url}/v1/completions", timeout=300,
                        json={"prompt": "; a reverb\ninstr 2\n  aL, aR reverbsc", "max_tokens": 2})
     assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 6
