@@ -103,6 +103,11 @@ class PromptFormat:
     def ollama_template(self) -> str:
         raise NotImplementedError
 
+    def _ollama_fim_branch(self) -> str:
+        """The opening of every Ollama TEMPLATE: FIM when a request carries a suffix."""
+        return ("{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
+                + "{{ .Suffix }}" + self.fim_middle + "\n{{- else }}")
+
     def to_record(self) -> dict:
         return {**asdict(self), "stop": self.stop}
 
@@ -136,9 +141,7 @@ class ChatML(PromptFormat):
 
     def ollama_template(self):
         return (
-            "{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
-            + "{{ .Suffix }}" + self.fim_middle + "\n"
-            "{{- else }}"
+            self._ollama_fim_branch() +
             "{{- if ne (index .Messages 0).Role \"system\" }}<|im_start|>system\n{{ "
             + _go_str(self.system) + " }}<|im_end|>\n{{ end }}"
             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
@@ -183,9 +186,7 @@ class Llama2Inst(PromptFormat):
 
     def ollama_template(self):
         return (
-            "{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
-            + "{{ .Suffix }}" + self.fim_middle + "\n"
-            "{{- else }}"
+            self._ollama_fim_branch() +
             "{{- $system := " + _go_str(self.system) + " }}{{- $first := true }}"
             "{{- range .Messages }}"
             "{{- if eq .Role \"system\" }}{{ $system = .Content }}"
