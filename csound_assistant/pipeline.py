@@ -131,7 +131,10 @@ def remove_partials(root: Path) -> None:
     """Delete ``.<stage>.partial-*`` folders left by a killed run (they are never reused)."""
     if root.is_dir():
         for leftover in root.glob(".*.partial-*"):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink()
 
 
 STAGES = ("base", "data", "split", "train", "export", "package", "base-gguf", "eval")
