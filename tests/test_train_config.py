@@ -14,8 +14,8 @@ from csound_assistant.train.config import CONFIG_DIR, TrainConfig, load_config
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
-def test_the_three_shipped_configs_are_there():
-    assert {p.stem for p in SHIPPED} == {"cpu-smollm2", "codellama-7b-qlora",
+def test_the_four_shipped_configs_are_there():
+    assert {p.stem for p in SHIPPED} == {"cpu-smollm2", "gpu-smollm2-qlora", "codellama-7b-qlora",
                                          "codellama-7b-qlora-2gpu"}
 
 
@@ -25,7 +25,7 @@ def test_shipped_config_loads_and_sets_only_known_keys(path):
     written = yaml.safe_load(path.read_text())
     assert written and set(written) <= set(cfg.to_dict())
     assert load_config(path.stem) == cfg  # by name, too
-    if "codellama" in path.stem:
+    if "qlora" in path.stem:
         assert cfg.method == "qlora" and cfg.packing == "packed"
         assert cfg.batch_tokens >= cfg.max_length
 

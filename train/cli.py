@@ -9,8 +9,8 @@ DEFAULT_CONFIG = "cpu-smollm2"
 config_option = click.option(
     "-c", "--config", "config_path", envvar="CSOUND_ASSISTANT_TRAIN_CONFIG",
     default=DEFAULT_CONFIG, show_default=True,
-    help="A YAML config file, or the name of a shipped one (cpu-smollm2, codellama-7b-qlora, "
-         "codellama-7b-qlora-2gpu) [env CSOUND_ASSISTANT_TRAIN_CONFIG].",
+    help="A YAML config file, or the name of a shipped one (cpu-smollm2, gpu-smollm2-qlora, "
+         "codellama-7b-qlora, codellama-7b-qlora-2gpu) [env CSOUND_ASSISTANT_TRAIN_CONFIG].",
 )
 set_option = click.option(
     "-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The embedded default (SmolLM2-135M-Instruct) trained by `train run -c gpu-smollm2-qlora` on one
+# GPU. A device call carries at most 64 MiB, and the GGUF (98 MB) plus bitsandbytes (43 MB) do
+# not fit one, so the GPU steps are three calls made back to back while the machine stays warm
+# (what they stage lives in /tmp there; a cold machine means staging again):
+#   bash bench/gpu_smollm2.sh prepare runs/exp1   # here: .gpu/p1, .gpu/p2, .gpu/w, .gpu/splits
+#   bash bench/gpu_smollm2.sh part1               # device, carry .gpu/p1
+#   bash bench/gpu_smollm2.sh base                # device, carry .gpu/p2 .gpu/w: `base import`
+#   bash bench/gpu_smollm2.sh train               # device, carry .whl .gpu/splits; results: $OUT
+#   bash bench/gpu_smollm2.sh unpack DIR runs/gpu-smollm2   # here: DIR = the reply's files_at
+set -eo pipefail
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+W=/tmp/runs/gpu
+install_site() {  # $@: wheels; then the package itself, imported from /tmp/site (not the source tree)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$@"
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade \
+    --target /tmp/site . >/dev/null
+}
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+case "$1" in
+  prepare)
+    RUN=${2:?give the run whose splits to train on, e.g. runs/exp1}
+    gguf=$(.venv/bin/python -c "from csound_assistant.base.importer import embedded_gguf as e; print(e())")
+    grep -qxF '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
+    rm -rf .gpu/p1 .gpu/p2 .gpu/w .gpu/splits && mkdir -p .gpu/p1 .gpu/p2 .gpu/w .gpu/splits
+    split -b 52M -d "$gguf" .gpu/gguf.part
+    mv .gpu/gguf.part00 .gpu/p1/ && mv .gpu/gguf.part01 .gpu/p2/
+    (cd "$(dirname "$gguf")" && sha256sum "$GGUF") > .gpu/p2/gguf.sha256
+    cp .whl/gguf-*.whl .gpu/w/
+    gzip -c "$RUN"/splits/train.jsonl > .gpu/splits/train.jsonl.gz
+    gzip -c "$RUN"/splits/validation.jsonl > .gpu/splits/validation.jsonl.gz
+    du -sh .gpu/p1 .gpu/p2 .gpu/w .gpu/splits ;;
+  part1)
+    rm -rf /tmp/stage && mkdir -p /tmp/stage && cp .gpu/p1/gguf.part00 /tmp/stage/
+    ls -l /tmp/stage ;;
+  base)
+    test -f /tmp/stage/gguf.part00 || { echo "no /tmp/stage/gguf.part00: cold machine, stage again"; exit 3; }
+    cat /tmp/stage/gguf.part00 .gpu/p2/gguf.part01 > /tmp/stage/$GGUF && rm /tmp/stage/gguf.part00
+    (cd /tmp/stage && sha256sum -c "$OLDPWD"/.gpu/p2/gguf.sha256)
+    install_site .gpu/w/*.whl
+    cd /tmp && python3 -m csound_assistant.cli base import /tmp/stage/$GGUF --out $W/base --force
+    cat $W/base/record.json ;;
+  train)
+    test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
+    OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+    install_site .whl/*.whl
+    rm -rf $W/splits && mkdir -p $W/splits
+    for s in train validation; do gunzip -c .gpu/splits/$s.jsonl.gz > $W/splits/$s.jsonl; done
+    REPO=$PWD && cd /tmp
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      python3 -c "import importlib.metadata as m; print({p: m.version(p) for p in ('torch',
+        'transformers', 'peft', 'bitsandbytes', 'liger-kernel', 'accelerate')})"
+    } 2>&1 | tee $OUT/train.log
+    start=$SECONDS
+    python3 -m csound_assistant.cli train run -c $REPO/train/configs/gpu-smollm2-qlora.yaml \
+      --work-dir /tmp/runs --run gpu --force 2>&1 | tee -a $OUT/train.log
+    echo "wall seconds of train run: $((SECONDS - start))" | tee -a $OUT/train.log
+    cp $W/adapter/metrics.json $W/adapter/record.json $W/adapter/loss_curve.png $OUT/
+    tar -C $W -czf /tmp/adapter.tar.gz adapter && sha256sum /tmp/adapter.tar.gz > $OUT/adapter.sha256
+    split -b 15M -d /tmp/adapter.tar.gz $OUT/adapter.tar.gz.
+    ls -l $OUT ;;
+  unpack)
+    FROM=${2:?the folder the files came back to}; DEST=${3:?e.g. runs/gpu-smollm2}
+    cat "$FROM"/adapter.tar.gz.?? > /tmp/adapter.tar.gz
+    (cd /tmp && sha256sum -c "$FROM"/adapter.sha256)
+    mkdir -p "$DEST" && tar -C "$DEST" -xzf /tmp/adapter.tar.gz
+    cp "$FROM"/train.log "$DEST"/ && ls -l "$DEST"/adapter ;;
+  *) echo "usage: $0 prepare RUN | part1 | base | train | unpack FROM DEST" >&2; exit 2 ;;
+esac
