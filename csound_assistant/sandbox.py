@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .constants import CSOUND_HEADER
+from .sandbox_plugins import folder_for
 
 CSOUND = os.environ.get("CSOUND_ASSISTANT_CSOUND", "csound")
 MANUAL_DIR = Path("/usr/share/doc/csound-doc/html")
@@ -444,8 +445,10 @@ def _drain(stream, chunks: list[bytes], limit: int):
         chunks.append(b"\n[... output truncated ...]\n" + tail)
 
 
-def _run(args: list[str], cwd: Path, limits: _Limits) -> tuple[int | None, str, bool, float]:
-    """Run Csound contained; (returncode, output, timed_out, seconds). Negative rc = signal."""
+def _run(args: list[str], cwd: Path, limits: _Limits,
+         plugins: str | None = None) -> tuple[int | None, str, bool, float]:
+    """Run Csound contained; (returncode, output, timed_out, seconds). Negative rc = signal.
+    ``plugins``: the plugin folder to load (``sandbox_plugins.folder_for``)."""
     prefix = _isolation_prefix() or ()
     drop = _drop_privileges()
     if drop:
@@ -454,8 +457,8 @@ def _run(args: list[str], cwd: Path, limits: _Limits) -> tuple[int | None, str, 
             os.chown(path, 65534, 65534)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8",
            "SFDIR": str(cwd), "SSDIR": str(cwd), "SADIR": str(cwd), "INCDIR": str(cwd)}
-    if "OPCODE6DIR64" in os.environ:
-        env["OPCODE6DIR64"] = os.environ["OPCODE6DIR64"]
+    if plugins or "OPCODE6DIR64" in os.environ:
+        env["OPCODE6DIR64"] = plugins or os.environ["OPCODE6DIR64"]
     start = time.monotonic()
     proc = subprocess.Popen(
         [*prefix, CSOUND, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -603,6 +606,9 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
     if "Can't open display" in output:
         return "gui", notes
     unknown, plugin = _unknown_names(code)
+    # A CSD whose sections do not nest never reaches the orchestra parser: not compiled
+    if re.search(r"Reading CSD failed|Missing end tag|input file \(null\)", output):
+        return "syntax", notes + ["the CSD's <Cs...> sections are malformed"]
     if re.search(r"syntax error|Unable to find opcode|used before defined", text):
         if plugin:
             return "plugin", [f"not in this Csound build: {', '.join(plugin)}"]
@@ -741,7 +747,7 @@ def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024,
         _stage_assets(Path(tmp), code, assets)
         rc, output, timed_out, elapsed = _run(
             ["--syntax-check-only", *COMMON_FLAGS, "input.csd"], Path(tmp),
-            _limits(timeout, memory_mb, 8 << 20))
+            _limits(timeout, memory_mb, 8 << 20), folder_for(prep.text, CSOUND, COMMON_FLAGS))
     diags = parse_messages(output, prep.line_map)
     category, notes = _categorize(code, prep, diags, rc, timed_out, output)
     if rc not in (0, None) and category == "ok":
@@ -772,7 +778,7 @@ def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb:
         _stage_assets(cwd, code, assets)
         rc, output, timed_out, elapsed = _run(
             [*COMMON_FLAGS, "-W", "-f", "-o", "output.wav", "input.csd"], cwd,
-            _limits(timeout, memory_mb, cap))
+            _limits(timeout, memory_mb, cap), folder_for(prep.text, CSOUND, COMMON_FLAGS))
         wav = cwd / "output.wav"
         metrics: dict = {}
         notes: list[str] = []

@@ -236,3 +236,56 @@ def test_manual_assets_make_example_inputs_available(csound_examples):
     assert result.audible and result.category == "ok"
     inline = sandbox.render(code, seconds=1, assets={"fox.wav": assets["fox.wav"].read_bytes()})
     assert inline.category != "ok"  # still gzipped bytes: not a sound file
+
+
+# --- plugin selection: only the libraries the code names, same verdicts -----------------------
+
+PLUGIN_EXAMPLES = ["STKBowed.csd", "linear_algebra.csd", "tvconv.csd", "fluidEngine.csd",
+                   "moogladder.csd", "pvsfilter.csd", "FLbutton.csd", "faustaudio.csd",
+                   "imageload.csd", "hdf5read.csd"]
+
+
+def test_heavy_plugins_load_only_for_code_that_names_their_opcodes():
+    from csound_assistant import sandbox_plugins as sp
+
+    if sp.heavy_opcodes(sandbox.CSOUND, tuple(sandbox.COMMON_FLAGS)) is None:
+        pytest.skip("this Csound's plugin folder is not known")
+    light = Path(sp.folder_for("instr 1\nasig oscili 0.3, 440\nouts asig, asig\nendin",
+                               sandbox.CSOUND, sandbox.COMMON_FLAGS))
+    stk = Path(sp.folder_for("instr 1\nasig STKBowed 440, 1\nendin", sandbox.CSOUND,
+                             sandbox.COMMON_FLAGS))
+    names = {p.name for p in light.iterdir()}
+    assert "libfaustcsound.so" not in names and "libstkops.so" not in names
+    assert "librtalsa.so" not in names and "libarrayops.so" in names  # light ones always load
+    assert {p.name for p in stk.iterdir()} == names | {"libstkops.so"}
+    assert sp.folder_for('#include "x.orc"', sandbox.CSOUND, sandbox.COMMON_FLAGS) == \
+        str(sp.plugin_folder())  # included code cannot be scanned: everything loads
+
+
+def test_selected_plugins_give_the_verdicts_of_the_full_folder(monkeypatch):
+    from csound_assistant import sandbox_plugins as sp
+
+    folder = sp.plugin_folder()
+    if folder is None:
+        pytest.skip("this Csound's plugin folder is not known")
+    examples = sandbox.MANUAL_DIR / "examples"
+    codes = [(examples / name).read_text(errors="replace") for name in PLUGIN_EXAMPLES
+             if (examples / name).is_file()]
+    assert len(codes) >= 6
+    selected = [r.category for r in sandbox.render_many(codes, seconds=1.0)]
+    monkeypatch.setattr(sandbox, "folder_for", lambda code, csound, flags: str(folder))
+    everything = [r.category for r in sandbox.render_many(codes, seconds=1.0)]
+    assert selected == everything
+    assert "ok" in selected or "clipping" in selected  # some of them really play
+
+
+@pytest.mark.parametrize("csd", [
+    "<CsoundSynthesizer>\n<CsInstruments>\nsr = 44100,\ninstr = 1;\n</CsoundSynthesizer>\n",
+    "<CsoundSynthesizer>\n<CsOptions>\n-odac\n</CsoundSynthesizer>\n",
+    "<CsoundSynthesizer>\n<CsScore>\n<CsInstruments>\n</CsScore>\n</CsoundSynthesizer>\n",
+])
+def test_malformed_csd_sections_are_syntax_errors_not_compiled_code(csd):
+    """Csound exits 1 without a parser message for these; they must not count as compiled."""
+    for result in (sandbox.check(csd), sandbox.render(csd, seconds=1.0)):
+        assert result.category == "syntax", (result.category, result.stderr[-300:])
+        assert not result.ok
