@@ -55,17 +55,18 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
                   fixes_per_example: int = FIXES_PER_EXAMPLE, max_tokens: int | None = 2048,
-                  progress: bool = False, log=print) -> dict:
+                  strip_comments: bool = False, progress: bool = False, log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
-    ``limit`` keeps N manual examples spread over the manual (quick runs and tests). Verdicts
+    ``limit`` keeps N manual examples spread over the manual (quick runs and tests);
+    ``strip_comments`` drops the examples' comments (shorter answers for small models). Verdicts
     are cached by content (``cache_dir``), so a rebuild only re-checks what changed.
     """
     t0, cpu0, load0 = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise DataError(f"{out_dir} already exists; pass --force to rebuild it")
-    manual = load_manual(manual_dir, limit=limit)
+    manual = load_manual(manual_dir, limit=limit, strip_comments=strip_comments)
     known, pages = manual.known, manual.pages
     synopses = {name: page.synopsis for name, page in pages.items()}
     verifier = Verifier(workers=workers, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
@@ -155,7 +156,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             counts={k: dict(sorted(v.items())) for k, v in counts.items()},
             categories=dict(categories.most_common()), opcodes=dict(opcodes.most_common()),
             eval_opcodes=_eval_opcodes(good, pages),
-            manual_dir=str(manual.directory), limit=limit, workers=workers,
+            manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
+            workers=workers,
             fixes_per_example=fixes_per_example, max_tokens=max_tokens,
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,

@@ -55,6 +55,60 @@ def strip_code_comments(code: str) -> str:
     return "\n".join(code_part(line) for line in code.split("\n"))
 
 
+_OPTIONS = re.compile(r"(<CsOptions>)(.*?)(</CsOptions>)", re.S)
+
+
+def _strip_block_comments(code: str) -> str:
+    """``/* ... */`` removed outside strings (its newlines kept, so line numbers still match)."""
+    out, i, in_str = [], 0, False
+    while i < len(code):
+        ch = code[i]
+        if ch == '"' and (i == 0 or code[i - 1] != "\\"):
+            in_str = not in_str
+        if not in_str and code.startswith("/*", i):
+            end = code.find("*/", i + 2)
+            end = len(code) if end < 0 else end + 2
+            out.append("\n" * code.count("\n", i, end))
+            i = end
+            continue
+        if ch == "\n":
+            in_str = False  # an unclosed quote never spans lines
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def tidy_csd(code: str, strip_comments: bool = False) -> str:
+    """The same piece with less to read: ``<CsOptions>`` keeps only its flags (the manual's
+    "Select audio/midi flags here" boilerplate goes), trailing spaces and runs of blank lines go,
+    and with ``strip_comments`` every comment too. The result is checked by Csound like any
+    other code (``data/build.py``); a small model learns Csound, not the manual's prose, from it.
+    """
+    def options(m: re.Match) -> str:
+        flags = [code_part(line).strip() for line in m.group(2).split("\n")]
+        body = "\n".join(f for f in flags if f)
+        return f"{m.group(1)}\n{body}\n{m.group(3)}" if body else f"{m.group(1)}\n{m.group(3)}"
+
+    code = _OPTIONS.sub(options, code)
+    if strip_comments:
+        code = _strip_block_comments(code)
+    lines, blank = [], True  # True: no blank line at the start either
+    for line in code.split("\n"):
+        kept = code_part(line) if strip_comments else line
+        kept = kept.rstrip()
+        if not kept.strip():
+            if kept == line.rstrip() and not blank:  # an originally blank line: one is kept
+                lines.append("")
+                blank = True
+            continue
+        lines.append(kept)
+        blank = False
+    while lines and not lines[-1]:
+        lines.pop()
+    text = "\n".join(lines) + "\n"
+    return re.sub(r"(<Cs\w+>)\n\n", r"\1\n", re.sub(r"\n\n(</Cs\w+>)", r"\n\1", text))
+
+
 def split_args(text: str) -> list[str]:
     """Top-level comma split: parentheses, brackets and strings keep their commas."""
     args, depth, cur, in_str = [], 0, [], False

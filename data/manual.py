@@ -181,11 +181,15 @@ class Manual:
         return known_opcodes(self.pages)
 
 
-def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | None = None) -> Manual:
+def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | None = None,
+                strip_comments: bool = False) -> Manual:
     """Parse every opcode page and example CSD of the installed manual.
 
-    ``limit`` keeps N examples spread evenly over the sorted names, for quick runs.
+    ``limit`` keeps N examples spread evenly over the sorted names, for quick runs. Examples are
+    tidied (``csdcode.tidy_csd``), and with ``strip_comments`` lose their comments too.
     """
+    from .csdcode import tidy_csd
+
     manual_dir = Path(manual_dir)
     examples_dir = manual_dir / "examples"
     if not examples_dir.is_dir():
@@ -213,7 +217,7 @@ def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | Non
         name = example_name(path)
         if name in examples:
             continue
-        code = read_csd(path)
+        code = tidy_csd(read_csd(path), strip_comments)
         page = linked.get(name) or pages.get(re.sub(r"[-_]?\d+$", "", name)) or pages.get(name)
         used = opcodes_used(code, known)
         examples[name] = Example(

@@ -160,3 +160,61 @@ def test_cli_build_with_limit_then_stats(mini_manual, built, tmp_path):
     stats = json.loads((tmp_path / "data" / "stats" / "stats.json").read_text())
     assert stats["rows"] == record["rows"]
     assert 0 < stats["opcode_coverage"]["covered"] < stats["opcode_coverage"]["known"]
+
+
+HOSTILE_TO_TIDY = '''<CsoundSynthesizer>
+<CsOptions>
+; Select audio/midi flags here according to platform
+-odac     ;;;realtime audio out
+;-iadc    ;;;uncomment -iadc if realtime audio input is needed too
+</CsOptions>
+<CsInstruments>
+
+sr = 44100   ; rate
+ksmps = 32
+/* a block comment
+   over two lines */
+nchnls = 2
+0dbfs = 1
+
+
+instr 1   // the only one
+  prints "a;b // not a comment\\n"
+  asig oscili 0.3, 440   ; sine
+  outs asig, asig
+endin
+
+</CsInstruments>
+<CsScore>
+i 1 0 1 ; one note
+</CsScore>
+</CsoundSynthesizer>
+'''
+
+
+def test_tidy_keeps_flags_code_and_strings_and_drops_boilerplate():
+    from csound_assistant.data.csdcode import tidy_csd
+
+    tidy = tidy_csd(HOSTILE_TO_TIDY)
+    assert "<CsOptions>\n-odac     ;;;realtime audio out\n</CsOptions>" not in tidy
+    assert "<CsOptions>\n-odac\n</CsOptions>" in tidy  # only the flags are left
+    assert "Select audio/midi" not in tidy and "; rate" in tidy  # comments elsewhere stay
+    assert "\n\n\n" not in tidy
+    stripped = tidy_csd(HOSTILE_TO_TIDY, strip_comments=True)
+    for gone in ("; rate", "block comment", "over two lines", "// the only one", "; sine",
+                 "; one note"):
+        assert gone not in stripped
+    assert 'prints "a;b // not a comment\\n"' in stripped  # comment marks inside a string stay
+    assert "instr 1\n" in stripped and "asig oscili 0.3, 440\n" in stripped
+    assert len(stripped) < 0.6 * len(HOSTILE_TO_TIDY)
+
+
+def test_stripped_examples_still_compile_and_sound(mini_manual):
+    from csound_assistant import sandbox
+    from csound_assistant.data.manual import load_manual
+
+    manual = load_manual(mini_manual, strip_comments=True)
+    codes = [manual.examples[name].code for name in ("moogladder", "foscili", "pluck", "reverb")]
+    assert all(";" not in code for code in codes)
+    results = sandbox.render_many(codes, workers=2, seconds=1.0)
+    assert all(r.audible for r in results), [(r.category, r.errors) for r in results]
