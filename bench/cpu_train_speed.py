@@ -20,13 +20,16 @@ from transformers import AutoTokenizer
 from csound_assistant.prompt_format import get_format
 from csound_assistant.artifacts import read_record
 from csound_assistant.train.backend import choose_backend, load_model
-from csound_assistant.train.batching import BatchPlan, collate_grouped, real_tokens
+from csound_assistant.train.batching import BatchPlan, collate_grouped, real_tokens, trained_tokens
 from csound_assistant.train.config import load_config
-from csound_assistant.train.encode import encode_split, read_rows, special_ids
+from csound_assistant.train.encode import encode_split, read_rows, select_tasks, special_ids
+from csound_assistant.train.recipe import _trained_positions_loss
 
-VARIANTS = {
-    "all-linear r16, all 30 layers": [],
+VARIANTS = {  # "full logits": the vocabulary projection at every position (transformers' loss)
+    "all-linear r16, all 30 layers, full logits": ["lora_layers=0"],
+    "all-linear r16, all 30 layers": ["lora_layers=0"],
     "all-linear r16, last 15 layers": ["lora_layers=15"],
+    "all-linear r16, last 8 layers": ["lora_layers=8"],
     "q/k/v/o r16, all layers": ["target_modules=q_proj,k_proj,v_proj,o_proj"],
     "all-linear r16, gradient checkpointing": ["gradient_checkpointing=true"],
 }
@@ -45,7 +48,7 @@ def main():
     fmt = get_format(read_record(base)["prompt_format"])
     tok = AutoTokenizer.from_pretrained(base)
     ids = special_ids(tok, fmt)
-    rows = []
+    results = []
     print("| variant | tokens/s (wall) | tokens/s (CPU time / threads) | max RSS GiB |")
     print("|---|---|---|---|")
     names = list(VARIANTS)
@@ -53,8 +56,8 @@ def main():
         names = [names[int(i) - 1] for i in args.only.split(",")]
     for name in names:
         cfg = load_config("cpu-smollm2", [*args.set, *VARIANTS[name]])
-        split = encode_split(tok, fmt, read_rows(args.run / "splits" / "train.jsonl"),
-                             cfg.max_length, ids, "train")
+        rows = select_tasks(read_rows(args.run / "splits" / "train.jsonl"), cfg.tasks, "train")
+        split = encode_split(tok, fmt, rows, cfg.max_length, ids, "train")
         plan = BatchPlan(split.examples, False, cfg.batch_tokens, cfg.max_batch_rows, 0)
         model = load_model(base, cfg, choose_backend(cfg))
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -64,8 +67,12 @@ def main():
         for step in range(args.steps + 1):
             batch = plan.micro_batch(step)
             w, c = time.perf_counter(), time.process_time()
-            out = model(**collate_grouped(batch, ids["pad"]))
-            out.loss.backward()
+            inputs = collate_grouped(batch, ids["pad"])
+            if "full logits" in name:
+                loss = model(**inputs).loss
+            else:  # what train/recipe.py does
+                loss = _trained_positions_loss(model, inputs, trained_tokens(batch))
+            loss.backward()
             opt.step()
             opt.zero_grad()
             if step:  # the first step warms up
@@ -73,7 +80,7 @@ def main():
                 cpu += time.process_time() - c
                 tokens += real_tokens(batch)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        rows.append((name, tokens / wall, tokens / cpu * args.threads, rss))
+        results.append((name, tokens / wall, tokens / cpu * args.threads, rss))
         print(f"| {name} | {tokens / wall:,.0f} | {tokens / cpu * args.threads:,.0f} | "
               f"{rss:.1f} |", flush=True)
         del model, opt

@@ -65,6 +65,32 @@ def test_packed_and_unpacked_loss_and_gradients_agree(tiny):
         assert _loss(model, leaky, n).item() != pytest.approx(results["packed"][0], rel=1e-3)
 
 
+def test_loss_on_trained_positions_only_equals_the_full_loss(tiny):
+    """The recipe projects onto the vocabulary only where a label is trained; loss and
+    gradients must be transformers' own, packed and padded, and the prompt must cost no logits."""
+    from csound_assistant.train.recipe import _trained_positions_loss
+
+    base, tokenizer, docs = tiny
+    pad = special_ids(tokenizer, FMT)["pad"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa")
+    n = trained_tokens(docs)
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2]))
+    for batch in (collate_packed(docs), collate_grouped(docs, pad)):
+        results = []
+        for fn in (_loss, _trained_positions_loss):
+            model.zero_grad()
+            loss = fn(model, dict(batch), n)
+            loss.backward()
+            results.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+    hook.remove()
+    width = collate_packed(docs)["input_ids"].shape[1]
+    assert seen[0] == width and seen[1] < width  # full logits, then only the trained positions
+
+
 def test_packed_row_layout(tiny):
     _, _, docs = tiny
     batch = collate_packed(docs[:3])
