@@ -44,9 +44,14 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         _train(root, cfg, stale)
 
     # The train split's hash is part of the key: `data from-feedback` adds corrected rows to it,
-    # and the next pipeline run retrains on them.
+    # and the next pipeline run retrains on them. So is the config file's: an edited recipe
+    # under the same name retrains too.
+    from csound_assistant.train.config import resolve_config_path
+
     train_rows = sha256_file(root / "splits" / "train.jsonl")
-    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows}, ["base", "split"], train)
+    recipe = sha256_file(resolve_config_path(cfg.train["config"]))
+    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows, "recipe": recipe},
+            ["base", "split"], train)
 
     def export(out, stale):
         from csound_assistant.convert.export import export as run_export

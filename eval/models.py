@@ -115,13 +115,13 @@ class GGUFModel:
         return ids[0]
 
     def _run(self, tokens: list[int], max_tokens: int, temperature: float,
-             seed: int) -> Generation:
+             seed: int, repeat_penalty: float = 1.0) -> Generation:
         if len(tokens) + 1 >= self.llm.n_ctx():
             tokens = tokens[-(self.llm.n_ctx() - max_tokens - 1):]
         self.llm.set_seed(seed)
         start, out = time.monotonic(), []
         for token in self.llm.generate(tokens, temp=temperature, top_p=0.95, top_k=40,
-                                       reset=True):
+                                       repeat_penalty=repeat_penalty, reset=True):
             if token in self.stop_ids:
                 break
             out.append(token)
@@ -138,13 +138,13 @@ class GGUFModel:
         return b"</CsoundSynthesizer>" in self.llm.detokenize(out[-24:])
 
     def chat(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
-             seed: int = 0) -> Generation:
+             seed: int = 0, repeat_penalty: float = 1.0) -> Generation:
         prompt = self.format.chat_prompt(messages)
         tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        return self._run(tokens, max_tokens, temperature, seed)
+        return self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
 
     def fim(self, prefix: str, suffix: str, *, max_tokens: int = 256, temperature: float = 0.0,
-            seed: int = 0) -> Generation:
+            seed: int = 0, repeat_penalty: float = 1.0) -> Generation:
         def plain(text):  # code text never turns into special tokens
             return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         f = self.format
@@ -152,10 +152,16 @@ class GGUFModel:
         tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
                   self._one_token(f.fim_suffix.strip()), *plain(suffix),
                   self._one_token(f.fim_middle.strip())]
-        return self._run(tokens, max_tokens, temperature, seed)
+        return self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _penalty(repeat_penalty: float) -> dict:
+    """llama.cpp's server (and ``csound-assistant serve``) read ``repeat_penalty``; it is left
+    out at 1.0 so that strict OpenAI servers see only standard fields."""
+    return {} if repeat_penalty == 1.0 else {"repeat_penalty": repeat_penalty}
 
 
 class OpenAIModel:
@@ -188,21 +194,23 @@ class OpenAIModel:
             raise ModelLoadError(f"{self.base_url}/models lists no model; pass --api-model")
         return models[0]["id"]
 
-    def chat(self, messages, *, max_tokens=256, temperature=0.0, seed=0) -> Generation:
+    def chat(self, messages, *, max_tokens=256, temperature=0.0, seed=0,
+             repeat_penalty=1.0) -> Generation:
         start = time.monotonic()
         reply = self._request("/chat/completions", {
             "model": self.model, "messages": messages, "max_tokens": max_tokens,
-            "temperature": temperature, "seed": seed})
+            "temperature": temperature, "seed": seed, **_penalty(repeat_penalty)})
         usage = reply.get("usage") or {}
         return Generation(reply["choices"][0]["message"]["content"] or "",
                           time.monotonic() - start, usage.get("completion_tokens", 0),
                           usage.get("prompt_tokens", 0))
 
-    def fim(self, prefix, suffix, *, max_tokens=256, temperature=0.0, seed=0) -> Generation:
+    def fim(self, prefix, suffix, *, max_tokens=256, temperature=0.0, seed=0,
+            repeat_penalty=1.0) -> Generation:
         start = time.monotonic()
         reply = self._request("/completions", {
             "model": self.model, "prompt": prefix, "suffix": suffix, "max_tokens": max_tokens,
-            "temperature": temperature, "seed": seed})
+            "temperature": temperature, "seed": seed, **_penalty(repeat_penalty)})
         usage = reply.get("usage") or {}
         return Generation(reply["choices"][0]["text"] or "", time.monotonic() - start,
                           usage.get("completion_tokens", 0), usage.get("prompt_tokens", 0))

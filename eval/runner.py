@@ -141,7 +141,7 @@ def collect_items(tasks_path=None, test_path=None, *, limit: int | None = 20,
 
 def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
                    max_new_tokens: int = 256, temperature: float | None = None,
-                   progress: bool = True) -> list[dict]:
+                   repeat_penalty: float = 1.0, progress: bool = True) -> list[dict]:
     temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
     rows = []
     jobs = [(item, k) for item in items for k in range(samples)]
@@ -151,7 +151,8 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
 
         bar = tqdm(total=len(jobs), desc=f"eval {label}", unit="answer")
     for item, k in jobs:
-        kwargs = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": k}
+        kwargs = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": k,
+                  "repeat_penalty": repeat_penalty}
         if item.is_fim:
             gen = model.fim(item.prefix, item.suffix, **kwargs)
         else:
@@ -189,7 +190,8 @@ def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
 
 def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, test_path=None,
              use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
-             samples: int = 1, temperature: float | None = None, n_threads: int | None = None,
+             samples: int = 1, temperature: float | None = None, repeat_penalty: float = 1.0,
+             n_threads: int | None = None,
              n_ctx: int = 2048, prompt_format: str | None = None,
              prompt_formats: dict[str, str] | None = None, api_model: str | None = None,
              force: bool = False, progress: bool = True, log=print) -> dict:
@@ -217,14 +219,15 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                 described[label] = {"spec": spec, **model.describe()}
                 rows += evaluate_model(model, items, label=label, samples=samples,
                                        max_new_tokens=max_new_tokens,
-                                       temperature=temperature, progress=progress)
+                                       temperature=temperature, repeat_penalty=repeat_penalty,
+                                       progress=progress)
             finally:
                 model.close()
         labels = list(models)
         settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
-                    "n_threads": n_threads, "n_ctx": n_ctx,
+                    "repeat_penalty": repeat_penalty, "n_threads": n_threads, "n_ctx": n_ctx,
                     "early_stop": "greedy token loops; a closed </CsoundSynthesizer>"}
         summary = summarize(rows, labels, samples)
         for label in labels:
