@@ -1,4 +1,4 @@
-"""A random-init Llama of CodeLlama-7B shape as a base folder (``runs/<run>/base``).
+"""A random-init Llama of CodeLlama-7B (or TinyLlama-1.1B) shape as a base folder.
 
 For GPU benchmarks and QLoRA runs where CodeLlama's weights cannot be downloaded: throughput
 and memory do not depend on the weights' values. With ``--tokenizer DIR`` the vocabulary is
@@ -6,6 +6,11 @@ that tokenizer's and the folder gets the tokenizer and a record naming ``--promp
 ``csound-assistant train run`` can train on it end to end.
 
     python bench/random_base.py /tmp/cl7b [--layers 32] [--tokenizer DIR --prompt-format chatml]
+    python bench/random_base.py /tmp/tl1b --shape tinyllama-1.1b --dtype float32 \
+        --tokenizer runs/demo/merged        # a 1.1B model for CPU serving benchmarks
+
+With a tokenizer folder that holds ``prompt_format.json`` (a merged or adapter folder), that
+file is copied too, so ``csound-assistant export convert`` can turn the base into a GGUF.
 """
 
 from __future__ import annotations
@@ -19,17 +24,26 @@ CODELLAMA_7B = dict(vocab_size=32016, hidden_size=4096, intermediate_size=11008,
                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                     max_position_embeddings=16384, rope_theta=1e6, rms_norm_eps=1e-5,
                     bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+TINYLLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                    num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                    max_position_embeddings=2048, rope_theta=1e4, rms_norm_eps=1e-5,
+                    bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+SHAPES = {"codellama-7b": CODELLAMA_7B, "tinyllama-1.1b": TINYLLAMA_1B}
 
 
-def build(out: Path, layers: int = 32, tokenizer_dir: str | None = None,
-          prompt_format: str = "chatml") -> Path:
+def build(out: Path, layers: int | None = None, tokenizer_dir: str | None = None,
+          prompt_format: str = "chatml", shape_name: str = "codellama-7b",
+          dtype: str = "bfloat16") -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if (out / "config.json").is_file():
         return out
     t = time.perf_counter()
-    shape = {**CODELLAMA_7B, "num_hidden_layers": layers}
+    shape = dict(SHAPES[shape_name])
+    if layers:
+        shape["num_hidden_layers"] = layers
+    layers = shape["num_hidden_layers"]
     tokenizer = None
     if tokenizer_dir:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -39,7 +53,7 @@ def build(out: Path, layers: int = 32, tokenizer_dir: str | None = None,
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(out)
     del model
     gc.collect()
@@ -49,8 +63,12 @@ def build(out: Path, layers: int = 32, tokenizer_dir: str | None = None,
         from csound_assistant.artifacts import write_record
 
         tokenizer.save_pretrained(out)
-        write_record(out, "base", source={"kind": "random-init", "shape": "CodeLlama-7B",
-                                          "layers": layers}, dtype="bfloat16",
+        if (Path(tokenizer_dir) / "prompt_format.json").is_file():
+            import shutil
+
+            shutil.copy(Path(tokenizer_dir) / "prompt_format.json", out)
+        write_record(out, "base", source={"kind": "random-init", "shape": shape_name,
+                                          "layers": layers}, dtype=dtype,
                      prompt_format=prompt_format, architecture=["LlamaForCausalLM"])
     print(f"random base {out} ({layers} layers, vocab {shape['vocab_size']}) in "
           f"{time.perf_counter() - t:.0f} s", flush=True)
@@ -60,8 +78,10 @@ def build(out: Path, layers: int = 32, tokenizer_dir: str | None = None,
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="codellama-7b")
+    ap.add_argument("--layers", type=int, default=None, help="default: the shape's")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--prompt-format", default="chatml")
     a = ap.parse_args()
-    build(a.out, a.layers, a.tokenizer, a.prompt_format)
+    build(a.out, a.layers, a.tokenizer, a.prompt_format, a.shape, a.dtype)

@@ -42,10 +42,9 @@ class PipelineConfig:
     export: dict = field(default_factory=lambda: {
         "quant_types": ["Q4_K_M"], "gate": True, "gate_tokens": 2048})
     package: dict = field(default_factory=lambda: {"name": "csound-assistant"})
-    # Greedy, with the repeat penalty `ollama run` applies by default (1.1 over 64 tokens): what
-    # a user of the Modelfile gets, and what keeps a 135M model out of `i1 = 1` loops.
-    eval: dict = field(default_factory=lambda: {"limit": 6, "max_new_tokens": 256,
-                                                "repeat_penalty": 1.1})
+    # Greedy and without a repeat penalty: SmolLM2 spells numbers digit by digit, and Ollama's
+    # default penalty (1.1) turned "sr = 44100" into "sr = 440" and worse (eval/README.md).
+    eval: dict = field(default_factory=lambda: {"limit": 6, "max_new_tokens": 256})
     launcher: list[str] = field(default_factory=list)  # e.g. ["accelerate", "launch", ...]
 
     @classmethod

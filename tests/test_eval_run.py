@@ -251,3 +251,13 @@ def test_greedy_loops_are_cut_short():
     assert looping([7, 8, 9] * 30)
     assert not looping(list(range(100)))
     assert not looping([7, 8, 9] * 10)  # too short to judge
+
+
+def test_idle_cores_measures_this_machine_and_threads_follow():
+    import os
+
+    from csound_assistant.eval.models import _idle_cores, auto_threads
+
+    idle = _idle_cores(0.2)
+    assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 0.01
+    assert 1 <= auto_threads() <= max(1, min(os.cpu_count() or 1, 4))

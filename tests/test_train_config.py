@@ -96,3 +96,20 @@ def test_time_budget_shortens_the_run():
     assert _fit_budget(100, 3, 0, 30.0, 60.0, False, "cpu", said.append) == 6
     assert "re-fitted" in said[0]
     assert _fit_budget(10, 3, 0, 3.0, 600.0, False, "cpu", said.append) == 10
+
+
+def test_time_budget_reserves_the_evaluations_and_checkpoints_to_come():
+    from csound_assistant.train.config import load_config
+    from csound_assistant.train.recipe import _fit_budget, _pauses
+
+    cfg = load_config("cpu-smollm2", ["eval_every=10", "save_every=10"])
+    # after step 3: evaluations at 10 and 20 (the final one is reserved elsewhere), saves at 10, 20
+    assert _pauses(cfg, 3, 25, eval_seconds=5.0, saves=[2.0]) == 2 * 5.0 + 2 * 2.0
+    assert _pauses(cfg, 3, 9, eval_seconds=5.0, saves=[]) == 0.0
+    # 10 s per step, 300 s left: without pauses 30 steps; with them fewer, and they fit
+    plain = _fit_budget(100, 3, 0, 30.0, 330.0, False, "cpu", print)
+    reserved = _fit_budget(100, 3, 0, 30.0, 330.0, False, "cpu", print,
+                           pauses=lambda n: _pauses(cfg, 3, n, 20.0, [5.0]))
+    assert plain == 33 and reserved < plain
+    spent = 30.0 + (reserved - 3) * 10.0 + _pauses(cfg, 3, reserved, 20.0, [5.0])
+    assert spent <= 330.0

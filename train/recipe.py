@@ -162,6 +162,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     if backend.device == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = start
+    saves: list[float] = []  # seconds per checkpoint save so far
     while step < steps:
         micro = train_plan.step(step, cfg.grad_accum, backend.world_size)
         label_total = sum(trained_tokens(b) for b in micro)  # the whole step, all ranks
@@ -192,9 +193,12 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
             torch.distributed.all_reduce(loss_sum)
         done = step = step + 1
         tok_s = tokens0 / (time.perf_counter() - t0 - paused)
-        if cfg.time_budget_minutes and done == start + min(3, steps - start):
+        # Fit the step count to the time budget after 3 steps, and again after 12 when the
+        # speed is better known; evaluations and checkpoints still to come are reserved for.
+        if cfg.time_budget_minutes and done in (start + min(3, steps - start), start + 12):
             steps = _fit_budget(steps, done, start, time.perf_counter() - t0 - paused,
-                                budget_left - paused, dist, device, say)
+                                budget_left - paused, dist, device, say,
+                                pauses=lambda n: _pauses(cfg, done, n, eval_seconds, saves))
             plan["steps"] = state["planned_steps"] = bar.total = steps
         if done % cfg.log_every == 0 or done == steps or done == start + 1:
             state["train_loss"].append([done, loss_sum.item(), scheduler.get_last_lr()[0]])
@@ -207,8 +211,10 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         if cfg.save_every and done % cfg.save_every == 0 and done < steps and main:
             run_state = {**state, "tokens": state["tokens"] + tokens0,
                          "seconds": state["seconds"] + time.perf_counter() - t0}
+            saved = time.perf_counter()
             checkpoint.save(ckpt_root, done, model, optimizer, scheduler, scaler, run_state,
                             cfg.keep_checkpoints)
+            saves.append(time.perf_counter() - saved)
         paused += time.perf_counter() - pause
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -278,14 +284,31 @@ def _trained_positions_loss(model, batch: dict, num_items) -> "torch.Tensor":
     return loss / (num_items.to(loss.device) if torch.is_tensor(num_items) else num_items)
 
 
-def _fit_budget(steps, done, start, seconds, budget, dist, device, say) -> int:
-    """Fewer steps if the speed so far says ``steps`` would overrun ``budget`` seconds."""
+def _pauses(cfg: TrainConfig, done: int, steps: int, eval_seconds: float,
+            saves: list[float]) -> float:
+    """Seconds of evaluation and checkpointing still to come before step ``steps`` ends (the
+    final evaluation is reserved for separately)."""
+    evals = sum(1 for s in range(done + 1, steps) if s % cfg.eval_every == 0) \
+        if cfg.eval_every else 0
+    n_saves = sum(1 for s in range(done + 1, steps) if s % cfg.save_every == 0) \
+        if cfg.save_every else 0
+    per_save = max(saves) if saves else 1.0
+    return evals * eval_seconds + n_saves * per_save
+
+
+def _fit_budget(steps, done, start, seconds, budget, dist, device, say,
+                pauses=lambda n: 0.0) -> int:
+    """Fewer steps if the speed so far says ``steps`` (and the pauses they bring, a function
+    of the step count) would overrun ``budget`` seconds."""
     import torch
 
     per_step = torch.tensor(seconds / (done - start), device=device)
     if dist:  # every rank must agree on the step count
         torch.distributed.all_reduce(per_step, op=torch.distributed.ReduceOp.MAX)
-    fits = done + int(max(0.0, budget - seconds) / per_step.item())
+    fits = steps
+    for _ in range(3):  # the pauses depend on the count they help to fix
+        left = budget - seconds - pauses(fits)
+        fits = min(steps, done + int(max(0.0, left) / per_step.item()))
     if fits < steps:
         say(f"train: {per_step.item():.1f} s/step: {steps} steps would overrun the time "
             f"budget, training {max(fits, done)} (the schedule is re-fitted)")
