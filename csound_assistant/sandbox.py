@@ -607,7 +607,8 @@ def _categorize(code: str, prep: _Prepared, diags: list[Diagnostic], rc: int | N
         return "gui", notes
     unknown, plugin = _unknown_names(code)
     # A CSD whose sections do not nest never reaches the orchestra parser: not compiled
-    if re.search(r"Reading CSD failed|Missing end tag|input file \(null\)", output):
+    if re.search(r"Reading CSD failed|Missing end tag|input file \(null\)|Csound Command ERROR",
+                 output):
         return "syntax", notes + ["the CSD's <Cs...> sections are malformed"]
     if re.search(r"syntax error|Unable to find opcode|used before defined", text):
         if plugin:

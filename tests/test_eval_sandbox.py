@@ -283,6 +283,9 @@ def test_selected_plugins_give_the_verdicts_of_the_full_folder(monkeypatch):
     "<CsoundSynthesizer>\n<CsInstruments>\nsr = 44100,\ninstr = 1;\n</CsoundSynthesizer>\n",
     "<CsoundSynthesizer>\n<CsOptions>\n-odac\n</CsoundSynthesizer>\n",
     "<CsoundSynthesizer>\n<CsScore>\n<CsInstruments>\n</CsScore>\n</CsoundSynthesizer>\n",
+    # a looping model's answer: an unclosed <CsOptions> swallows the rest
+    "<CsoundSynthesizer>\n<CsOptions>\n" + "<CsInstruments>\n" * 9
+    + "</CsInstruments>\n<CsScore>\n</CsScore>\n</CsoundSynthesizer>\n",
 ])
 def test_malformed_csd_sections_are_syntax_errors_not_compiled_code(csd):
     """Csound exits 1 without a parser message for these; they must not count as compiled."""
