@@ -76,19 +76,23 @@ def stage_key(settings, upstream_keys: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _existing_key(stage_dir: Path) -> str | None:
+def _existing(stage_dir: Path) -> dict:
     record = stage_dir / "record.json"
-    if not record.is_file():
-        return None
-    return json.loads(record.read_text()).get("pipeline_key")
+    return json.loads(record.read_text()) if record.is_file() else {}
 
 
-def _stamp_key(stage_dir: Path, key: str) -> None:
+def _existing_key(stage_dir: Path) -> str | None:
+    return _existing(stage_dir).get("pipeline_key")
+
+
+def _stamp_key(stage_dir: Path, key: str, seconds: float) -> None:
+    """The stage's key, and how long it took to build (a rerun's summary still shows it)."""
     from .artifacts import write_json
 
     record_path = stage_dir / "record.json"
     record = json.loads(record_path.read_text())
     record["pipeline_key"] = key
+    record["pipeline_seconds"] = round(seconds, 1)
     write_json(record_path, record)
 
 
@@ -96,8 +100,9 @@ def _stamp_key(stage_dir: Path, key: str) -> None:
 class StageRun:
     name: str
     folder: Path
-    seconds: float
+    seconds: float  # spent by this run (0 when reused)
     reused: bool
+    built_seconds: float | None = None  # what building it took, this run or an earlier one
 
 
 class Pipeline:
@@ -118,16 +123,17 @@ class Pipeline:
             self.rebuild_from = "*"
         if self.rebuild_from != "*" and _existing_key(out) == key:
             self.echo(f"[{name}] up to date: {out}")
-            self.runs.append(StageRun(name, out, 0.0, True))
+            self.runs.append(StageRun(name, out, 0.0, True,
+                                      _existing(out).get("pipeline_seconds")))
             return out
         stale = out.exists()
         self.echo(f"[{name}] {'rebuilding (inputs changed)' if stale else 'building'}: {out}")
         start = time.monotonic()
         build(out, stale)
-        _stamp_key(out, key)
         seconds = time.monotonic() - start
+        _stamp_key(out, key, seconds)
         self.echo(f"[{name}] done in {seconds:.0f} s")
-        self.runs.append(StageRun(name, out, seconds, False))
+        self.runs.append(StageRun(name, out, seconds, False, seconds))
         return out
 
 

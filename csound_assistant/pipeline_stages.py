@@ -165,12 +165,15 @@ def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
 def summary(p: Pipeline, cfg: PipelineConfig) -> str:
     root = p.root
     lines = ["# csound-assistant pipeline summary", "", f"Run folder: `{root}`", ""]
-    lines += ["| stage | folder | time |", "|---|---|---|"]
+    lines += ["| stage | folder | time to build | this run |", "|---|---|---|---|"]
     for r in p.runs:
-        lines.append(f"| {r.name} | `{r.folder.name}/` | "
-                     f"{'reused' if r.reused else f'{r.seconds:.0f} s'} |")
+        built = f"{r.built_seconds:.0f} s" if r.built_seconds is not None else "?"
+        lines.append(f"| {r.name} | `{r.folder.name}/` | {built} | "
+                     f"{'reused' if r.reused else 'built'} |")
     total = sum(r.seconds for r in p.runs)
-    lines += [f"| **total** | | {total:.0f} s ({total / 60:.1f} min) |", ""]
+    built = sum(r.built_seconds or 0.0 for r in p.runs)
+    lines += [f"| **total** | | {built:.0f} s ({built / 60:.1f} min) | "
+              f"{total:.0f} s ({total / 60:.1f} min) |", ""]
 
     export = read_record(root / "export")
     gguf = _final_gguf(root, cfg)

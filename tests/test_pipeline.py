@@ -59,6 +59,11 @@ def test_stages_are_reused_until_an_input_changes(tmp_path):
     p.stage("a", "a", {"x": 2}, [], _builder(calls, "a"))
     p.stage("b", "b", {"y": 2}, ["a"], _builder(calls, "b"))
     assert calls == ["b"]
+    # the reused stage still reports what building it took
+    a, b = p.runs
+    assert a.reused and a.seconds == 0.0 and a.built_seconds is not None
+    assert not b.reused and b.built_seconds == b.seconds
+    assert json.loads((tmp_path / "a" / "record.json").read_text())["pipeline_seconds"] >= 0
 
 
 def test_a_failed_stage_is_rebuilt_and_partials_are_removed(tmp_path):
