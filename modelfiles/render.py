@@ -39,7 +39,10 @@ TURN_MARKERS: dict[str, list[str]] = {
     "llama2-codellama": ["[INST]", "<s>"],
 }
 
-DEFAULT_PARAMETERS = {"temperature": 0.2, "top_p": 0.95, "num_ctx": 4096}
+# repeat_penalty 1.0: Ollama's default (1.1) penalises tokens seen in the last 64, and code
+# repeats itself by nature; SmolLM2 and Llama tokenizers spell numbers digit by digit, so the
+# penalty turned "sr = 44100" into "sr = 440" (eval/README.md).
+DEFAULT_PARAMETERS = {"temperature": 0.2, "top_p": 0.95, "num_ctx": 4096, "repeat_penalty": 1.0}
 
 LICENSE_TEXTS = {
     EMBEDDED_LICENSE: (
