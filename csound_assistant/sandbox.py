@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .constants import CSOUND_HEADER
-from .sandbox_plugins import folder_for
+from .sandbox_plugins import folder_for, list_opcodes
 
 CSOUND = os.environ.get("CSOUND_ASSISTANT_CSOUND", "csound")
 MANUAL_DIR = Path("/usr/share/doc/csound-doc/html")
@@ -363,13 +363,9 @@ def scan(code: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def installed_opcodes() -> frozenset[str]:
-    """Opcodes this Csound build has (``csound -z``)."""
+    """Opcodes this Csound build has (``csound -z`` with its whole plugin folder)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        proc = subprocess.run([CSOUND, "-z", *COMMON_FLAGS], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace", timeout=20)
-        text = (proc.stdout + proc.stderr).replace("\x00", "")
-        head = text.split("end of score", 1)[0]
-        return frozenset(re.findall(r"(?<![\w.])([A-Za-z_]\w*)(?![\w.:])", head))
+        return list_opcodes(CSOUND, COMMON_FLAGS)
     return frozenset()
 
 

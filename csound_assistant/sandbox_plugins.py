@@ -46,10 +46,12 @@ def _stem(lib: Path) -> str:
     return lib.name.removeprefix("lib").removesuffix(".so")
 
 
-def _opcodes_with(csound: str, folder: Path, flags: list[str]) -> frozenset[str]:
+def list_opcodes(csound: str, flags: list[str], folder: Path | None = None) -> frozenset[str]:
+    """The opcode names ``csound -z`` lists, with plugins from ``folder`` (None: Csound's own
+    default). Raises OSError or SubprocessError when Csound cannot run."""
+    env = {**os.environ, "OPCODE6DIR64": str(folder)} if folder is not None else None
     proc = subprocess.run([csound, "-z", *flags], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, errors="replace", timeout=20,
-                          env={**os.environ, "OPCODE6DIR64": str(folder)})
+                          text=True, errors="replace", timeout=20, env=env)
     head = (proc.stdout + proc.stderr).replace("\x00", "").split("end of score", 1)[0]
     return frozenset(re.findall(r"(?<![\w.])([A-Za-z_]\w*)(?![\w.:])", head))
 
@@ -64,7 +66,10 @@ def _work_root() -> Path:
     return root
 
 
-@functools.lru_cache(maxsize=4)  # probed under the lock below: once, not once per thread
+_LOCK = threading.Lock()  # the sandbox's worker threads ask at the same time
+
+
+@functools.lru_cache(maxsize=4)  # called under _LOCK: probed once, not once per thread
 def heavy_opcodes(csound: str, flags: tuple[str, ...]) -> dict[Path, frozenset[str]] | None:
     """Opcode names each heavy library adds (probed once per process, in parallel), or None
     when the plugin folder is unknown or a probe fails (then the full folder is used)."""
@@ -75,14 +80,14 @@ def heavy_opcodes(csound: str, flags: tuple[str, ...]) -> dict[Path, frozenset[s
     try:
         empty = _work_root() / "probe-none"
         empty.mkdir(exist_ok=True)
-        base = _opcodes_with(csound, empty, list(flags))
+        base = list_opcodes(csound, list(flags), empty)
 
         def probe(lib: Path) -> frozenset[str]:
             one = _work_root() / f"probe-{_stem(lib)}"
             one.mkdir(exist_ok=True)
             if not (one / lib.name).exists():
                 (one / lib.name).symlink_to(lib)
-            return _opcodes_with(csound, one, list(flags)) - base
+            return list_opcodes(csound, list(flags), one) - base
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             added = list(pool.map(probe, heavy))
@@ -93,28 +98,26 @@ def heavy_opcodes(csound: str, flags: tuple[str, ...]) -> dict[Path, frozenset[s
     return dict(zip(heavy, added))
 
 
-_LOCK = threading.Lock()  # the sandbox's worker threads ask at the same time
-_PROBE_LOCK = threading.Lock()
-
-
 def _folder_for(needed: tuple[Path, ...]) -> Path:
+    """The folder of links to the light libraries and ``needed`` (made once; call under _LOCK)."""
     out = _work_root() / ("load-" + ("-".join(_stem(p) for p in needed) or "light"))
-    with _LOCK:
-        if not out.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=_work_root()))
-            for lib in sorted(plugin_folder().glob("lib*.so")):
-                if _stem(lib) not in HEAVY + NEVER or lib in needed:
-                    (tmp / lib.name).symlink_to(lib)
-            tmp.chmod(0o755)
-            tmp.rename(out)  # complete before any Csound sees it
+    if not out.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=_work_root()))
+        for lib in sorted(plugin_folder().glob("lib*.so")):
+            if _stem(lib) not in HEAVY + NEVER or lib in needed:
+                (tmp / lib.name).symlink_to(lib)
+        tmp.chmod(0o755)
+        tmp.rename(out)  # complete before any Csound sees it
     return out
 
 
 def folder_for(code: str, csound: str, flags: list[str]) -> str | None:
     """The plugin folder to give Csound for ``code`` (None: leave Csound's default)."""
-    with _PROBE_LOCK:
+    with _LOCK:
         heavy = heavy_opcodes(csound, tuple(flags))
-    if not heavy or "#include" in code:
-        return str(plugin_folder()) if heavy else None
-    words = set(_WORD.findall(code))
-    return str(_folder_for(tuple(lib for lib, names in heavy.items() if names & words)))
+        if not heavy:
+            return None
+        if "#include" in code:
+            return str(plugin_folder())
+        words = set(_WORD.findall(code))
+        return str(_folder_for(tuple(lib for lib, names in heavy.items() if names & words)))

@@ -45,7 +45,7 @@ def first_error(result) -> str:
 
 
 def _environment_key() -> str:
-    from csound_assistant import sandbox
+    from csound_assistant import sandbox, sandbox_plugins
 
     try:
         text = subprocess.run(["csound", "--version"], capture_output=True, text=True,
@@ -54,7 +54,8 @@ def _environment_key() -> str:
         version = found.group(0) if found else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         version = "unknown"
-    source = Path(sandbox.__file__).read_bytes()
+    # the sandbox's verdicts depend on its code and on which plugins it loads
+    source = b"".join(Path(m.__file__).read_bytes() for m in (sandbox, sandbox_plugins))
     return hashlib.sha256(CACHE_VERSION.encode() + version.encode() + source).hexdigest()[:16]
 
 
