@@ -81,10 +81,6 @@ def _existing(stage_dir: Path) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
-def _existing_key(stage_dir: Path) -> str | None:
-    return _existing(stage_dir).get("pipeline_key")
-
-
 def _stamp_key(stage_dir: Path, key: str, seconds: float) -> None:
     """The stage's key, and how long it took to build (a rerun's summary still shows it)."""
     from .artifacts import write_json
@@ -121,10 +117,10 @@ class Pipeline:
         self.keys[name] = key
         if name == self.rebuild_from:
             self.rebuild_from = "*"
-        if self.rebuild_from != "*" and _existing_key(out) == key:
+        existing = _existing(out)
+        if self.rebuild_from != "*" and existing.get("pipeline_key") == key:
             self.echo(f"[{name}] up to date: {out}")
-            self.runs.append(StageRun(name, out, 0.0, True,
-                                      _existing(out).get("pipeline_seconds")))
+            self.runs.append(StageRun(name, out, 0.0, True, existing.get("pipeline_seconds")))
             return out
         stale = out.exists()
         self.echo(f"[{name}] {'rebuilding (inputs changed)' if stale else 'building'}: {out}")

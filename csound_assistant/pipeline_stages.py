@@ -167,13 +167,13 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
     lines = ["# csound-assistant pipeline summary", "", f"Run folder: `{root}`", ""]
     lines += ["| stage | folder | time to build | this run |", "|---|---|---|---|"]
     for r in p.runs:
-        built = f"{r.built_seconds:.0f} s" if r.built_seconds is not None else "?"
-        lines.append(f"| {r.name} | `{r.folder.name}/` | {built} | "
+        took = f"{r.built_seconds:.0f} s" if r.built_seconds is not None else "?"
+        lines.append(f"| {r.name} | `{r.folder.name}/` | {took} | "
                      f"{'reused' if r.reused else 'built'} |")
-    total = sum(r.seconds for r in p.runs)
-    built = sum(r.built_seconds or 0.0 for r in p.runs)
-    lines += [f"| **total** | | {built:.0f} s ({built / 60:.1f} min) | "
-              f"{total:.0f} s ({total / 60:.1f} min) |", ""]
+    this_run = sum(r.seconds for r in p.runs)
+    to_build = sum(r.built_seconds or 0.0 for r in p.runs)
+    lines += [f"| **total** | | {to_build:.0f} s ({to_build / 60:.1f} min) | "
+              f"{this_run:.0f} s ({this_run / 60:.1f} min) |", ""]
 
     export = read_record(root / "export")
     gguf = _final_gguf(root, cfg)

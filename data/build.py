@@ -110,9 +110,10 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
     log(f"final check of {len(answers)} code answers")
-    final = verifier.compiles([code for _, code in answers], RENDER_SECONDS, assets, "final check")
+    # render first: a render that ran proves the compile, so only the rest need a syntax check
     final_render = verifier.render([code for _, code in answers], RENDER_SECONDS, "final render",
                                    assets)
+    final = verifier.compiles([code for _, code in answers], RENDER_SECONDS, assets, "final check")
     bad = set()
     for (i, _), c, r in zip(answers, final, final_render):
         if not c["ok"] or r.get("nan"):
