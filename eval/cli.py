@@ -108,8 +108,8 @@ def _parse_models(model, compare) -> dict[str, str]:
               help="Sampling temperature [default: 0 (greedy) for one sample, 0.8 for more].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--repeat-penalty", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
-              help="llama.cpp's repeat penalty (Ollama's default is 1.1): small models fall "
-                   "into loops under greedy decoding without one.")
+              help="llama.cpp's repeat penalty (Ollama's default is 1.1): it breaks greedy "
+                   "loops but garbles numbers that the tokenizer spells digit by digit.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads [default: 1 on a busy machine, else up to 4].")
 @click.option("--n-ctx", type=click.IntRange(min=256), default=2048, show_default=True)
@@ -124,8 +124,8 @@ def _parse_models(model, compare) -> dict[str, str]:
 @run_option
 @force_option
 def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit, samples,
-                temperature, max_new_tokens, repeat_penalty, threads, n_ctx, prompt_format, api_model, out_dir,
-                work_dir, run, force):
+                temperature, max_new_tokens, repeat_penalty, threads, n_ctx, prompt_format,
+                api_model, out_dir, work_dir, run, force):
     """Score models on Csound: compile@1, sound@1, required-opcode coverage, latency (and
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
     .gguf file, `embedded` (the embedded SmolLM2 base) or an OpenAI-compatible URL, each
@@ -158,8 +158,9 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
             models, out_dir or work / "eval", tasks_path=tasks_path,
             test_path=None if no_test else test_path, use_tasks=not no_tasks,
             max_new_tokens=max_new_tokens, limit=limit or None, samples=samples,
-            temperature=temperature, repeat_penalty=repeat_penalty, n_threads=threads, n_ctx=n_ctx, prompt_format=prompt_format,
-            api_model=api_model, force=force, log=lambda m: click.echo(m, err=True))
+            temperature=temperature, repeat_penalty=repeat_penalty, n_threads=threads,
+            n_ctx=n_ctx, prompt_format=prompt_format, api_model=api_model, force=force,
+            log=lambda m: click.echo(m, err=True))
     from .report import markdown
 
     click.echo(markdown(report).split("\n## ")[0])

@@ -9,6 +9,7 @@ embedded SmolLM2). ``llama_cpp`` is imported only when a GGUF is loaded.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -54,8 +55,6 @@ def auto_threads() -> int:
     faster than two (measured on 2 cores at load 11: 16 tokens in 2.7 s vs 35 s). Busy is judged
     from the CPU's idle time over the next 0.3 s, not from the load average, which stays high for
     a minute after the pipeline's own training has finished."""
-    import os
-
     cores = os.cpu_count() or 1
     if cores < 2:
         return 1
@@ -79,8 +78,6 @@ def _idle_cores(seconds: float) -> float | None:
         return None
     if total1 == total0:
         return None
-    import os
-
     return (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)
 
 
