@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,11 @@ class Sampling:
     time_limit: float | None = None  # seconds of generation after the prompt is read
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
     n_indent: int = 0  # llama.cpp /infill: stop at a new line indented less than this
+
+
+def sampling_seed(s: Sampling) -> int:
+    """The request's seed, or a fresh random one when it gave none."""
+    return s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
 
 
 def common_prefix(a, b) -> int:
@@ -119,8 +125,7 @@ class LlamaBackend:
         self._use_best_slot(tokens)
         live = self.llm.input_ids[: self.llm.n_tokens]
         self.last_cached_tokens = min(common_prefix(live, tokens), max(len(tokens) - 1, 0))
-        self.llm.set_seed(sampling.seed if sampling.seed is not None
-                          else int.from_bytes(__import__("os").urandom(4), "little"))
+        self.llm.set_seed(sampling_seed(sampling))
         return self.llm.generate(
             tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
             temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty,

@@ -14,7 +14,7 @@ import ctypes
 import logging
 from dataclasses import dataclass, field
 
-from .backend import Sampling, common_prefix
+from .backend import Sampling, common_prefix, sampling_seed
 from .engine import Engine, Job, QueueTimeout, TokenStream
 
 log = logging.getLogger("csound_assistant.serve")
@@ -45,14 +45,11 @@ def make_sampler(s: Sampling, n_vocab: int):
     if s.temperature <= 0:
         sampler.add_greedy()
     else:
-        import os
-
         sampler.add_top_k(s.top_k)
         sampler.add_top_p(s.top_p, 1)
         sampler.add_min_p(s.min_p, 1)
         sampler.add_temp(s.temperature)
-        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
-        sampler.add_dist(seed)
+        sampler.add_dist(sampling_seed(s))
     return sampler
 
 
@@ -109,14 +106,7 @@ class BatchedEngine(Engine):
         free = [seq for seq in seqs if seq.job is None]
         while free and self._queue:
             job = self._queue.popleft()
-            if job.cancelled.is_set():
-                self.metrics.counts["cancelled_while_queued"] += 1
-                job._post(("done", TokenStream(job, self.backend, self.metrics)
-                           .finish("cancelled", 0)))
-                continue
-            if job.deadline < __import__("time").monotonic():
-                self.metrics.counts["timeout_while_queued"] += 1
-                job._post(("error", QueueTimeout("timed out waiting for the model")))
+            if self._expired(job):
                 continue
             seq = max(free, key=lambda q: common_prefix(q.tokens, job.tokens))
             free.remove(seq)

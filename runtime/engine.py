@@ -208,13 +208,7 @@ class Engine:
                 job = self._queue.popleft()
                 self._running = job
             try:
-                if job.cancelled.is_set():
-                    self.metrics.counts["cancelled_while_queued"] += 1
-                    job._post(("done", self._result(job, "", "cancelled", 0, 0, 0.0, 0.0)))
-                elif time.monotonic() > job.deadline:
-                    self.metrics.counts["timeout_while_queued"] += 1
-                    job._post(("error", QueueTimeout("timed out waiting for the model")))
-                else:
+                if not self._expired(job):
                     job._post(("start", None))
                     result = self._run(job)
                     self.metrics.record(result)
@@ -226,6 +220,19 @@ class Engine:
             finally:
                 with self._cond:
                     self._running = None
+
+    def _expired(self, job: Job) -> bool:
+        """Answer a job taken from the queue whose client has left or whose deadline passed
+        while it waited; True if so (then it must not run)."""
+        if job.cancelled.is_set():
+            self.metrics.counts["cancelled_while_queued"] += 1
+            job._post(("done", self._result(job, "", "cancelled", 0, 0, 0.0, 0.0)))
+        elif time.monotonic() > job.deadline:
+            self.metrics.counts["timeout_while_queued"] += 1
+            job._post(("error", QueueTimeout("timed out waiting for the model")))
+        else:
+            return False
+        return True
 
     def _result(self, job, text, reason, n_out, cached, prompt_s, decode_s) -> Result:
         return Result(text=text, finish_reason=reason, prompt_tokens=len(job.tokens),
