@@ -177,7 +177,9 @@ class _Prepared:
     refused: list[str]
 
 
-_CSD_RE = re.compile(r"<CsoundSynthesizer\b", re.I)
+# Csound reads a .csd whose opening <CsoundSynthesizer> is missing, but not one without the
+# closing tag ("Reading CSD failed"): either tag makes the code a CSD, passed on as it is.
+_CSD_RE = re.compile(r"</?CsoundSynthesizer\b", re.I)
 _OPTIONS_RE = re.compile(r"(<CsOptions>)(.*?)(</CsOptions>)", re.I | re.S)
 _INSTR_RE = re.compile(r"^[ \t]*instr[ \t]+([^;\n/]+)", re.M)
 _HEADER_VARS = {"sr": r"sr", "ksmps": r"(?:ksmps|kr)", "nchnls": r"nchnls", "0dbfs": r"0dbfs"}

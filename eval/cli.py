@@ -106,7 +106,8 @@ def _parse_models(model, compare) -> dict[str, str]:
               help="Answers per item; k > 1 also reports pass@k (sampled at --temperature).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None,
               help="Sampling temperature [default: 0 (greedy) for one sample, 0.8 for more].")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="New tokens per answer; raised per item to fit its reference answer.")
 @click.option("--repeat-penalty", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="llama.cpp's repeat penalty (Ollama's default is 1.1): it breaks greedy "
                    "loops but garbles numbers that the tokenizer spells digit by digit.")

@@ -7,6 +7,10 @@ import re
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 _CSD = re.compile(r"<CsoundSynthesizer>.*?(?:</CsoundSynthesizer>|\Z)", re.S | re.I)
+# Inside a code block, a CSD may also start at its first section: Csound runs a file whose
+# opening <CsoundSynthesizer> is missing (small models drop it), as long as it is closed.
+_CSD_IN_BLOCK = re.compile(r"(?:<CsoundSynthesizer>|<CsOptions>|<CsInstruments>)"
+                           r".*?(?:</CsoundSynthesizer>|\Z)", re.S | re.I)
 _NOT_CSOUND = {"python", "py", "bash", "sh", "shell", "text", "console", "json", "javascript",
                "js", "c", "cpp", "lua", "yaml", "html", "xml"}
 _ORC_START = re.compile(r"^[ \t]*(?:sr|kr|ksmps|nchnls|0dbfs|instr|opcode|gi\w+|ga\w+)\b", re.M)
@@ -43,8 +47,8 @@ def extract_code(answer: str) -> str | None:
         lang not in _NOT_CSOUND  # a mislabelled fence still counts when it holds Csound
         or re.search(r"<CsoundSynthesizer>|^\s*instr\b", body, re.I | re.M))]
     for _, body in blocks:
-        if re.search(r"<CsoundSynthesizer>", body, re.I):
-            return _close_csd(_CSD.search(body).group())
+        if re.search(r"<CsoundSynthesizer>|<CsInstruments>", body, re.I):
+            return _close_csd(_CSD_IN_BLOCK.search(body).group())
     if blocks:
         code = "\n".join(body.strip("\n") for _, body in blocks)
         if re.search(r"\b(?:instr|opcode|endin|out|outs)\b|=", code):

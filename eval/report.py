@@ -26,7 +26,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Csound eval report", "",
         f"{next(iter(summary.values()))['overall'].get('items', 0)} items, "
-        f"{s['samples']} sample(s) each, up to {s['max_new_tokens']} new tokens, "
+        f"{s['samples']} sample(s) each, up to {s['max_new_tokens']} new tokens "
+        f"(more where the reference answer is longer), "
         f"temperature {s['temperature']:g}. compile@1: Csound parses and type-checks the code; "
         "sound@1: it renders without error, not silent, no NaN; coverage: share of the "
         "required opcodes used.", "",

@@ -139,6 +139,22 @@ def collect_items(tasks_path=None, test_path=None, *, limit: int | None = 20,
     return items
 
 
+# Csound tokenizes at 1.4-2.1 characters a token (SmolLM2: numbers digit by digit, tabs); an
+# answer also opens with a sentence or two of prose before its code block.
+CHARS_PER_TOKEN = 1.4
+PROSE_TOKENS = 96
+
+
+def token_budget(item: Item, floor: int) -> int:
+    """New tokens allowed for one answer: ``floor``, raised to fit the reference answer. With a
+    flat 256, over half of the test split's whole-file answers (fix-the-bug rows repeat the
+    file) could not be written out even by a perfect model, and a cut file fails to compile."""
+    if not item.reference:
+        return floor
+    extra = 0 if item.is_fim else PROSE_TOKENS
+    return max(floor, int(len(item.reference) / CHARS_PER_TOKEN) + extra)
+
+
 def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
                    max_new_tokens: int = 256, temperature: float | None = None,
                    repeat_penalty: float = 1.0, progress: bool = True) -> list[dict]:
@@ -151,7 +167,8 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
 
         bar = tqdm(total=len(jobs), desc=f"eval {label}", unit="answer")
     for item, k in jobs:
-        kwargs = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": k,
+        kwargs = {"max_tokens": token_budget(item, max_new_tokens),
+                  "temperature": temperature, "seed": k,
                   "repeat_penalty": repeat_penalty}
         if item.is_fim:
             gen = model.fim(item.prefix, item.suffix, **kwargs)
@@ -225,6 +242,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                 model.close()
         labels = list(models)
         settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
+                    "token_budget": f"max(max_new_tokens, reference characters / "
+                                    f"{CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
                     "repeat_penalty": repeat_penalty, "n_threads": n_threads, "n_ctx": n_ctx,

@@ -67,6 +67,9 @@ def test_spread_keeps_every_kind(tasks):
     ("Sure.\n<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\nendin\n</CsInstruments>\n"
      "<CsScore>\ni 1 0 1\n</CsScore>\n</CsoundSynthesizer>\nEnjoy", "<CsoundSynthesizer>"),
     ("sr = 48000\ninstr 1\n  a1 vco2 0.2, 110\n  outs a1, a1\nendin\nThat is it.", "sr = 48000"),
+    # the opening tag dropped (Csound still runs it) and the answer cut off: closed for judging
+    ("Fixed:\n```csound\n<CsOptions>\n-odac\n</CsOptions>\n<CsInstruments>\ninstr 1\nendin\n"
+     "</CsInstruments>\n<CsScore>\ni 1 0 1", "</CsScore>\n</CsoundSynthesizer>"),
     ("```c\n#include <csound.h>\nint main() {}\n```", None),
     ("#Csound #Csound #Csound", None),
 ])
@@ -243,6 +246,31 @@ def test_samples_report_pass_at_k(tmp_path):
     assert [r["sample"] for r in report["items"]] == [0, 1]
     assert report["settings"]["temperature"] == 0.8
     assert "compile@2" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_token_budget_fits_the_longest_manual_answers(embedded_gguf):
+    """A perfect answer must fit: the budget covers the reference's real token count (SmolLM2
+    spells numbers digit by digit) for whole files, which fix-the-bug answers repeat."""
+    from llama_cpp import Llama
+
+    from csound_assistant.data.manual import load_manual
+    from csound_assistant.eval.runner import PROSE_TOKENS, token_budget
+    from csound_assistant.eval.tasks import Item
+
+    vocab = Llama(str(embedded_gguf), vocab_only=True, verbose=False)
+    examples = sorted(load_manual(limit=80, strip_comments=True).examples.values(),
+                      key=lambda e: len(e.code))[-5:]
+    for example in examples:
+        need = len(vocab.tokenize(example.code.encode(), add_bos=False))
+        chat = Item(example.name, "fix", "test", messages=[{"role": "user", "content": "Fix"}],
+                    reference=example.code)
+        assert need > 256 and token_budget(chat, 256) >= need + PROSE_TOKENS, example.name
+        lines = example.code.splitlines(keepends=True)
+        fim = Item(example.name, "fim", "test", prefix="".join(lines[:5]), suffix="",
+                   reference="".join(lines[5:]))
+        assert token_budget(fim, 64) >= len(vocab.tokenize(fim.reference.encode(),
+                                                            add_bos=False))
+    assert token_budget(Item("x", "fim", "tasks", prefix="a", suffix="b", reference="c"), 64) == 64
 
 
 def test_greedy_loops_are_cut_short():

@@ -292,3 +292,22 @@ def test_malformed_csd_sections_are_syntax_errors_not_compiled_code(csd):
     for result in (sandbox.check(csd), sandbox.render(csd, seconds=1.0)):
         assert result.category == "syntax", (result.category, result.stderr[-300:])
         assert not result.ok
+
+
+def test_csd_without_its_opening_tag_is_judged_as_csound_judges_it(tmp_path):
+    """Csound itself runs a .csd whose <CsoundSynthesizer> line is missing but not one that is
+    never closed; the sandbox must agree with it rather than call the first a syntax error."""
+    import subprocess
+
+    whole = csd(SINE)
+    assert whole.startswith("<CsoundSynthesizer>\n")
+    no_opener = whole.split("\n", 1)[1]
+    no_closer = no_opener.replace("</CsoundSynthesizer>\n", "")
+    for code, works in ((no_opener, True), (no_closer, False)):
+        path = tmp_path / "piece.csd"
+        path.write_text(code)
+        real = subprocess.run(["csound", "-n", str(path)], capture_output=True, text=True)
+        assert ("new alloc for instr 1" in real.stderr) is works, real.stderr[-300:]
+        rendered = sandbox.render(code, seconds=1.0)
+        assert (rendered.category == "ok") is works, (rendered.category, rendered.errors)
+        assert sandbox.check(code).ok is works
