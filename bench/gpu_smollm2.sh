@@ -8,6 +8,8 @@
 #   bash bench/gpu_smollm2.sh base                # device, carry .gpu/p2 .gpu/w: `base import`
 #   bash bench/gpu_smollm2.sh train               # device, carry .whl .gpu/splits; results: $OUT
 #   bash bench/gpu_smollm2.sh unpack DIR runs/gpu-smollm2   # here: DIR = the reply's files_at
+# or, in place of `train`, the recipe sweep of bench/budget_sweep.py (answers come back to $OUT):
+#   bash bench/gpu_smollm2.sh sweep NAME:key=v,key=v ...   # device, carry .whl .gpu/splits .gpu/sweep
 set -eo pipefail
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 W=/tmp/runs/gpu
@@ -41,9 +43,9 @@ case "$1" in
     install_site .gpu/w/*.whl
     cd /tmp && python3 -m csound_assistant.cli base import /tmp/stage/$GGUF --out $W/base --force
     cat $W/base/record.json ;;
-  train)
+  train)  # extra arguments go to `train run`, e.g. --set method=lora
     test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
-    OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+    shift; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
     install_site .whl/*.whl
     rm -rf $W/splits && mkdir -p $W/splits
     for s in train validation; do gunzip -c .gpu/splits/$s.jsonl.gz > $W/splits/$s.jsonl; done
@@ -54,17 +56,28 @@ case "$1" in
     } 2>&1 | tee $OUT/train.log
     start=$SECONDS
     python3 -m csound_assistant.cli train run -c $REPO/train/configs/gpu-smollm2-qlora.yaml \
-      --work-dir /tmp/runs --run gpu --force 2>&1 | tee -a $OUT/train.log
+      --work-dir /tmp/runs --run gpu --force "$@" 2>&1 | tee -a $OUT/train.log
     echo "wall seconds of train run: $((SECONDS - start))" | tee -a $OUT/train.log
     cp $W/adapter/metrics.json $W/adapter/record.json $W/adapter/loss_curve.png $OUT/
     tar -C $W -czf /tmp/adapter.tar.gz adapter && sha256sum /tmp/adapter.tar.gz > $OUT/adapter.sha256
     split -b 15M -d /tmp/adapter.tar.gz $OUT/adapter.tar.gz.
     ls -l $OUT ;;
+  sweep)
+    test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
+    shift; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+    install_site .whl/*.whl
+    mkdir -p $W/splits
+    for s in train validation; do gunzip -c .gpu/splits/$s.jsonl.gz > $W/splits/$s.jsonl; done
+    variants=(); for v in "$@"; do variants+=(--variant "$v"); done
+    python3 bench/budget_sweep.py train --work $W --items .gpu/sweep/items.json --out "$OUT" \
+      "${variants[@]}" 2>&1 | grep -v "it/s]$" | tail -c 20000 > "$OUT"/sweep.log
+    tail -40 "$OUT"/sweep.log ;;
   unpack)
     FROM=${2:?the folder the files came back to}; DEST=${3:?e.g. runs/gpu-smollm2}
     cat "$FROM"/adapter.tar.gz.?? > /tmp/adapter.tar.gz
     (cd /tmp && sha256sum -c "$FROM"/adapter.sha256)
     mkdir -p "$DEST" && tar -C "$DEST" -xzf /tmp/adapter.tar.gz
     cp "$FROM"/train.log "$DEST"/ && ls -l "$DEST"/adapter ;;
-  *) echo "usage: $0 prepare RUN | part1 | base | train | unpack FROM DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare RUN | part1 | base | train | sweep VARIANT... | unpack FROM DEST" >&2
+     exit 2 ;;
 esac

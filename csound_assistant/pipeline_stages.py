@@ -15,6 +15,22 @@ from .artifacts import read_record, sha256_file
 from .pipeline import Pipeline, PipelineConfig
 
 
+def data_code_sha() -> str:
+    """One hash of the data builder's and the sandbox's source files."""
+    import hashlib
+
+    import csound_assistant.data as data_package
+
+    from . import sandbox, sandbox_plugins
+
+    files = sorted(Path(data_package.__file__).parent.glob("*.py"))
+    files += [Path(sandbox.__file__), Path(sandbox_plugins.__file__)]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     root = p.root
 
@@ -30,7 +46,9 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
         build_dataset(out, force=stale, progress=True, **cfg.data)
 
-    p.stage("data", "data", cfg.data, [], data)
+    # The builder's own code is part of the key too: a new kind of row, or a sandbox that judges
+    # differently, rebuilds the data (and so everything after it) on the next run.
+    p.stage("data", "data", cfg.data | {"code": data_code_sha()}, [], data)
 
     def split(out, stale):
         from csound_assistant.data.split import split_dataset

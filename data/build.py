@@ -21,7 +21,7 @@ from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
 from csound_assistant.prompt_format import row_kind
 
-from . import csdcode, rows
+from . import csdcode, minimal, rows
 from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
 from .validate import CHARS_PER_TOKEN, row_text
 from .verify import PROVEN_BY_RENDER, Verifier
@@ -106,6 +106,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # a limited (quick) build makes page rows only for the opcodes its examples are about
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
     out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts)
+    out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -298,6 +299,26 @@ def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts) -> l
         if page.name in known and (row := rows.syntax_row(page, group)):
             out.append(row)
     return out
+
+
+def _minimal_rows(manual, page_names, out_rows, verifier, counts, assets) -> list[dict]:
+    """A minimal CSD per opcode (``data/minimal.py``), kept when it renders audibly without
+    clipping. Each goes in its opcode's split group (that of its syntax row), so an opcode whose
+    example is held out for testing has its minimal program held out too."""
+    groups = {r["meta"]["opcode"]: r["meta"]["group"] for r in out_rows
+              if r["meta"]["task"] == "syntax"}
+    pages = [manual.pages[name] for name in sorted(page_names & manual.known)
+             if name in manual.pages]
+    candidates = [(page, code) for page in pages if (code := minimal.program(page))]
+    renders = verifier.render([code for _, code in candidates], RENDER_SECONDS,
+                              "minimal programs", assets)
+    kept = []
+    for (page, code), render in zip(candidates, renders):
+        counts["minimal_render"][render["category"]] += 1
+        if render["category"] == "ok":
+            group = groups.get(page.name, f"page:{page.name}")
+            kept.append(minimal.row(page, code, group, _render_flags(render)))
+    return kept
 
 
 def _manual_assets(manual_dir: Path) -> dict:

@@ -218,3 +218,18 @@ def test_stripped_examples_still_compile_and_sound(mini_manual):
     assert all(";" not in code for code in codes)
     results = sandbox.render_many(codes, workers=2, seconds=1.0)
     assert all(r.audible for r in results), [(r.category, r.errors) for r in results]
+
+
+def test_minimal_programs_play_and_share_their_opcodes_split_group(built):
+    _, _, record, rows = built
+    syntax = {r["meta"]["opcode"]: r["meta"]["group"] for r in rows
+              if r["meta"]["task"] == "syntax"}
+    mins = [r for r in rows if r["meta"]["task"] == "minimal"]
+    assert len(mins) >= 100 and record["counts"]["minimal_render"]["ok"] == len(mins)
+    for row in mins:
+        (code,) = code_answers(row)
+        assert re.search(rf"^  \w+(, \w+)? {re.escape(row['meta']['opcode'])}\b", code, re.M)
+        assert row["meta"]["render"]["category"] == "ok"
+        assert row["meta"]["group"] == syntax.get(row["meta"]["opcode"], row["meta"]["group"])
+    moog = next(r for r in mins if r["meta"]["opcode"] == "moogladder")
+    assert moog["meta"]["group"] == "moogladder"  # with the example: held out together

@@ -145,3 +145,21 @@ def test_default_config_is_the_embedded_cpu_run():
     cfg = PipelineConfig.load(None)
     assert cfg.base is None and cfg.launcher == []
     assert load_config(cfg.train["config"]).method in ("auto", "lora")
+
+
+def test_data_key_follows_the_builders_code(tmp_path, monkeypatch):
+    """An edited data builder (or sandbox) rebuilds the data on the next run."""
+    import shutil
+
+    import csound_assistant.data as data_package
+    from csound_assistant.pipeline_stages import data_code_sha
+
+    before = data_code_sha()
+    assert before == data_code_sha()
+    copy = tmp_path / "data"
+    shutil.copytree(Path(data_package.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(data_package, "__file__", str(copy / "__init__.py"))
+    assert data_code_sha() == before  # same sources, same key
+    (copy / "minimal.py").write_text((copy / "minimal.py").read_text() + "\n# edited\n")
+    assert data_code_sha() != before

@@ -1,0 +1,195 @@
+"""Which training recipe teaches the embedded model the most Csound for the main job's budget?
+
+The main job trains for about five minutes on 2 CPU cores, and one try there costs ten minutes
+with its eval. A GPU runs the same recipe (LoRA, same batches, same number of optimizer steps)
+in seconds, so this sweeps recipes there and scores every answer here, with the real sandbox:
+
+    python bench/budget_sweep.py items --run runs/demo --limit 40 --out .gpu/sweep/items.json
+    # on the GPU (base imported to $W/base, splits in $W/splits, wheels installed):
+    python bench/budget_sweep.py train --work $W --items .gpu/sweep/items.json --out $OUT \\
+        --variant now:max_steps=57 --variant lr3e-3:max_steps=57,learning_rate=3e-3
+    python bench/budget_sweep.py score FILES_AT --out bench/results/budget-sweep
+
+``items`` and ``score`` need Csound (this machine); ``train`` needs a CUDA GPU and the training
+stack. Answers are greedy, from the merged bf16 model with transformers, with the eval's token
+budget per item: close to, not the same as, the llama.cpp Q4_K_M answers of `eval run`, so the
+sweep ranks recipes and `pipeline` gives the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parents[1] / "train" / "configs" / "cpu-smollm2.yaml"
+# What makes a GPU step do a CPU step's work: plain LoRA, no time budget, no checkpoints.
+ON_GPU = {"method": "lora", "device": "auto", "time_budget_minutes": 0, "save_every": 0}
+
+
+def items_command(args) -> None:
+    from csound_assistant.artifacts import write_json
+    from csound_assistant.eval.runner import collect_items, token_budget
+
+    items = collect_items(test_path=Path(args.run) / "splits" / "test.jsonl", limit=args.limit)
+    write_json(args.out, [{"id": i.id, "kind": i.kind, "source": i.source, "messages": i.messages,
+                           "prefix": i.prefix, "suffix": i.suffix, "reference": i.reference,
+                           "required_opcodes": i.required_opcodes, "seconds": i.seconds,
+                           "budget": token_budget(i, args.max_new_tokens)} for i in items])
+    print(f"{len(items)} items -> {args.out}")
+
+
+def _parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    return name, [s for s in re.split(r",(?![^\[]*\])", sets) if s]  # lists keep commas
+
+
+def train_command(args) -> None:
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = json.loads(Path(args.items).read_text())
+    for text in args.variant:
+        name, sets = _parse_variant(text)
+        run = work / name
+        run.mkdir(parents=True, exist_ok=True)
+        for part in ("base", "splits"):
+            if not (run / part).exists():
+                (run / part).symlink_to(work / part)
+        overrides = [*(f"{k}={v}" for k, v in ON_GPU.items()), *sets]
+        command = [sys.executable, "-m", "csound_assistant.cli", "train", "run", "-c",
+                   args.config, "--work-dir", str(work), "--run", name, "--force"]
+        for item in overrides:
+            command += ["--set", item]
+        print(f"== {name}: {' '.join(overrides)}", flush=True)
+        start = time.time()
+        subprocess.run(command, check=True, cwd=work)  # not the source tree: the installed package
+        trained = time.time() - start
+        answers = generate(run / "base", run / "adapter", items, batch=args.batch)
+        metrics = json.loads((run / "adapter" / "metrics.json").read_text())
+        result = {"variant": name, "overrides": overrides, "train_seconds": trained,
+                  "metrics": metrics, "answers": answers}
+        (out / f"{name}.json").write_text(json.dumps(result))
+        print(f"== {name}: trained in {trained:.0f} s, {len(answers)} answers", flush=True)
+
+
+def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dict[str, str]:
+    """Greedy answers, batched with left padding; each item stops at a stop token or its own
+    token budget."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from csound_assistant.prompt_format import get_format
+
+    fmt = get_format(json.loads((adapter / "record.json").read_text())["prompt_format"])
+    tok = AutoTokenizer.from_pretrained(base)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try the script
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    special = tok.convert_tokens_to_ids
+    stops = [special(fmt.eos), special(fmt.fim_end)]
+    pad = special(fmt.pad)
+
+    def plain(text):  # code text never turns into special tokens
+        if not text:
+            return []
+        return tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+    def prompt(item):
+        if item["prefix"] is None:
+            return tok(fmt.chat_prompt(item["messages"]), add_special_tokens=False).input_ids
+        return [special(fmt.fim_prefix.strip()), *plain(item["prefix"]),
+                special(fmt.fim_suffix.strip()), *plain(item["suffix"]),
+                special(fmt.fim_middle.strip())]
+
+    answers, order = {}, sorted(items, key=lambda i: i["budget"])
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        prompts = [prompt(i) for i in chunk]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).to(device)
+        mask = (torch.arange(width)[None, :] >= torch.tensor(
+            [width - len(p) for p in prompts])[:, None]).long().to(device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max(i["budget"] for i in chunk),
+                                 eos_token_id=stops, pad_token_id=pad)
+        for item, row in zip(chunk, out[:, width:].tolist()):
+            row = row[:item["budget"]]
+            cut = min((row.index(s) for s in stops if s in row), default=len(row))
+            answers[item["id"]] = tok.decode(row[:cut], skip_special_tokens=False)
+    return answers
+
+
+def score_command(args) -> None:
+    from csound_assistant.eval.runner import score_answer
+    from csound_assistant.eval.tasks import Item
+
+    items = {i["id"]: i for i in json.loads(Path(args.items).read_text())}
+    table = []
+    for path in sorted(Path(args.answers).glob("*.json")):
+        result = json.loads(path.read_text())
+        rows = []
+        for ident, answer in result["answers"].items():
+            i = items[ident]
+            item = Item(ident, i["kind"], i["source"], messages=i["messages"], prefix=i["prefix"],
+                        suffix=i["suffix"], required_opcodes=i["required_opcodes"],
+                        reference=i["reference"], seconds=i["seconds"])
+            rows.append({"source": i["source"], "kind": i["kind"], **score_answer(item, answer)})
+        mean = lambda rs, key: sum(r[key] for r in rs) / max(1, len(rs))  # noqa: E731
+        m = result["metrics"]
+        table.append({
+            "variant": result["variant"], "steps": m.get("steps"),
+            "tokens": m.get("tokens_seen"), "val_loss": m.get("val_loss_end"),
+            "compile": mean(rows, "compiled"), "sound": mean(rows, "sound"),
+            "compile_tasks": mean([r for r in rows if r["source"] == "tasks"], "compiled"),
+            "compile_test": mean([r for r in rows if r["source"] == "test"], "compiled"),
+            "sound_test": mean([r for r in rows if r["source"] == "test"], "sound"),
+            "items": len(rows), "overrides": " ".join(result["overrides"][len(ON_GPU):]),
+        })
+    lines = ["| variant | steps | tokens | val loss | compile@1 | sound@1 | compile tasks "
+             "| compile test | sound test | overrides |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in table:
+        val = f"{t['val_loss']:.3f}" if isinstance(t["val_loss"], float) else "-"
+        lines.append(f"| {t['variant']} | {t['steps']} | {t['tokens']} | {val} | "
+                     f"{t['compile']:.2f} | {t['sound']:.2f} | {t['compile_tasks']:.2f} | "
+                     f"{t['compile_test']:.2f} | "
+                     f"{t['sound_test']:.2f} | {t['overrides']} |")
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.json").write_text(json.dumps(table, indent=1))
+        (out / "sweep.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("items", help="write the eval items (needs Csound)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("train", help="train and answer each variant (needs a CUDA GPU)")
+    p.add_argument("--work", required=True, help="holds base/ and splits/")
+    p.add_argument("--items", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--variant", action="append", required=True,
+                   help="NAME:key=value,key=value (config overrides)")
+    p = sub.add_parser("score", help="score the answers with the sandbox (needs Csound)")
+    p.add_argument("answers", help="folder of <variant>.json")
+    p.add_argument("--items", required=True)
+    p.add_argument("--out", default=None)
+    args = parser.parse_args()
+    {"items": items_command, "train": train_command, "score": score_command}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
