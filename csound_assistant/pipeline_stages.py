@@ -31,6 +31,21 @@ def data_code_sha() -> str:
     return digest.hexdigest()[:16]
 
 
+def build_splits(root: Path, settings: dict, out: Path, stale: bool) -> None:
+    """Split ``root/data/rows.jsonl`` into ``out``, then add the feedback rows (if any) to its
+    train split, never to validation or test."""
+    from csound_assistant.data.split import split_dataset
+
+    split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=settings["seed"],
+                  ratios=tuple(settings["ratios"]))
+    feedback = root / "feedback" / "rows.jsonl"
+    if feedback.is_file():
+        from csound_assistant.eval.feedback_rows import merge_into_train
+
+        rows = [json.loads(line) for line in feedback.read_text().splitlines() if line.strip()]
+        merge_into_train(out, rows)
+
+
 def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     root = p.root
 
@@ -51,12 +66,14 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     p.stage("data", "data", cfg.data | {"code": data_code_sha()}, [], data)
 
     def split(out, stale):
-        from csound_assistant.data.split import split_dataset
+        build_splits(root, cfg.split, out, stale)
 
-        split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=cfg.split["seed"],
-                      ratios=tuple(cfg.split["ratios"]))
-
-    p.stage("split", "splits", cfg.split, ["data"], split)
+    # Rows from `data from-feedback` live in feedback/rows.jsonl and join every new train split:
+    # a split rebuilt because the data changed must not lose them.
+    feedback = root / "feedback" / "rows.jsonl"
+    p.stage("split", "splits",
+            cfg.split | ({"feedback": sha256_file(feedback)} if feedback.is_file() else {}),
+            ["data"], split)
 
     def train(out, stale):
         _train(root, cfg, stale)

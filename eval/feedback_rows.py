@@ -5,7 +5,8 @@ asked, each one marked good) into a row in the shape the model saw it - chat, FI
 completion - checks its Csound in the sandbox, and publishes ``<work>/feedback/rows.jsonl``
 with a record of what was kept and why the rest was not. With ``merge`` the kept rows are also
 added to ``<work>/splits/train.jsonl`` (never to validation or test), so the next
-``csound-assistant train run --force`` learns from them.
+``csound-assistant train run --force`` learns from them. ``csound-assistant pipeline`` merges
+``feedback/rows.jsonl`` into every train split it makes, so a rebuilt split keeps them.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def rows_from_feedback(db_path: str | Path, out_dir: str | Path, *, include_good
         with atomic_write(tmp / "rows.jsonl") as fh:
             for row in kept:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        merged = _merge_into_train(Path(splits_dir), kept) if splits_dir else None
+        merged = merge_into_train(Path(splits_dir), kept) if splits_dir else None
         record = write_record(
             tmp, "feedback", source={"db": str(db_path.resolve()), "counts": store_counts},
             rows_file="rows.jsonl", rows=len(kept), considered=len(rows),
@@ -110,7 +111,7 @@ def _row_key(row: dict) -> str:
     return json.dumps({k: v for k, v in row.items() if k != "meta"}, sort_keys=True)
 
 
-def _merge_into_train(splits_dir: Path, rows: list[dict]) -> dict:
+def merge_into_train(splits_dir: Path, rows: list[dict]) -> dict:
     """Add ``rows`` to splits/train.jsonl (skipping ones already there); note it in the
     splits record so the train stage's input hash changes."""
     train = splits_dir / "train.jsonl"

@@ -141,3 +141,29 @@ def test_server_records_and_marks_a_real_completion(tmp_path, embedded_gguf):
     assert row["messages"][-2:] == [CHAT[0], {"role": "assistant",
                                               "content": f"```csound\n{GOOD_ORC}```"}]
     assert row["meta"]["feedback_id"] == int(cid)
+
+
+def test_a_rebuilt_split_keeps_the_feedback_rows(tmp_path):
+    """The pipeline re-splits when the data changes; rows learned from feedback must stay in
+    the train split (and only there)."""
+    from csound_assistant.pipeline_stages import build_splits
+
+    work = tmp_path / "run"
+    make_splits(work)
+    db = tmp_path / "feedback.db"
+    fill_store(db)
+    kept = rows_from_feedback(db, work / "feedback", splits_dir=None, log=lambda m: None)
+    assert kept["rows"] == 2
+    (work / "data").mkdir()
+    data = [{"instruction": f"Play sine {i}.", "output": f"```csound\n{GOOD_ORC}```",
+             "meta": {"group": f"g{i}", "task": "write"}} for i in range(40)]
+    (work / "data" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    settings = {"seed": 0, "ratios": [0.8, 0.1, 0.1]}
+    for stale in (False, True):  # built, then rebuilt as after a data change
+        build_splits(work, settings, work / "splits-new", stale)
+        train = (work / "splits-new" / "train.jsonl").read_text().splitlines()
+        ids = [json.loads(line)["meta"].get("feedback_id") for line in train]
+        assert sum(i is not None for i in ids) == 2 and len(train) == 32 + 2
+        for name in ("validation", "test"):
+            assert "feedback_id" not in (work / "splits-new" / f"{name}.jsonl").read_text()
+        assert read_record(work / "splits-new")["feedback_rows"] == 2
