@@ -25,6 +25,9 @@ QUANT_TYPES = {
     "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
     "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    # lower quality than Q4_K_M, but llama.cpp repacks it for AVX2/AVX-512 at load: the fastest
+    # type to decode on a laptop CPU (bench/SERVING.md)
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
 }
 DEFAULT_QUANT = "Q4_K_M"
 

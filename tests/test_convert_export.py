@@ -246,6 +246,10 @@ def test_quantize_by_llama_cpp_names(tiny_export, tmp_path):
     assert q4["fallback_tensors"] > 0
     assert q4["bits_per_weight"] < 16
     assert tensor_types(out / "csound-assistant.F16.gguf")["tensors"].get("F16", 0) > 0
+    # Q4_0's 32-wide blocks fit 64 columns, so most matrices get it (one falls back, as in
+    # llama.cpp for SmolLM2 too)
+    q4_0 = quantize(out / "csound-assistant.F16.gguf", tmp_path / "m.Q4_0.gguf", "Q4_0")
+    assert q4_0["tensors"].get("Q4_0", 0) > q4_0["fallback_tensors"]
     with pytest.raises(ExportError, match="Q4_K_M"):
         quantize(out / "csound-assistant.F16.gguf", tmp_path / "x.gguf", "Q4_KM")
     with pytest.raises(ExportError, match="not found"):
