@@ -94,17 +94,10 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     stops = [special(fmt.eos), special(fmt.fim_end)]
     pad = special(fmt.pad)
 
-    def plain(text):  # code text never turns into special tokens
-        if not text:
-            return []
-        return tok(text, add_special_tokens=False, split_special_tokens=True).input_ids
-
-    def prompt(item):
-        if item["prefix"] is None:
-            return tok(fmt.chat_prompt(item["messages"]), add_special_tokens=False).input_ids
-        return [special(fmt.fim_prefix.strip()), *plain(item["prefix"]),
-                special(fmt.fim_suffix.strip()), *plain(item["suffix"]),
-                special(fmt.fim_middle.strip())]
+    def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
+        text = (fmt.chat_prompt(item["messages"]) if item["prefix"] is None
+                else fmt.bos + fmt.fim_prompt(item["prefix"], item["suffix"]))
+        return tok(text, add_special_tokens=False).input_ids
 
     answers, order = {}, sorted(items, key=lambda i: i["budget"])
     for start in range(0, len(order), batch):
@@ -152,7 +145,7 @@ def score_command(args) -> None:
             "items": len(rows), "overrides": " ".join(result["overrides"][len(ON_GPU):]),
         })
     lines = ["| variant | steps | tokens | val loss | compile@1 | sound@1 | compile tasks "
-             "| compile test | sound test | overrides |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| compile test | sound test | overrides |", "|---" * 10 + "|"]
     for t in table:
         val = f"{t['val_loss']:.3f}" if isinstance(t["val_loss"], float) else "-"
         lines.append(f"| {t['variant']} | {t['steps']} | {t['tokens']} | {val} | "

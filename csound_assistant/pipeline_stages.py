@@ -15,6 +15,9 @@ from .artifacts import read_record, sha256_file
 from .pipeline import Pipeline, PipelineConfig
 
 
+FEEDBACK_ROWS = Path("feedback") / "rows.jsonl"  # what `data from-feedback` publishes in a run
+
+
 def data_code_sha() -> str:
     """One hash of the data builder's and the sandbox's source files."""
     import hashlib
@@ -33,17 +36,24 @@ def data_code_sha() -> str:
 
 def build_splits(root: Path, settings: dict, out: Path, stale: bool) -> None:
     """Split ``root/data/rows.jsonl`` into ``out``, then add the feedback rows (if any) to its
-    train split, never to validation or test."""
+    train split, never to validation or test. Damaged feedback rows stop it before it writes."""
     from csound_assistant.data.split import split_dataset
 
+    feedback, rows = root / FEEDBACK_ROWS, []
+    if feedback.is_file():
+        from csound_assistant.data.validate import read_rows
+        from csound_assistant.errors import DataError
+
+        rows, problems = read_rows(feedback)
+        if problems:
+            raise DataError(f"{feedback} is damaged (rebuild it with `csound-assistant data "
+                            "from-feedback --force`)", problems)
     split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=settings["seed"],
                   ratios=tuple(settings["ratios"]))
-    feedback = root / "feedback" / "rows.jsonl"
-    if feedback.is_file():
+    if rows:
         from csound_assistant.eval.feedback_rows import merge_into_train
 
-        rows = [json.loads(line) for line in feedback.read_text().splitlines() if line.strip()]
-        merge_into_train(out, rows)
+        merge_into_train(out, [row for _, row in rows])
 
 
 def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
@@ -70,7 +80,7 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
     # Rows from `data from-feedback` live in feedback/rows.jsonl and join every new train split:
     # a split rebuilt because the data changed must not lose them.
-    feedback = root / "feedback" / "rows.jsonl"
+    feedback = root / FEEDBACK_ROWS
     p.stage("split", "splits",
             cfg.split | ({"feedback": sha256_file(feedback)} if feedback.is_file() else {}),
             ["data"], split)

@@ -139,9 +139,10 @@ def collect_items(tasks_path=None, test_path=None, *, limit: int | None = 20,
     return items
 
 
-# Csound tokenizes at 1.4-2.1 characters a token (SmolLM2: numbers digit by digit, tabs); an
-# answer also opens with a sentence or two of prose before its code block.
-CHARS_PER_TOKEN = 1.4
+# Csound tokenizes at 1.4-2.1 characters a token (SmolLM2: numbers digit by digit, tabs), so the
+# low end makes a budget that fits (data/validate.py's 2.5 is a typical row's); an answer also
+# opens with a sentence or two of prose before its code block.
+MIN_CHARS_PER_TOKEN = 1.4
 PROSE_TOKENS = 96
 
 
@@ -152,7 +153,7 @@ def token_budget(item: Item, floor: int) -> int:
     if not item.reference:
         return floor
     extra = 0 if item.is_fim else PROSE_TOKENS
-    return max(floor, int(len(item.reference) / CHARS_PER_TOKEN) + extra)
+    return max(floor, int(len(item.reference) / MIN_CHARS_PER_TOKEN) + extra)
 
 
 def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
@@ -243,7 +244,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         labels = list(models)
         settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
                     "token_budget": f"max(max_new_tokens, reference characters / "
-                                    f"{CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
+                                    f"{MIN_CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
                     "repeat_penalty": repeat_penalty, "n_threads": n_threads, "n_ctx": n_ctx,

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from csound_assistant.artifacts import read_record, write_record
-from csound_assistant.errors import ArtifactError
+from csound_assistant.errors import ArtifactError, DataError
 from csound_assistant.eval.feedback_rows import rows_from_feedback
 from csound_assistant.runtime.feedback import FeedbackStore
 
@@ -167,3 +167,8 @@ def test_a_rebuilt_split_keeps_the_feedback_rows(tmp_path):
         for name in ("validation", "test"):
             assert "feedback_id" not in (work / "splits-new" / f"{name}.jsonl").read_text()
         assert read_record(work / "splits-new")["feedback_rows"] == 2
+    # a damaged feedback file stops the split before anything is written, and says where
+    (work / "feedback" / "rows.jsonl").write_text('{"instruction": "x"\n')
+    with pytest.raises(DataError, match=r"damaged[\s\S]*line 1"):
+        build_splits(work, settings, work / "splits-bad", False)
+    assert not (work / "splits-bad").exists()

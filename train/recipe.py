@@ -288,12 +288,11 @@ def _pauses(cfg: TrainConfig, done: int, steps: int, eval_seconds: float,
             saves: list[float]) -> float:
     """Seconds of evaluation and checkpointing still to come before step ``steps`` ends (the
     final evaluation is reserved for separately)."""
-    evals = sum(1 for s in range(done + 1, steps) if s % cfg.eval_every == 0) \
-        if cfg.eval_every else 0
-    n_saves = sum(1 for s in range(done + 1, steps) if s % cfg.save_every == 0) \
-        if cfg.save_every else 0
+    def due(every: int) -> int:  # multiples of ``every`` strictly between done and steps
+        return (steps - 1) // every - done // every if every and steps > done + 1 else 0
+
     per_save = max(saves) if saves else 1.0
-    return evals * eval_seconds + n_saves * per_save
+    return due(cfg.eval_every) * eval_seconds + due(cfg.save_every) * per_save
 
 
 def _fit_budget(steps, done, start, seconds, budget, dist, device, say,
