@@ -21,7 +21,7 @@ from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
 from csound_assistant.prompt_format import row_kind
 
-from . import csdcode, minimal, rows
+from . import csdcode, minimal, patches, rows
 from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
 from .validate import CHARS_PER_TOKEN, row_text
 from .verify import PROVEN_BY_RENDER, Verifier
@@ -55,7 +55,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
                   fixes_per_example: int = FIXES_PER_EXAMPLE, max_tokens: int | None = 2048,
-                  strip_comments: bool = False, progress: bool = False, log=print) -> dict:
+                  strip_comments: bool = False, patch_count: int = patches.COUNT, progress: bool = False,
+                  log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
     ``limit`` keeps N manual examples spread over the manual (quick runs and tests);
@@ -107,6 +108,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
     out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts)
     out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
+    out_rows += _patch_rows(min(patch_count, limit) if limit else patch_count, verifier, counts,
+                            assets)
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -161,6 +164,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
             workers=workers,
             fixes_per_example=fixes_per_example, max_tokens=max_tokens,
+            patches={"candidates": min(patch_count, limit) if limit else patch_count,
+                     "seed": patches.SEED},
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
                    "path": str(verifier.cache_path) if verifier.cache_path else None},
@@ -318,6 +323,21 @@ def _minimal_rows(manual, page_names, out_rows, verifier, counts, assets) -> lis
         if render["category"] == "ok":
             group = groups.get(page.name, f"page:{page.name}")
             kept.append(minimal.row(page, code, group, _render_flags(render)))
+    return kept
+
+
+def _patch_rows(n: int, verifier, counts, assets) -> list[dict]:
+    """``n`` patches (``data/patches.py``), kept when they render audibly without clipping.
+    They name no sound files, but rendering with the same ``assets`` as the final check of
+    every answer lets that check reuse these renders (the cache key includes the assets)."""
+    candidates = patches.candidates(n, seed=patches.SEED)
+    codes = [patches.program(p) for p in candidates]
+    renders = verifier.render(codes, RENDER_SECONDS, "patches", assets)
+    kept = []
+    for p, code, render in zip(candidates, codes, renders):
+        counts["patch_render"][render["category"]] += 1
+        if render["category"] == "ok":
+            kept.append(patches.row(p, code, _render_flags(render), patches.SEED))
     return kept
 
 

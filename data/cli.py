@@ -6,6 +6,8 @@ import click
 
 from csound_assistant.clicommon import domain_errors, force_option, run_option, work_dir_option
 
+from . import patches
+
 
 def _work(work_dir, run) -> Path:
     from csound_assistant.artifacts import work_dir as resolve
@@ -41,11 +43,15 @@ def cli():
 @click.option("--strip-comments", is_flag=True,
               help="Drop the examples' comments: answers about 40% shorter, which a small model "
                    "learns faster (the main job's default for the embedded model).")
+@click.option("--patches", "patch_count", type=click.IntRange(min=0), default=patches.COUNT, show_default=True,
+              help="Patches to draw (a source, envelope, filter and effect in one short "
+                   "instrument, asked for in words); the ones Csound plays cleanly become rows. "
+                   "0 for none.")
 @work_dir_option
 @run_option
 @force_option
 def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, max_tokens,
-          strip_comments, work_dir, run, force):
+          strip_comments, patch_count, work_dir, run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -63,7 +69,7 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
                                fixes_per_example=fixes_per_example, strip_comments=strip_comments,
-                               max_tokens=max_tokens or None, progress=True,
+                               max_tokens=max_tokens or None, patch_count=patch_count, progress=True,
                                log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))
     click.echo(f"rows written to {out_dir / record['rows_file']}")

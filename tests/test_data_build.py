@@ -44,7 +44,7 @@ def built(mini_manual, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "data"
     cache = tmp_path_factory.mktemp("cache")
     record = build_dataset(out, manual_dir=mini_manual, workers=2, cache_dir=cache,
-                           log=lambda m: None)
+                           patch_count=40, log=lambda m: None)
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     return out, cache, record, rows
 
@@ -58,7 +58,8 @@ def test_rows_validate_and_carry_provenance(built):
     for row in rows:
         meta = row["meta"]
         assert meta["group"] and meta["task"] and meta["category"]
-        assert meta["source"].startswith("examples/") or meta["source"].endswith(".html")
+        assert meta["source"].startswith("examples/") or meta["source"].endswith(".html") or \
+            (meta["task"], meta["source"]) == ("patch", "data/patches.py")
     groups = {row["meta"]["group"] for row in rows if row["meta"]["task"] == "write"}
     assert {"moogladder", "foscili"} <= groups
     assert any(r["meta"]["opcode"] == "moogladder" and r["meta"]["task"] == "write" for r in rows)
@@ -114,7 +115,7 @@ def test_rebuild_uses_the_cache_and_refuses_to_overwrite(built, mini_manual, tmp
     with pytest.raises(DataError, match="--force"):
         build_dataset(out, manual_dir=mini_manual, cache_dir=cache, log=lambda m: None)
     again = build_dataset(tmp_path / "again", manual_dir=mini_manual, cache_dir=cache,
-                          log=lambda m: None)
+                          patch_count=40, log=lambda m: None)
     assert again["cache"]["misses"] == 0
     assert (tmp_path / "again" / "rows.jsonl").read_text() == (out / "rows.jsonl").read_text()
     assert read_record(out)["eval_opcodes"]
@@ -218,6 +219,16 @@ def test_stripped_examples_still_compile_and_sound(mini_manual):
     assert all(";" not in code for code in codes)
     results = sandbox.render_many(codes, workers=2, seconds=1.0)
     assert all(r.audible for r in results), [(r.category, r.errors) for r in results]
+
+
+def test_patches_that_play_become_rows(built):
+    _, _, record, rows = built
+    patch_rows = [r for r in rows if r["meta"]["task"] == "patch"]
+    renders = record["counts"]["patch_render"]
+    assert sum(renders.values()) == 40 and renders["ok"] == len(patch_rows) >= 30
+    for row in patch_rows:
+        (code,) = code_answers(row)
+        assert row["meta"]["render"]["category"] == "ok" and "instr 1\n  ifreq = " in code
 
 
 def test_minimal_programs_play_and_share_their_opcodes_split_group(built):

@@ -105,3 +105,23 @@ def test_push_errors_are_clear_without_token_offline_or_unreachable(tmp_path, mo
     result = CliRunner().invoke(cli, ["push", "me/csound", "--splits", str(tmp_path / "splits")],
                                 env={"HF_TOKEN": ""})
     assert result.exit_code == 1 and "HF_TOKEN" in result.output
+
+
+def test_synthetic_patch_rows_never_reach_the_test_split(tmp_path):
+    rows = make_rows(tmp_path / "rows.jsonl")
+    patches = [{"instruction": f"Patch {g}", "output": f"code {g}",
+                "meta": {"group": f"patch:p{g % 40}", "task": "patch", "category": "patch",
+                         "opcode": "vco2"}} for g in range(200)]
+    with open(tmp_path / "rows.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in patches)
+    record = split_dataset(tmp_path / "rows.jsonl", tmp_path / "s", seed=3, ratios=(0.7, 0.15, 0.15))
+    splits = {s: read_split(tmp_path / "s", s) for s in SPLITS}
+    assert not [r for r in splits["test"] if r["meta"]["task"] == "patch"]
+    assert {r["meta"]["task"] for r in splits["validation"]} >= {"patch"}
+    assert sum(r["meta"]["task"] == "patch" for r in splits["train"]) > 100
+    # the manual-derived rows split as they did without the patches
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split_dataset(alone, tmp_path / "a", seed=3, ratios=(0.7, 0.15, 0.15))
+    assert read_split(tmp_path / "a", "test") == splits["test"]
+    assert record["tasks"]["test"].get("patch") is None

@@ -126,3 +126,17 @@ def test_task_filter_keeps_listed_tasks_and_explains_an_empty_result():
         "write", "write", "chat"]
     with pytest.raises(DataError, match="tasks present: \\['chat', 'fim-line', 'write'\\]"):
         select_tasks(rows, ["orchestra"], "x")
+
+
+def test_task_weights_repeat_or_drop_a_tasks_training_rows():
+    from csound_assistant.train.config import load_config
+    from csound_assistant.train.encode import weight_tasks
+
+    rows = [{**r, "meta": {"task": t}} for r, t in zip(ROWS, ["write", "fim-line", "write", "chat"])]
+    assert weight_tasks(rows, {}) == rows
+    tasks = [r["meta"]["task"] for r in weight_tasks(rows, {"write": 3, "chat": 0})]
+    assert tasks == ["write"] * 3 + ["fim-line"] + ["write"] * 3
+    assert load_config(None, ["task_weights={patch: 3}"]).task_weights == {"patch": 3}
+    for bad in ("task_weights={patch: -1}", "task_weights={patch: 1.5}", "task_weights=[patch]"):
+        with pytest.raises(ConfigError, match="task_weights must map task names"):
+            load_config(None, [bad])

@@ -27,8 +27,9 @@ RESUME_MUTABLE = ("eval_every", "save_every", "log_every", "keep_checkpoints", "
 
 
 def _f(default, help: str, **kw):
-    kw.setdefault("default_factory" if isinstance(default, list) else "default",
-                  (lambda d=default: list(d)) if isinstance(default, list) else default)
+    mutable = isinstance(default, (list, dict))
+    kw.setdefault("default_factory" if mutable else "default",
+                  (lambda d=default: type(d)(d)) if mutable else default)
     return field(metadata={"help": help}, **kw)
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------------
     tasks: list = _f([], "train and validate only on rows whose meta.task is listed (e.g. "
                      "[write, opcode, chat, orchestra]); empty = every row")
+    task_weights: dict = _f({}, "train-split copies per row of a task, e.g. {patch: 3}; 1 when "
+                            "not listed, 0 drops the task from training (validation is kept "
+                            "as it is). In a run shorter than an epoch this is the task mix")
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
     batch_tokens: int = _f(4096, "tokens per micro-batch (real tokens when packed; rows x "
@@ -124,6 +128,14 @@ def _coerce(name: str, value, where: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {name} must be a list, got {value!r}")
         return value
+    if kind is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value.values()):
+            raise ConfigError(f"{where}: {name} must map task names to whole numbers >= 0, "
+                              f"e.g. {{patch: 3}}; got {value!r}")
+        return {str(k): v for k, v in value.items()}
     if kind is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")

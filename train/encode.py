@@ -135,6 +135,13 @@ def select_tasks(rows: list[dict], tasks: list[str], where: str) -> list[dict]:
     return kept
 
 
+def weight_tasks(rows: list[dict], weights: dict[str, int]) -> list[dict]:
+    """Each row repeated ``weights[task]`` times (1 for tasks not listed, 0 drops them)."""
+    if not weights:
+        return rows
+    return [r for r in rows for _ in range(weights.get((r.get("meta") or {}).get("task"), 1))]
+
+
 def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
                  stop_ids: dict[str, int], name: str) -> EncodedSplit:
     out = EncodedSplit([])

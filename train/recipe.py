@@ -31,7 +31,7 @@ from .batching import (
     BatchPlan, collate_grouped, collate_packed, real_tokens, total_steps, trained_tokens,
 )
 from .config import TrainConfig, dump_config
-from .encode import IGNORE, encode_split, read_rows, select_tasks, special_ids
+from .encode import IGNORE, encode_split, read_rows, select_tasks, special_ids, weight_tasks
 from .report import plot_loss_curve
 
 CHECKPOINTS = "train-checkpoints"
@@ -74,6 +74,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     for name in ("train", "validation"):
         rows = select_tasks(read_rows(splits_dir / f"{name}.jsonl"), cfg.tasks,
                             str(splits_dir / f"{name}.jsonl"))
+        if name == "train":
+            rows = weight_tasks(rows, cfg.task_weights)
         splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
