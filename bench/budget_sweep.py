@@ -158,6 +158,32 @@ def score_command(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.json").write_text(json.dumps(table, indent=1))
         (out / "sweep.md").write_text("\n".join(lines) + "\n")
+        plot(table, out / "sweep.png")
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """compile@1 and sound@1 per variant, over all items and on the test split alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("compile", "compile@1"), ("sound", "sound@1"), ("compile_test", "compile@1, test"),
+            ("sound_test", "sound@1, test")]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(table)), 3.5))
+    width = 0.8 / len(keys)
+    for k, (key, label) in enumerate(keys):
+        ax.bar([i + k * width for i in range(len(table))], [t[key] for t in table], width,
+               label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(table))],
+                  [t["variant"] for t in table])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of items")
+    ax.legend(fontsize=8)
+    ax.set_title(f"recipe sweep, {table[0]['items']} items each" if table else "recipe sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:

@@ -55,8 +55,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
                   fixes_per_example: int = FIXES_PER_EXAMPLE, max_tokens: int | None = 2048,
-                  strip_comments: bool = False, patch_count: int = patches.COUNT, progress: bool = False,
-                  log=print) -> dict:
+                  strip_comments: bool = False, patch_count: int = patches.COUNT,
+                  progress: bool = False, log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
     ``limit`` keeps N manual examples spread over the manual (quick runs and tests);

@@ -43,7 +43,8 @@ def cli():
 @click.option("--strip-comments", is_flag=True,
               help="Drop the examples' comments: answers about 40% shorter, which a small model "
                    "learns faster (the main job's default for the embedded model).")
-@click.option("--patches", "patch_count", type=click.IntRange(min=0), default=patches.COUNT, show_default=True,
+@click.option("--patches", "patch_count", type=click.IntRange(min=0), default=patches.COUNT,
+              show_default=True,
               help="Patches to draw (a source, envelope, filter and effect in one short "
                    "instrument, asked for in words); the ones Csound plays cleanly become rows. "
                    "0 for none.")

@@ -89,7 +89,8 @@ ENVELOPES = [
 FILTERS = [
     Part("moogladder", "a Moog ladder low-pass filter", ("afilt moogladder asig, {cf}, 0.4",),
          ("moogladder",)),
-    Part("butterlp", "a Butterworth low-pass filter", ("afilt butterlp asig, {cf}",), ("butterlp",)),
+    Part("butterlp", "a Butterworth low-pass filter", ("afilt butterlp asig, {cf}",),
+         ("butterlp",)),
     Part("butterhp", "a Butterworth high-pass filter", ("afilt butterhp asig, {cf}",),
          ("butterhp",)),
     Part("butterbp", "a Butterworth band-pass filter", ("afilt butterbp asig, {cf}, {cf} / 4",),

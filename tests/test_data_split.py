@@ -114,7 +114,8 @@ def test_synthetic_patch_rows_never_reach_the_test_split(tmp_path):
                          "opcode": "vco2"}} for g in range(200)]
     with open(tmp_path / "rows.jsonl", "a") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in patches)
-    record = split_dataset(tmp_path / "rows.jsonl", tmp_path / "s", seed=3, ratios=(0.7, 0.15, 0.15))
+    record = split_dataset(tmp_path / "rows.jsonl", tmp_path / "s", seed=3,
+                           ratios=(0.7, 0.15, 0.15))
     splits = {s: read_split(tmp_path / "s", s) for s in SPLITS}
     assert not [r for r in splits["test"] if r["meta"]["task"] == "patch"]
     assert {r["meta"]["task"] for r in splits["validation"]} >= {"patch"}

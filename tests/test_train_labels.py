@@ -132,7 +132,8 @@ def test_task_weights_repeat_or_drop_a_tasks_training_rows():
     from csound_assistant.train.config import load_config
     from csound_assistant.train.encode import weight_tasks
 
-    rows = [{**r, "meta": {"task": t}} for r, t in zip(ROWS, ["write", "fim-line", "write", "chat"])]
+    tasks = ["write", "fim-line", "write", "chat"]
+    rows = [{**r, "meta": {"task": t}} for r, t in zip(ROWS, tasks)]
     assert weight_tasks(rows, {}) == rows
     tasks = [r["meta"]["task"] for r in weight_tasks(rows, {"write": 3, "chat": 0})]
     assert tasks == ["write"] * 3 + ["fim-line"] + ["write"] * 3
