@@ -165,6 +165,8 @@ def plot(table: list[dict], path: Path) -> None:
     """compile@1 and sound@1 per variant, over all items and on the test split alone."""
     import matplotlib
 
+    from csound_assistant.artifacts import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -182,7 +184,8 @@ def plot(table: list[dict], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"recipe sweep, {table[0]['items']} items each" if table else "recipe sweep")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
 
 

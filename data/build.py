@@ -65,6 +65,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     """
     t0, cpu0, load0 = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
     out_dir = Path(out_dir)
+    patch_count = min(patch_count, limit) if limit else patch_count  # quick builds: a few
     if out_dir.exists() and not force:
         raise DataError(f"{out_dir} already exists; pass --force to rebuild it")
     manual = load_manual(manual_dir, limit=limit, strip_comments=strip_comments)
@@ -108,8 +109,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
     out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts)
     out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
-    out_rows += _patch_rows(min(patch_count, limit) if limit else patch_count, verifier, counts,
-                            assets)
+    out_rows += _patch_rows(patch_count, verifier, counts, assets)
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -164,8 +164,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
             workers=workers,
             fixes_per_example=fixes_per_example, max_tokens=max_tokens,
-            patches={"candidates": min(patch_count, limit) if limit else patch_count,
-                     "seed": patches.SEED},
+            patches={"candidates": patch_count, "seed": patches.SEED},
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
                    "path": str(verifier.cache_path) if verifier.cache_path else None},

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
-from .rows import fence, meta
+from typing import NamedTuple
 
 TASK = "patch"
 COUNT, SEED = 1200, 0  # patches drawn by `data build` (~40 s of rendering on 2 cores)
@@ -40,9 +39,17 @@ class Part:
     """One stage of a patch: the lines it adds and how a musician would name it."""
     name: str
     words: str  # what it sounds like, to go in the question
-    lines: tuple[str, ...]  # may use {amp}, {freq}, {src}; the last line defines the output
+    lines: tuple[str, ...]  # {amp}, {freq} in sources, {cf} in filters; the last sets the output
     opcodes: tuple[str, ...]  # the one that does the work first
     tables: str = ""  # ftgen lines it needs in the header
+
+
+class Cutoff(NamedTuple):
+    """A filter's cutoff: in words, as it is written into the filter's line, and the lines
+    that make it move (none when it is a number)."""
+    words: str
+    value: str
+    lines: tuple[str, ...] = ()
 
 
 # The signal after each stage is a fixed variable: asig (source), afilt (filter), aout (with
@@ -109,12 +116,12 @@ FILTERS = [
     Part("zdf_2pole", "a zero-delay-feedback two-pole low-pass filter",
          ("afilt zdf_2pole asig, {cf}, 2",), ("zdf_2pole",)),
 ]
-CUTOFFS = [  # (words, value of {cf}, lines that define it)
-    ("at 1000 Hz", "1000", ()),
-    ("at 2000 Hz", "2000", ()),
-    ("whose cutoff falls over the note", "kcf", ("kcf expseg 6000, p3, 300",)),
-    ("whose cutoff rises over the note", "kcf", ("kcf linseg 300, p3, 4000",)),
-    ("whose cutoff an LFO moves", "kcf", ("klfo lfo 800, 2", "kcf = 1200 + klfo")),
+CUTOFFS = [
+    Cutoff("at 1000 Hz", "1000"),
+    Cutoff("at 2000 Hz", "2000"),
+    Cutoff("whose cutoff falls over the note", "kcf", ("kcf expseg 6000, p3, 300",)),
+    Cutoff("whose cutoff rises over the note", "kcf", ("kcf linseg 300, p3, 4000",)),
+    Cutoff("whose cutoff an LFO moves", "kcf", ("klfo lfo 800, 2", "kcf = 1200 + klfo")),
 ]
 # Effects read aout (mono) and end in `outs`. A global reverb adds a second instrument.
 EFFECTS = [
@@ -166,7 +173,7 @@ class Patch:
     source: Part
     envelope: Part
     filter: Part | None
-    cutoff: tuple | None
+    cutoff: Cutoff | None
     effect: Part
     pitch: str
     notes: tuple[str, ...]
@@ -180,8 +187,8 @@ class Patch:
     def opcodes(self) -> list[str]:
         parts = (self.source, self.envelope, self.filter, self.effect)
         ops = [op for p in parts if p for op in p.opcodes]
-        if self.cutoff and self.cutoff[2]:
-            ops += [self.cutoff[2][0].split()[1]]
+        if self.cutoff and self.cutoff.lines:
+            ops += [self.cutoff.lines[0].split()[1]]
         return list(dict.fromkeys(ops))
 
     @property
@@ -211,15 +218,14 @@ def program(p: Patch) -> str:
     body = [freq_line, *p.envelope.lines, *(line.format(amp=p.amp, freq="ifreq")
                                             for line in p.source.lines)]
     if p.filter:
-        cf = p.cutoff[1]
-        body += [*p.cutoff[2], *(line.format(cf=cf) for line in p.filter.lines),
+        body += [*p.cutoff.lines, *(line.format(cf=p.cutoff.value) for line in p.filter.lines),
                  "aout = afilt * kenv"]
     else:
         body += ["aout = asig * kenv"]
     body += list(p.effect.lines)
-    tables = "".join(dict.fromkeys(t for t in (p.source.tables,) if t))
     reverb = p.effect.name == "freeverb"
-    header = HEADER + ("\n" + tables if tables else "") + ("\ngaRev init 0\n" if reverb else "")
+    header = (HEADER + ("\n" + p.source.tables if p.source.tables else "")
+              + ("\ngaRev init 0\n" if reverb else ""))
     instr = "instr 1\n" + "".join(f"  {line}\n" for line in body) + "endin\n"
     if reverb:
         instr += "\n" + GLOBAL_REVERB
@@ -235,7 +241,7 @@ def _sound(p: Patch, rng: random.Random) -> str:
     named = rng.random() < 0.5
     words = [p.source.words if not named else f"{p.source.words} ({p.source.opcodes[0]})"]
     if p.filter:
-        words.append(f"through {p.filter.words} {p.cutoff[0]}")
+        words.append(f"through {p.filter.words} {p.cutoff.words}")
     words.append(f"with {p.envelope.words}")
     if p.effect.words:
         words.append(p.effect.words)
@@ -250,6 +256,8 @@ def _notes(p: Patch) -> str:
 
 
 def row(p: Patch, code: str, render: dict | None, seed: int) -> dict:
+    from .rows import fence, meta  # not at import: `data --help` reads COUNT from this module
+
     rng = random.Random(f"{seed}:{p.name}:{p.notes}")
     question = rng.choice(QUESTIONS).format(sound=_sound(p, rng), notes=_notes(p))
     output = f"Here is a complete CSD ({p.chain}):\n\n{fence(code)}"
