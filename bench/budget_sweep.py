@@ -83,9 +83,11 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from csound_assistant.prompt_format import get_format
+    from csound_assistant.convert.merge import load_prompt_format
+    from csound_assistant.opcode_reference import OpcodeReference
 
-    fmt = get_format(json.loads((adapter / "record.json").read_text())["prompt_format"])
+    fmt = load_prompt_format(adapter)
+    reference = OpcodeReference.from_manual() if fmt.opcode_reference else None
     tok = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try the script
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device)
@@ -95,7 +97,10 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     pad = special(fmt.pad)
 
     def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
-        text = (fmt.chat_prompt(item["messages"]) if item["prefix"] is None
+        messages = item["messages"]
+        if reference and item["prefix"] is None:
+            messages = reference.augment(messages)
+        text = (fmt.chat_prompt(messages) if item["prefix"] is None
                 else fmt.bos + fmt.fim_prompt(item["prefix"], item["suffix"]))
         return tok(text, add_special_tokens=False).input_ids
 

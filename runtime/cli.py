@@ -43,6 +43,9 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 @click.option("--feedback-db", type=click.Path(dir_okay=False), default=None,
               envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
               help="Record every completion (SQLite) and accept POST /v1/feedback.")
+@click.option("--opcode-reference/--no-opcode-reference", default=None,
+              help="Add the manual's synopses of the opcodes a chat request names, for a model "
+                   "trained with them (its GGUF says so) [default: on].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def cli(model, log_level, **options):

@@ -24,6 +24,7 @@ from csound_assistant.constants import (
     GGUF_FIM_SUF_TOKEN_ID,
 )
 from csound_assistant.errors import ConfigError, CsoundAssistantError
+from csound_assistant.opcode_reference import OpcodeReference, trained_with_reference
 from csound_assistant.prompt_format import FORMATS, get_format
 
 GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
@@ -50,9 +51,13 @@ class FimTokens:
 
 
 class PromptBuilder:
-    def __init__(self, backend, prompt_format: str | None = None):
+    def __init__(self, backend, prompt_format: str | None = None, *,
+                 opcode_reference: bool = True):
         self.backend = backend
         meta = backend.metadata
+        self.reference = None  # manual synopses, for a model trained with them
+        if opcode_reference and trained_with_reference(meta):
+            self.reference = OpcodeReference.from_manual()
         self.format = get_format(prompt_format) if prompt_format else None
         self.stop_ids: set[int] = set()
         if self.format:
@@ -96,6 +101,8 @@ class PromptBuilder:
 
     # --- chat ------------------------------------------------------------------------------
     def chat_tokens(self, messages: list[dict]) -> list[int]:
+        if self.reference:
+            messages = self.reference.augment(messages)
         text = self.chat_text(messages)
         ids = self.backend.tokenize(text, special=True)
         if self.add_bos and not text.startswith(self.bos_text or "\0"):
@@ -173,6 +180,7 @@ class PromptBuilder:
 
     def describe(self) -> dict:
         return {"chat_template_source": self.template_source, "fim_source": self.fim_source,
+                "opcode_reference": self.reference.describe() if self.reference else None,
                 "fim_token_ids": None if self.fim is None else
                 [self.fim.pre, self.fim.suf, self.fim.mid]}
 

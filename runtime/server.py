@@ -41,7 +41,8 @@ class Service:
 
     def __init__(self, settings: Settings, backend):
         self.settings, self.backend = settings, backend
-        self.prompts = PromptBuilder(backend, settings.prompt_format)
+        self.prompts = PromptBuilder(backend, settings.prompt_format,
+                                     opcode_reference=settings.opcode_reference)
         if settings.parallel > 1 and hasattr(backend, "parallel_context"):
             from .batched import BatchedEngine
 
@@ -235,6 +236,7 @@ async def health(request: Request):
     return JSONResponse({
         "status": "ok", "model": svc.model_name, "queue_depth": svc.engine.queue_depth,
         "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
+        "opcode_reference": svc.prompts.reference.describe() if svc.prompts.reference else None,
         **svc.engine.metrics.summary(),
     })
 

@@ -42,6 +42,9 @@ class Settings:
         "help": "requests decoded together in one batch (1: one at a time)"})
     feedback_db: Path | None = field(default=None, metadata={"help": "record completions here"})
     check_workers: int = field(default=2, metadata={"help": "parallel Csound sandbox checks"})
+    opcode_reference: bool = field(default=True, metadata={
+        "help": "add the manual's synopses of the opcodes a chat request names, for a model "
+                "trained with them (its GGUF says so); false serves plain prompts"})
 
     def __post_init__(self):
         for name in ("model_path", "lora_path", "feedback_db"):
@@ -88,6 +91,11 @@ class Settings:
 
 def _parse(f: dataclasses.Field, raw: str):
     kind = str(f.type)
+    if kind.startswith("bool"):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"environment variable {ENV_PREFIX}{f.name.upper()}={raw!r} "
+                              "is not true or false")
+        return raw.lower() in ("1", "true", "yes")
     try:
         if kind.startswith("int"):
             return int(raw)

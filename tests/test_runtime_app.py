@@ -302,6 +302,19 @@ def test_api_key_guards_every_route_but_health():
         assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_model_trained_with_manual_lookups_gets_them(enabled):
+    backend = FakeBackend()
+    backend.metadata["csound_assistant.opcode_reference"] = "true"
+    with make_client(backend, opcode_reference=enabled) as c:
+        r = c.post("/v1/chat/completions", json={"messages": [
+            {"role": "user", "content": "Write a CSD that uses dust2."}], "max_tokens": 4})
+        assert r.status_code == 200
+        prompt = bytes(t - BYTE0 for t in backend.prompts[-1] if t >= BYTE0).decode()
+        assert ("Csound manual:\nares dust2 kamp, kdensity" in prompt) is enabled
+        assert (c.get("/health").json()["opcode_reference"] is not None) is enabled
+
+
 def test_settings_come_from_options_then_environment():
     env = {"CSOUND_ASSISTANT_PORT": "9000", "CSOUND_ASSISTANT_API_KEY": "k",
            "CSOUND_ASSISTANT_REQUEST_TIMEOUT": "3.5"}
@@ -309,6 +322,10 @@ def test_settings_come_from_options_then_environment():
     assert (s.port, s.api_key, s.request_timeout, s.host) == (9100, "k", 3.5, "127.0.0.1")
     with pytest.raises(ConfigError, match="CSOUND_ASSISTANT_PORT"):
         Settings.from_env({"CSOUND_ASSISTANT_PORT": "eighty"})
+    assert Settings.from_env({}).opcode_reference is True
+    assert Settings.from_env({"CSOUND_ASSISTANT_OPCODE_REFERENCE": "false"}).opcode_reference is False
+    with pytest.raises(ConfigError, match="true or false"):
+        Settings.from_env({"CSOUND_ASSISTANT_OPCODE_REFERENCE": "maybe"})
     with pytest.raises(ConfigError, match="max_tokens_limit"):
         Settings(default_max_tokens=10, max_tokens_limit=5)
 

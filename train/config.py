@@ -51,6 +51,9 @@ class TrainConfig:
     task_weights: dict = _f({}, "train-split copies per row of a task, e.g. {patch: 3}; 1 when "
                             "not listed, 0 drops the task from training (validation is kept "
                             "as it is). In a run shorter than an epoch this is the task mix")
+    opcode_reference: bool = _f(False, "add the manual's synopsis of each opcode a request "
+                                "names under it (csound_assistant.opcode_reference); the "
+                                "exported model asks eval and the server to do the same")
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
     batch_tokens: int = _f(4096, "tokens per micro-batch (real tokens when packed; rows x "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from csound_assistant.errors import ConfigError, DataError
-from csound_assistant.prompt_format import ROW_KINDS, PromptFormat, row_kind
+from csound_assistant.prompt_format import ROW_KINDS, PromptFormat, row_kind, to_messages
 
 IGNORE = -100
 
@@ -142,12 +142,21 @@ def weight_tasks(rows: list[dict], weights: dict[str, int]) -> list[dict]:
     return [r for r in rows for _ in range(weights.get((r.get("meta") or {}).get("task"), 1))]
 
 
+def with_reference(row: dict, reference) -> dict:
+    """A chat or instruction row as the messages a runtime with ``reference``
+    (``OpcodeReference``) would have shown the model: manual synopses under each user turn."""
+    if reference is None or row_kind(row) not in ("chat", "instruction"):
+        return row
+    return {"messages": reference.augment_row_messages(to_messages(row))}
+
+
 def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
-                 stop_ids: dict[str, int], name: str) -> EncodedSplit:
+                 stop_ids: dict[str, int], name: str, reference=None) -> EncodedSplit:
     out = EncodedSplit([])
     problems = []
     for i, row in enumerate(rows, 1):
-        example = encode_row(tokenizer, fmt, row)
+        example = encode_row(tokenizer, fmt, with_reference(row, reference))
+        example.kind = row_kind(row)
         if problem := check_stop(example, stop_ids, f"{name} row {i}"):
             problems.append(problem)
             continue

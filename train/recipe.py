@@ -13,6 +13,7 @@ Runs unchanged under ``accelerate launch``/``torchrun`` (DDP over the visible GP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -67,6 +68,13 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
 
     base_record = read_record(base_dir)
     fmt = get_format(base_record["prompt_format"])
+    reference = None
+    if cfg.opcode_reference:
+        from csound_assistant.opcode_reference import OpcodeReference
+
+        reference = OpcodeReference.from_manual()
+        fmt = dataclasses.replace(fmt, opcode_reference=True)
+        say(f"train: manual synopses under requests ({reference.describe()['opcodes']} opcodes)")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     ids = special_ids(tokenizer, fmt)
     tokenizer.pad_token = fmt.pad  # an existing unused token, never EOS: the vocabulary is fixed
@@ -76,7 +84,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)
-        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name)
+        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, reference)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
             + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"
@@ -258,6 +266,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                 config=cfg.to_dict(), metrics={k: v for k, v in metrics.items()
                                                if k not in ("train_loss", "val_loss")},
                 pad_token=fmt.pad, pad_token_id=ids["pad"], eos_token_id=ids["eos"],
+                opcode_reference=reference.describe() if reference else None,
             )
         import shutil
 

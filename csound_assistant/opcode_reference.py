@@ -1,0 +1,142 @@
+"""The manual's synopsis of each opcode a request names, added to the request before the model
+reads it: one module for training (train/encode.py), eval (eval/models.py) and the server
+(runtime/prompts.py), so the three build the same text.
+
+A small model cannot learn the argument lists of 1,500 opcodes, and the test split holds opcodes
+that training never shows (split.py groups rows by opcode). Most wrong answers of the GPU-trained
+model call a real opcode with invented arguments (bench/NOTES.md, "Manual lookups"). The
+installed manual (`csound-doc`, which data already reads) knows them: a model trained with
+``opcode_reference: true`` sees, under the last user message,
+
+    Csound manual:
+    ares dust2 kamp, kdensity
+
+for up to MAX_OPCODES opcodes named in the user's words or quoted in an error message (code
+blocks are not searched: a fix request's code names every opcode it uses). The flag travels in the prompt format record and as
+the GGUF key ``csound_assistant.opcode_reference``; Ollama cannot run a lookup, so a model served
+there gets plain prompts (runtime/README.md).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from csound_assistant.constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_REFERENCE
+
+HEADER = "Csound manual:"
+MAX_OPCODES = 4
+MAX_LINES = 2  # synopsis variants per opcode (dust2 has an a-rate and a k-rate one)
+MAX_CHARS = 120
+# Opcode names that in a request's prose are nearly always English; used only when backticked
+# or called an opcode ("the `line` opcode", "what does the max opcode do").
+COMMON_WORDS = frozenset(
+    "in out and or not if then else line tone pitch control array scale seed active event cent "
+    "button print random table sum product max min round int release follow mute clear select "
+    "loop".split())
+
+# Code blocks are skipped; blocks of error text (```text) are read: Csound quotes the opcode.
+_CODE = re.compile(r"```(?!(?:text|console|output|error)\b).*?(?:```|\Z)", re.S)
+_WORD = re.compile(r"""[`'"]?[A-Za-z_][A-Za-z0-9_]*[`'"]?(?:\s+opcodes?\b)?""")
+
+
+class OpcodeReference:
+    def __init__(self, synopses: dict[str, list[str]]):
+        self.synopses = synopses
+
+    @classmethod
+    def from_manual(cls, manual_dir: str | Path | None = None) -> OpcodeReference:
+        """Every opcode page's synopsis lines (about half a second for the whole manual;
+        cached). A machine without the manual (a GPU box that only trains) reads the file
+        ``save`` wrote, named by the environment variable ENV_OPCODE_REFERENCE."""
+        from csound_assistant.data.manual import DEFAULT_MANUAL_DIR
+
+        saved = os.environ.get(ENV_OPCODE_REFERENCE)
+        if saved and manual_dir is None:
+            return cls(json.loads(Path(saved).read_text()))
+        return _load(str(Path(manual_dir or DEFAULT_MANUAL_DIR).resolve()))
+
+    def save(self, path: str | Path) -> None:
+        from csound_assistant.artifacts import write_json
+
+        write_json(path, self.synopses)
+
+    def describe(self) -> dict:
+        """What the records say: how many opcodes, and a hash of the text the model reads."""
+        blob = json.dumps(self.synopses, sort_keys=True).encode()
+        return {"opcodes": len(self.synopses), "sha256": hashlib.sha256(blob).hexdigest()[:16],
+                "max_opcodes": MAX_OPCODES, "max_lines": MAX_LINES}
+
+    def named(self, messages: list[dict]) -> list[str]:
+        """Opcodes the user's words name, the latest message first; backticked names and
+        "X opcode" first within a message."""
+        out: list[str] = []
+        for m in reversed([m for m in messages if m.get("role") == "user"]):
+            prose = _CODE.sub(" ", m.get("content") or "")
+            marked, plain = [], []
+            for token in _WORD.findall(prose):
+                name = token.split()[0].strip("`'\"")
+                if name not in self.synopses and token[0] in "'\"":  # a misspelling in an error
+                    name = next(iter(difflib.get_close_matches(name, self.synopses, 1, 0.8)), "")
+                if name not in self.synopses:
+                    continue
+                if token[0] in "`'\"" or token.endswith(("opcode", "opcodes")):
+                    marked.append(name)
+                elif name not in COMMON_WORDS:
+                    plain.append(name)
+            out += [n for n in [*marked, *plain] if n not in out]
+        return list(dict.fromkeys(out))[:MAX_OPCODES]
+
+    def block(self, names: list[str]) -> str:
+        lines = [s[:MAX_CHARS] for n in names for s in self.synopses[n][:MAX_LINES]]
+        return f"{HEADER}\n" + "\n".join(lines) if lines else ""
+
+    def augment(self, messages: list[dict]) -> list[dict]:
+        """``messages`` with the synopses of the opcodes they name under the last user message
+        (a new list; unchanged when nothing is named or the last message is not the user's)."""
+        if not messages or messages[-1].get("role") != "user":
+            return messages
+        block = self.block(self.named(messages))
+        if not block:
+            return messages
+        last = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{block}"}
+        return [*messages[:-1], last]
+
+    def augment_row_messages(self, messages: list[dict]) -> list[dict]:
+        """A training conversation: each user turn is augmented as the server would have
+        augmented it when that turn was the last one."""
+        out: list[dict] = []
+        for m in messages:
+            out.append(m)
+            if m.get("role") == "user":
+                out = self.augment(out)
+        return out
+
+
+def trained_with_reference(gguf_metadata: dict) -> bool:
+    """Whether a GGUF (llama-cpp-python's ``metadata``: strings) asks for manual synopses."""
+    return str(gguf_metadata.get(GGUF_OPCODE_REFERENCE, "false")).lower() == "true"
+
+
+@functools.lru_cache(maxsize=4)
+def _load(manual_dir: str) -> OpcodeReference:
+    from csound_assistant.data.manual import known_opcodes, parse_opcode_page
+    from csound_assistant.errors import DataError
+
+    directory = Path(manual_dir)
+    pages = {}
+    for path in sorted(directory.glob("*.html")):
+        page = parse_opcode_page(path)
+        if page and page.synopsis and page.name not in pages:
+            pages[page.name] = page
+    if not pages:
+        raise DataError(f"no opcode pages in {directory}: install the manual with "
+                        "`apt-get install csound-doc` or pass its folder")
+    known = known_opcodes(pages)
+    return OpcodeReference({name: [" ".join(s.split()) for s in pages[name].synopsis]
+                            for name in sorted(known)})
