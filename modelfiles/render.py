@@ -145,6 +145,13 @@ def _parameter(name: str, value) -> str:
     return f"{MODELFILE_PARAMETER} {name} {text}"
 
 
+# Ollama has no hook to run a lookup: say so where an Ollama user looks.
+LOOKUP_NOTE = (
+    "# This model was trained with manual lookups (the manual's synopsis of each opcode a request\n"
+    "# names, under the request). `csound-assistant serve` adds them; Ollama cannot, so here it\n"
+    "# answers from memory and gets argument lists wrong more often (bench/NOTES.md).\n")
+
+
 def render_modelfile(prompt_format: PromptFormat, *, model_lines: list[str],
                      name: str = DEFAULT_MODEL_NAME, source: str = "a built model",
                      parameters: dict | None = None, license_text: str | None = None,
@@ -171,6 +178,7 @@ def render_modelfile(prompt_format: PromptFormat, *, model_lines: list[str],
         system=prompt_format.system,
         parameter_lines="\n".join(stop_lines + value_lines),
         license=license_text,
+        lookup_note=LOOKUP_NOTE if prompt_format.opcode_reference else "",
     )
 
 

@@ -261,6 +261,16 @@ def test_trained_system_prompt_reaches_the_modelfile(go, embedded_gguf, tmp_path
     assert _one(commands, "system") == "Other."
 
 
+def test_a_model_trained_with_lookups_says_ollama_cannot_add_them(go, embedded_gguf, tmp_path):
+    trained = {**get_format("chatml").to_record(), "opcode_reference": True}
+    export = fake_export(tmp_path / "export", embedded_gguf, record={"prompt_format": trained})
+    text = write_modelfile(export, tmp_path / "package").read_text()
+    assert "trained with manual lookups" in text and "Ollama cannot" in text
+    assert [c for c, _ in go.parse_modelfile(text)][:3] == ["model", "template", "system"]
+    plain = render_modelfile(get_format("chatml"), model_lines=["FROM ./x.gguf"])
+    assert "manual lookups" not in plain
+
+
 def test_unquotable_text_is_refused():
     fmt = get_format("chatml")
     with pytest.raises(ConfigError, match="triple|cannot quote"):
