@@ -111,6 +111,10 @@ def _parse_models(model, compare) -> dict[str, str]:
 @click.option("--repeat-penalty", type=click.FloatRange(min=1.0), default=1.0, show_default=True,
               help="llama.cpp's repeat penalty (Ollama's default is 1.1): it breaks greedy "
                    "loops but garbles numbers that the tokenizer spells digit by digit.")
+@click.option("--repair", type=click.IntRange(min=0, max=5), default=0, show_default=True,
+              help="Send a chat answer whose code does not compile back with Csound's error, "
+                   "up to N times, as `serve --repair N` does; first_* columns keep the first "
+                   "answer's verdict.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads [default: 1 on a busy machine, else up to 4].")
 @click.option("--n-ctx", type=click.IntRange(min=256), default=2048, show_default=True)
@@ -125,7 +129,7 @@ def _parse_models(model, compare) -> dict[str, str]:
 @run_option
 @force_option
 def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit, samples,
-                temperature, max_new_tokens, repeat_penalty, threads, n_ctx, prompt_format,
+                temperature, max_new_tokens, repeat_penalty, repair, threads, n_ctx, prompt_format,
                 api_model, out_dir, work_dir, run, force):
     """Score models on Csound: compile@1, sound@1, required-opcode coverage, latency (and
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
@@ -159,7 +163,8 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
             models, out_dir or work / "eval", tasks_path=tasks_path,
             test_path=None if no_test else test_path, use_tasks=not no_tasks,
             max_new_tokens=max_new_tokens, limit=limit or None, samples=samples,
-            temperature=temperature, repeat_penalty=repeat_penalty, n_threads=threads,
+            temperature=temperature, repeat_penalty=repeat_penalty, repair=repair,
+            n_threads=threads,
             n_ctx=n_ctx, prompt_format=prompt_format, api_model=api_model, force=force,
             log=lambda m: click.echo(m, err=True))
     from .report import markdown

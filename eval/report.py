@@ -18,6 +18,18 @@ def _metric_names(summary: dict) -> list[str]:
     return names
 
 
+def _repair_note(settings: dict, summary: dict) -> str:
+    if not settings.get("repair"):
+        return ""
+    done = ", ".join(f"{label} {o['overall'].get('repaired', 0)} answers replaced after "
+                     f"{o['overall'].get('repair_requests', 0)} requests"
+                     for label, o in summary.items())
+    return (f" With repair ({settings['repair']} round(s)): a chat answer whose code does not "
+            "compile goes back to the model with Csound's first error, and a fix that compiles "
+            "replaces it; compile@1 and sound@1 judge the answer returned, first_compile@1 and "
+            f"first_sound@1 the model's first answer ({done}).")
+
+
 def markdown(report: dict) -> str:
     summary, models = report["summary"], report["models"]
     labels = list(summary)
@@ -30,7 +42,7 @@ def markdown(report: dict) -> str:
         f"(more where the reference answer is longer), "
         f"temperature {s['temperature']:g}. compile@1: Csound parses and type-checks the code; "
         "sound@1: it renders without error, not silent, no NaN; coverage: share of the "
-        "required opcodes used.", "",
+        "required opcodes used." + _repair_note(s, summary), "",
         "| model | " + " | ".join(metrics) + " | latency (s) | tokens/s | file |",
         "|---|" + "---|" * (len(metrics) + 3),
     ]

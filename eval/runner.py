@@ -75,6 +75,13 @@ def _summary(rows: list[dict], samples: int) -> dict:
         "tokens_per_s": sum(r["tokens"] for r in rows) / max(1e-9, sum(r["latency"] for r in rows)),
         "categories": _count(r["category"] for r in first),
     }
+    if any("repairs" in r for r in rows):  # --repair: the first answers' verdicts too
+        out["first_compile@1"] = statistics.mean(r.get("first_compiled", r["compiled"])
+                                                 for r in rows)
+        out["first_sound@1"] = statistics.mean(r.get("first_sound", r["sound"]) for r in rows)
+        out["repair_requests"] = sum(r.get("repairs", 0) for r in rows)
+        out["repaired"] = sum("first_answer" in r and r["answer"] != r["first_answer"]
+                              for r in rows)
     if samples > 1:
         out[f"compile@{samples}"] = statistics.mean(
             any(r["compiled"] for r in g) for g in by_item.values())
@@ -158,7 +165,11 @@ def token_budget(item: Item, floor: int) -> int:
 
 def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
                    max_new_tokens: int = 256, temperature: float | None = None,
-                   repeat_penalty: float = 1.0, progress: bool = True) -> list[dict]:
+                   repeat_penalty: float = 1.0, repair: int = 0,
+                   progress: bool = True) -> list[dict]:
+    """Each item's answers, scored. With ``repair`` N, a chat answer whose code does not
+    compile goes back to the model with Csound's error up to N times (csound_assistant.repair,
+    as ``serve --repair N`` does); the row keeps the first answer's verdict as ``first_*``."""
     temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
     rows = []
     jobs = [(item, k) for item in items for k in range(samples)]
@@ -175,16 +186,36 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
             gen = model.fim(item.prefix, item.suffix, **kwargs)
         else:
             gen = model.chat(item.messages, **kwargs)
-        rows.append({"model": label, "source": item.source, "id": item.id, "kind": item.kind,
-                     "sample": k, "answer": gen.text, "latency": gen.latency,
-                     "tokens": gen.tokens, "required_opcodes": item.required_opcodes,
-                     **score_answer(item, gen.text)})
+        row = {"model": label, "source": item.source, "id": item.id, "kind": item.kind,
+               "sample": k, "answer": gen.text, "latency": gen.latency, "tokens": gen.tokens,
+               "required_opcodes": item.required_opcodes, **score_answer(item, gen.text)}
+        if repair and not item.is_fim:
+            row = _repair(model, item, row, repair, kwargs)
+        rows.append(row)
         if bar:
             bar.update(1)
             bar.set_postfix(sound=f"{statistics.mean(r['sound'] for r in rows):.2f}")
     if bar:
         bar.close()
     return rows
+
+
+def _repair(model, item: Item, row: dict, rounds: int, kwargs: dict) -> dict:
+    from csound_assistant.repair import repaired
+
+    extra = []
+
+    def chat(messages):
+        extra.append(model.chat(messages, **kwargs))
+        return extra[-1].text
+
+    answer, made = repaired(row["answer"], rounds, chat)
+    first = {f"first_{key}": row[key] for key in ("answer", "category", "compiled", "sound")}
+    row = {**row, **first, "repairs": made, "latency": row["latency"] + sum(g.latency for g in extra),
+           "tokens": row["tokens"] + sum(g.tokens for g in extra)}
+    if answer is not row["answer"]:
+        row.update(answer=answer, **score_answer(item, answer))
+    return row
 
 
 def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
@@ -209,7 +240,7 @@ def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
 def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, test_path=None,
              use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
              samples: int = 1, temperature: float | None = None, repeat_penalty: float = 1.0,
-             n_threads: int | None = None,
+             repair: int = 0, n_threads: int | None = None,
              n_ctx: int = 2048, prompt_format: str | None = None,
              prompt_formats: dict[str, str] | None = None, api_model: str | None = None,
              force: bool = False, progress: bool = True, log=print) -> dict:
@@ -238,7 +269,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                 rows += evaluate_model(model, items, label=label, samples=samples,
                                        max_new_tokens=max_new_tokens,
                                        temperature=temperature, repeat_penalty=repeat_penalty,
-                                       progress=progress)
+                                       repair=repair, progress=progress)
             finally:
                 model.close()
         labels = list(models)
@@ -247,7 +278,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                                     f"{MIN_CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
-                    "repeat_penalty": repeat_penalty, "n_threads": n_threads, "n_ctx": n_ctx,
+                    "repeat_penalty": repeat_penalty, "repair": repair,
+                    "n_threads": n_threads, "n_ctx": n_ctx,
                     "early_stop": "greedy token loops; a closed </CsoundSynthesizer>"}
         summary = summarize(rows, labels, samples)
         for label in labels:

@@ -144,7 +144,7 @@ async def generate(request: Request):
         tokens, record_prompt = svc.prompts.chat_tokens(messages), messages
     return await _respond(request, svc, tokens, sampling, stream, truncated, head,
                           record_prompt, "/api/generate",
-                          lambda text: {"response": text})
+                          lambda text: {"response": text}, checked=not raw and suffix is None)
 
 
 async def chat(request: Request):
@@ -160,13 +160,17 @@ async def chat(request: Request):
     head = {"model": f"{svc.model_name}:latest"}
     return await _respond(request, svc, tokens, sampling, stream, False, head, messages,
                           "/api/chat",
-                          lambda text: {"message": {"role": "assistant", "content": text}})
+                          lambda text: {"message": {"role": "assistant", "content": text}},
+                          checked=True)
 
 
 async def _respond(request, svc, tokens, sampling, stream, truncated, head, record_prompt,
-                   endpoint, body):
+                   endpoint, body, checked=False):
     if not stream:
-        result = await svc.complete(request, tokens, sampling, truncated=truncated)
+        if checked:  # a chat answer: repaired with --repair N
+            result, _ = await svc.complete_checked(request, tokens, sampling, truncated=truncated)
+        else:
+            result = await svc.complete(request, tokens, sampling, truncated=truncated)
         completion_id = await svc.record(record_prompt, result.text, endpoint)
         extra = {"completion_id": completion_id} if completion_id else {}
         return JSONResponse(

@@ -73,13 +73,14 @@ async def chat_completions(request: Request):
     ident, created = _ident("chatcmpl"), int(time.time())
     head = {"id": ident, "created": created, "model": svc.model_name}
     if not stream:
-        result = await svc.complete(request, tokens, sampling)
+        result, repairs = await svc.complete_checked(request, tokens, sampling)
         completion_id = await svc.record(messages, result.text, "/v1/chat/completions")
         return JSONResponse({
             **head, "object": "chat.completion", "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                          "logprobs": None, "finish_reason": FINISH[result.finish_reason]}],
-            "usage": usage(result), **_cid(completion_id)}, headers=_hdr(completion_id))
+            "usage": usage(result), **_cid(completion_id)},
+            headers={**_hdr(completion_id), **_repairs(svc, repairs)})
     job = await svc.start_job(request, tokens, sampling)
 
     async def events():
@@ -102,6 +103,10 @@ async def chat_completions(request: Request):
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _repairs(svc, made: int) -> dict:
+    return {"X-Csound-Repairs": str(made)} if svc.settings.repair else {}
 
 
 async def completions(request: Request):

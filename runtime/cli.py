@@ -43,6 +43,10 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 @click.option("--feedback-db", type=click.Path(dir_okay=False), default=None,
               envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
               help="Record every completion (SQLite) and accept POST /v1/feedback.")
+@click.option("--repair", type=int, default=None,
+              help="Send a non-streamed chat answer whose Csound does not compile back to the "
+                   "model with Csound's error, up to N times; a fix is used only if it "
+                   "compiles [default: 0, off].")
 @click.option("--opcode-reference/--no-opcode-reference", default=None,
               help="Add the manual's synopses of the opcodes a chat request names, for a model "
                    "trained with them (its GGUF says so) [default: on].")

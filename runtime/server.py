@@ -126,6 +126,37 @@ class Service:
             job.watcher.cancel()
         return job.result
 
+    async def complete_checked(self, request: Request, tokens, sampling: Sampling,
+                               **kw) -> tuple[Result, int]:
+        """A whole chat answer and how many repair requests it took: with ``--repair N``, an
+        answer whose Csound does not compile goes back to the model with Csound's first error
+        (csound_assistant.repair, as ``eval run --repair N``); a fix is returned only if it
+        compiles. Streamed answers cannot be taken back, so they are never repaired."""
+        result = await self.complete(request, tokens, sampling, **kw)
+        if not self.settings.repair:
+            return result, 0
+        from anyio import from_thread
+
+        from csound_assistant.repair import repaired
+
+        attempts: list[Result] = []
+
+        def chat(messages: list[dict]) -> str:  # in a worker thread: the engine is async
+            try:
+                attempts.append(from_thread.run(self.complete, request,
+                                                self.prompts.chat_tokens(messages), sampling))
+            except (ApiError, PromptError) as exc:  # e.g. code + error exceed the context
+                log.info("repair skipped: %s", exc)
+                return ""  # no code: repairing stops, the first answer stands
+            return attempts[-1].text
+
+        text, made = await run_in_threadpool(repaired, result.text, self.settings.repair, chat)
+        self.engine.metrics.counts["repair_requests"] += made
+        fixed = next((a for a in attempts if a.text is text), None)
+        if fixed is not None:
+            self.engine.metrics.counts["repaired_answers"] += 1
+        return fixed or result, made
+
     async def pieces(self, job):
         """Text pieces of a started job; stops the job when the consumer goes away."""
         try:

@@ -42,6 +42,9 @@ class Settings:
         "help": "requests decoded together in one batch (1: one at a time)"})
     feedback_db: Path | None = field(default=None, metadata={"help": "record completions here"})
     check_workers: int = field(default=2, metadata={"help": "parallel Csound sandbox checks"})
+    repair: int = field(default=0, metadata={
+        "help": "rounds of sending a non-streamed chat answer whose Csound does not compile "
+                "back to the model with Csound's error (0: off)"})
     opcode_reference: bool = field(default=True, metadata={
         "help": "add the manual's synopses of the opcodes a chat request names, for a model "
                 "trained with them (its GGUF says so); false serves plain prompts"})
@@ -56,6 +59,8 @@ class Settings:
                      "max_body_bytes", "check_workers", "parallel"):
             if getattr(self, name) < (0 if name == "max_queue" else 1):
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.repair <= 5:
+            problems.append(f"repair must be 0 to 5 rounds, got {self.repair}")
         if self.cache_slots < 0:
             problems.append(f"cache_slots must be >= 0, got {self.cache_slots}")
         if self.request_timeout <= 0:

@@ -1,0 +1,60 @@
+"""Compile an answer's Csound and, when Csound refuses it, ask the model to fix it with
+Csound's own first error: the request the fix-the-bug training rows teach (data/rows.py's
+``fix_row``: the code, then ``Error:`` and the message in a ``text`` block). Used by
+``eval run --repair N`` and ``serve --repair N``, so the report measures what the server returns.
+
+Only compiling is checked (the sandbox's ``check``: parse and type-check, nothing runs), and a
+repair is kept only when the new code compiles: an answer never gets worse by being repaired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from csound_assistant import sandbox
+from csound_assistant.data.verify import first_error
+from csound_assistant.eval.extract import extract_code
+
+REQUEST = "This Csound code fails with the error below. Fix it."  # data/rows.py FIX_PROMPTS[0]
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    error: str
+
+    def request(self) -> list[dict]:
+        """A new one-turn conversation, as the fix rows were written."""
+        return [{"role": "user", "content": f"{REQUEST}\n\n```csound\n{self.code}\n```\n\n"
+                                            f"Error:\n```text\n{self.error}\n```"}]
+
+
+def diagnose(answer: str, *, timeout: float = 10.0) -> tuple[bool, Problem | None]:
+    """(the answer's code compiles, what to ask a model to fix): no code, or code the sandbox
+    refuses or that hangs Csound, gives (False, None): nothing a model could be asked to fix."""
+    code = extract_code(answer)
+    if code is None:
+        return False, None
+    result = sandbox.check(code, timeout=timeout)
+    if result.ok:
+        return True, None
+    if result.category in ("refused", "timeout", "crash"):
+        return False, None
+    error = first_error(result)
+    return False, Problem(code, error) if error else None
+
+
+def repaired(answer: str, rounds: int, chat: Callable[[list[dict]], str]) -> tuple[str, int]:
+    """``answer``, or the first fix that compiles among at most ``rounds`` requests to ``chat``
+    (messages -> answer text), each fixing the previous attempt's code; and the number of
+    requests made."""
+    ok, todo = diagnose(answer)
+    made = 0
+    while not ok and todo is not None and made < rounds:
+        attempt = chat(todo.request())
+        made += 1
+        ok, todo = diagnose(attempt)
+        if ok:
+            return attempt, made
+    return answer, made
