@@ -12,9 +12,9 @@ installed manual (`csound-doc`, which data already reads) knows them: a model tr
     ares dust2 kamp, kdensity
 
 for up to MAX_OPCODES opcodes named in the user's words or quoted in an error message (code
-blocks are not searched: a fix request's code names every opcode it uses). The flag travels in the prompt format record and as
-the GGUF key ``csound_assistant.opcode_reference``; Ollama cannot run a lookup, so a model served
-there gets plain prompts (runtime/README.md).
+blocks are not searched: a fix request's code names every opcode it uses). The flag travels in
+the prompt format record and as the GGUF key ``csound_assistant.opcode_reference``; Ollama
+cannot run a lookup, so a model served there gets plain prompts (runtime/README.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ COMMON_WORDS = frozenset(
     "loop".split())
 
 # Code blocks are skipped; blocks of error text (```text) are read: Csound quotes the opcode.
-_CODE = re.compile(r"```(?!(?:text|console|output|error)\b).*?(?:```|\Z)", re.S)
+_BLOCK = re.compile(r"```([\w+-]*)[^\n]*\n.*?(?:```|\Z)", re.S)
+_READ_BLOCKS = {"text", "console", "output", "error"}
 _WORD = re.compile(r"""[`'"]?[A-Za-z_][A-Za-z0-9_]*[`'"]?(?:\s+opcodes?\b)?""")
 
 
@@ -77,7 +78,8 @@ class OpcodeReference:
         "X opcode" first within a message."""
         out: list[str] = []
         for m in reversed([m for m in messages if m.get("role") == "user"]):
-            prose = _CODE.sub(" ", m.get("content") or "")
+            prose = _BLOCK.sub(lambda b: b.group(0) if b.group(1) in _READ_BLOCKS else " ",
+                               m.get("content") or "")
             marked, plain = [], []
             for token in _WORD.findall(prose):
                 name = token.split()[0].strip("`'\"")

@@ -51,6 +51,8 @@ def test_code_is_not_searched_but_error_text_is(ref):
                "unexpected T_IDENT  (token \"maxab\")\n```")
     # pluck is only in the code; the misspelled name in the error finds its opcode.
     assert ref.named(user(request)) == ["maxabs"]
+    # Words after an error block are still read.
+    assert ref.named(user(request + "\nShould I use `vco2` instead?")) == ["maxabs", "vco2"]
 
 
 def test_latest_user_turn_first(ref):
