@@ -59,7 +59,7 @@ class OpcodeReference:
 
         saved = os.environ.get(ENV_OPCODE_REFERENCE)
         if saved and manual_dir is None:
-            return cls(json.loads(Path(saved).read_text()))
+            return _read_saved(Path(saved))
         return _load(str(Path(manual_dir or DEFAULT_MANUAL_DIR).resolve()))
 
     def save(self, path: str | Path) -> None:
@@ -91,7 +91,7 @@ class OpcodeReference:
                     marked.append(name)
                 elif name not in COMMON_WORDS:
                     plain.append(name)
-            out += [n for n in [*marked, *plain] if n not in out]
+            out += marked + plain
         return list(dict.fromkeys(out))[:MAX_OPCODES]
 
     def block(self, names: list[str]) -> str:
@@ -120,6 +120,22 @@ class OpcodeReference:
         return out
 
 
+def _read_saved(path: Path) -> OpcodeReference:
+    from csound_assistant.errors import ConfigError
+
+    try:
+        synopses = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{ENV_OPCODE_REFERENCE}={path}: cannot read the saved synopses "
+                          f"({exc}); write it with OpcodeReference.from_manual().save(FILE) "
+                          "on a machine with csound-doc, or unset the variable") from None
+    if not isinstance(synopses, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in synopses.values()):
+        raise ConfigError(f"{ENV_OPCODE_REFERENCE}={path}: expected {{opcode: [synopsis, ...]}} "
+                          "as OpcodeReference.save writes it")
+    return OpcodeReference(synopses)
+
+
 def trained_with_reference(gguf_metadata: dict) -> bool:
     """Whether a GGUF (llama-cpp-python's ``metadata``: strings) asks for manual synopses."""
     return str(gguf_metadata.get(GGUF_OPCODE_REFERENCE, "false")).lower() == "true"
@@ -127,18 +143,12 @@ def trained_with_reference(gguf_metadata: dict) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _load(manual_dir: str) -> OpcodeReference:
-    from csound_assistant.data.manual import known_opcodes, parse_opcode_page
+    from csound_assistant.data.manual import known_opcodes, opcode_pages
     from csound_assistant.errors import DataError
 
-    directory = Path(manual_dir)
-    pages = {}
-    for path in sorted(directory.glob("*.html")):
-        page = parse_opcode_page(path)
-        if page and page.synopsis and page.name not in pages:
-            pages[page.name] = page
+    pages = opcode_pages(Path(manual_dir))
     if not pages:
-        raise DataError(f"no opcode pages in {directory}: install the manual with "
+        raise DataError(f"no opcode pages in {manual_dir}: install the manual with "
                         "`apt-get install csound-doc` or pass its folder")
-    known = known_opcodes(pages)
     return OpcodeReference({name: [" ".join(s.split()) for s in pages[name].synopsis]
-                            for name in sorted(known)})
+                            for name in sorted(known_opcodes(pages)) if pages[name].synopsis})

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from csound_assistant import sandbox
+from csound_assistant.data.rows import FIX_PROMPTS, fix_input
 from csound_assistant.data.verify import first_error
 from csound_assistant.eval.extract import extract_code
 
-REQUEST = "This Csound code fails with the error below. Fix it."  # data/rows.py FIX_PROMPTS[0]
+REQUEST = FIX_PROMPTS[0]  # "This Csound code fails with the error below. Fix it."
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class Problem:
     error: str
 
     def request(self) -> list[dict]:
-        """A new one-turn conversation, as the fix rows were written."""
-        return [{"role": "user", "content": f"{REQUEST}\n\n```csound\n{self.code}\n```\n\n"
-                                            f"Error:\n```text\n{self.error}\n```"}]
+        """A new one-turn conversation, as the fix rows were written (instruction and input
+        joined as ``prompt_format.to_messages`` joins them)."""
+        return [{"role": "user", "content": f"{REQUEST}\n\n{fix_input(self.code, self.error)}"}]
 
 
 def diagnose(answer: str, *, timeout: float = 10.0) -> tuple[bool, Problem | None]:
@@ -45,10 +46,11 @@ def diagnose(answer: str, *, timeout: float = 10.0) -> tuple[bool, Problem | Non
     return False, Problem(code, error) if error else None
 
 
-def repaired(answer: str, rounds: int, chat: Callable[[list[dict]], str]) -> tuple[str, int]:
-    """``answer``, or the first fix that compiles among at most ``rounds`` requests to ``chat``
-    (messages -> answer text), each fixing the previous attempt's code; and the number of
-    requests made."""
+def repaired(answer: str, rounds: int,
+             chat: Callable[[list[dict]], str]) -> tuple[str | None, int]:
+    """(the first fix that compiles, or None to keep ``answer``; the requests made): at most
+    ``rounds`` requests to ``chat`` (messages -> answer text), each fixing the previous
+    attempt's code. The fix, when there is one, is the last request's answer."""
     ok, todo = diagnose(answer)
     made = 0
     while not ok and todo is not None and made < rounds:
@@ -57,4 +59,4 @@ def repaired(answer: str, rounds: int, chat: Callable[[list[dict]], str]) -> tup
         ok, todo = diagnose(attempt)
         if ok:
             return attempt, made
-    return answer, made
+    return None, made

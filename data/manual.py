@@ -181,6 +181,18 @@ class Manual:
         return known_opcodes(self.pages)
 
 
+def opcode_pages(manual_dir: Path, categories: dict[str, str] | None = None,
+                 ) -> dict[str, OpcodePage]:
+    """Every opcode page of the manual by name (the first page of a name wins); ``categories``
+    (page file -> category) from ``opcode_categories``, else all "uncategorized"."""
+    pages: dict[str, OpcodePage] = {}
+    for path in sorted(Path(manual_dir).glob("*.html")):
+        page = parse_opcode_page(path, (categories or {}).get(path.name, "uncategorized"))
+        if page and page.name not in pages:
+            pages[page.name] = page
+    return pages
+
+
 def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | None = None,
                 strip_comments: bool = False) -> Manual:
     """Parse every opcode page and example CSD of the installed manual.
@@ -197,12 +209,7 @@ def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | Non
             f"no Csound manual at {manual_dir} (expected {examples_dir}). Install it with "
             "`apt-get install csound-doc` or pass --manual-dir."
         )
-    categories = opcode_categories(manual_dir)
-    pages: dict[str, OpcodePage] = {}
-    for path in sorted(manual_dir.glob("*.html")):
-        page = parse_opcode_page(path, categories.get(path.name, "uncategorized"))
-        if page and page.name not in pages:
-            pages[page.name] = page
+    pages = opcode_pages(manual_dir, opcode_categories(manual_dir))
     known = known_opcodes(pages)
     linked: dict[str, OpcodePage] = {}
     for page in pages.values():

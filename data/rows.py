@@ -336,11 +336,17 @@ def fim_rows(example: Example, known: set[str]) -> list[dict]:
             for task, p, m, s in rows]
 
 
+def fix_input(code: str, error: str) -> str:
+    """What a fix request shows after its question: the code, then Csound's error (also what
+    ``serve --repair`` sends back to the model, csound_assistant/repair.py)."""
+    return f"{fence(code)}\n\nError:\n```text\n{error.strip()}\n```"
+
+
 def fix_row(example: Example, breakage: csdcode.Breakage, error: str) -> dict:
     prompt = pick(FIX_PROMPTS, example.name, breakage.kind)
     output = f"{breakage.explanation}\n\n{fence(example.code)}"
     return {"instruction": prompt,
-            "input": f"{fence(breakage.code)}\n\nError:\n```text\n{error.strip()}\n```",
+            "input": fix_input(breakage.code, error),
             "output": output,
             "meta": meta(example, f"fix-{breakage.kind}", group=example.group,
                          opcode=example.opcode, category=example.category, bug=breakage.kind,

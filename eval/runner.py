@@ -209,13 +209,13 @@ def _repair(model, item: Item, row: dict, rounds: int, kwargs: dict) -> dict:
         extra.append(model.chat(messages, **kwargs))
         return extra[-1].text
 
-    answer, made = repaired(row["answer"], rounds, chat)
+    fix, made = repaired(row["answer"], rounds, chat)
     first = {f"first_{key}": row[key] for key in ("answer", "category", "compiled", "sound")}
     row = {**row, **first, "repairs": made,
            "latency": row["latency"] + sum(g.latency for g in extra),
            "tokens": row["tokens"] + sum(g.tokens for g in extra)}
-    if answer is not row["answer"]:
-        row.update(answer=answer, **score_answer(item, answer))
+    if fix is not None:
+        row.update(answer=fix, **score_answer(item, fix))
     return row
 
 

@@ -150,12 +150,12 @@ class Service:
                 return ""  # no code: repairing stops, the first answer stands
             return attempts[-1].text
 
-        text, made = await run_in_threadpool(repaired, result.text, self.settings.repair, chat)
+        fix, made = await run_in_threadpool(repaired, result.text, self.settings.repair, chat)
         self.engine.metrics.counts["repair_requests"] += made
-        fixed = next((a for a in attempts if a.text is text), None)
-        if fixed is not None:
-            self.engine.metrics.counts["repaired_answers"] += 1
-        return fixed or result, made
+        if fix is None:
+            return result, made
+        self.engine.metrics.counts["repaired_answers"] += 1
+        return attempts[-1], made
 
     async def pieces(self, job):
         """Text pieces of a started job; stops the job when the consumer goes away."""

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 
 from csound_assistant.constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_REFERENCE
+from csound_assistant.errors import ConfigError
 from csound_assistant.opcode_reference import (
     HEADER,
     MAX_OPCODES,
@@ -90,6 +91,13 @@ def test_a_machine_without_the_manual_reads_a_saved_copy(ref, tmp_path, monkeypa
     monkeypatch.setenv(ENV_OPCODE_REFERENCE, str(path))
     copy = OpcodeReference.from_manual()
     assert copy.synopses == ref.synopses and copy.describe() == ref.describe()
+    for bad in ("{not json", '["dust2"]'):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match="CSOUND_ASSISTANT_SYNOPSES"):
+            OpcodeReference.from_manual()
+    monkeypatch.setenv(ENV_OPCODE_REFERENCE, str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        OpcodeReference.from_manual()
 
 
 def test_training_encodes_the_text_the_runtimes_build(ref, tiny_model_dir):

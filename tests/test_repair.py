@@ -70,16 +70,15 @@ def test_repaired_keeps_only_a_fix_that_compiles():
             return queue.pop(0)
         return chat
 
-    assert repaired(answer(GOOD), 2, chat_with()) == (answer(GOOD), 0)  # nothing asked
+    assert repaired(answer(GOOD), 2, chat_with()) == (None, 0)  # kept, nothing asked
     assert repaired(answer(BROKEN), 2, chat_with(answer(GOOD))) == (answer(GOOD), 1)
     # A second round fixes the first attempt's code, with that code's own error.
     asked.clear()
     assert repaired(answer(BROKEN), 2, chat_with(answer(WORSE), answer(GOOD))) == \
         (answer(GOOD), 2)
     assert "poscil 0.3, 440, 1, 2" in asked[0] and "posscil" in asked[1]
-    # Fixes that never compile leave the first answer; the rounds are a hard limit.
-    assert repaired(answer(BROKEN), 1, chat_with(answer(WORSE), answer(GOOD))) == \
-        (answer(BROKEN), 1)
+    # Fixes that never compile leave the first answer (None: no fix); rounds are a hard limit.
+    assert repaired(answer(BROKEN), 1, chat_with(answer(WORSE), answer(GOOD))) == (None, 1)
 
 
 class ScriptedModel:
