@@ -10,6 +10,10 @@ in seconds, so this sweeps recipes there and scores every answer here, with the 
         --variant now:max_steps=57 --variant lr3e-3:max_steps=57,learning_rate=3e-3
     python bench/budget_sweep.py score FILES_AT --out bench/results/budget-sweep
 
+``train --adapter ref=DIR`` answers with an adapter trained earlier (a baseline, scored by the
+same greedy transformers path as the variants); ``--keep-adapters`` sends each variant's adapter
+back in parts that fit the device's return limits.
+
 ``items`` and ``score`` need Csound (this machine); ``train`` needs a CUDA GPU and the training
 stack. Answers are greedy, from the merged bf16 model with transformers, with the eval's token
 budget per item: close to, not the same as, the llama.cpp Q4_K_M answers of `eval run`, so the
@@ -49,9 +53,21 @@ def _parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def train_command(args) -> None:
+    if not (args.variant or args.adapter):
+        raise SystemExit("train: give at least one --variant or --adapter")
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items = json.loads(Path(args.items).read_text())
+    for text in args.adapter:  # answered first: a baseline's answers survive a call cut short
+        name, _, folder = text.partition("=")
+        start = time.time()
+        answers = generate(work / "base", Path(folder), items, batch=args.batch)
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        result = {"variant": name, "overrides": [f"adapter={folder}"], "train_seconds": None,
+                  "metrics": metrics, "answers": answers}
+        (out / f"{name}.json").write_text(json.dumps(result))
+        print(f"== {name}: {len(answers)} answers from {folder} in {time.time() - start:.0f} s",
+              flush=True)
     for text in args.variant:
         name, sets = _parse_variant(text)
         run = work / name
@@ -68,12 +84,52 @@ def train_command(args) -> None:
         start = time.time()
         subprocess.run(command, check=True, cwd=work)  # not the source tree: the installed package
         trained = time.time() - start
+        print(f"== {name}: trained in {trained:.0f} s", flush=True)
+        if args.keep_adapters:  # before answering: a call cut during generation still has it
+            keep_adapter(run / "adapter", out, name)
+        start = time.time()
         answers = generate(run / "base", run / "adapter", items, batch=args.batch)
         metrics = json.loads((run / "adapter" / "metrics.json").read_text())
         result = {"variant": name, "overrides": overrides, "train_seconds": trained,
                   "metrics": metrics, "answers": answers}
         (out / f"{name}.json").write_text(json.dumps(result))
-        print(f"== {name}: trained in {trained:.0f} s, {len(answers)} answers", flush=True)
+        print(f"== {name}: {len(answers)} answers in {time.time() - start:.0f} s", flush=True)
+
+
+# The device sends back at most 8 files of 16 MiB (64 MiB in all): an r64 adapter is ~78 MB in
+# fp32, ~39 MB in bf16, so the weights travel as bf16 in 15 MB parts.
+PART_BYTES = 15 * 2**20
+
+
+def keep_adapter(adapter: Path, out: Path, name: str) -> None:
+    """``adapter`` as ``out/<name>-adapter.tar.gz.NN`` (folder ``adapter/``, LoRA weights in
+    bfloat16) plus ``<name>-adapter.sha256``; at home ``cat NAME-adapter.tar.gz.?? >
+    NAME-adapter.tar.gz && sha256sum -c NAME-adapter.sha256`` (or gpu_smollm2.sh unpack)."""
+    import hashlib
+    import shutil
+    import tarfile
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "adapter"
+        shutil.copytree(adapter, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+        weights = folder / "adapter_model.safetensors"
+        tensors = load_file(weights)
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                   for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+        packed = Path(tmp) / f"{name}-adapter.tar.gz"
+        with tarfile.open(packed, "w:gz") as tar:
+            tar.add(folder, arcname="adapter")
+        data = packed.read_bytes()
+    for k in range(0, len(data), PART_BYTES):
+        (out / f"{packed.name}.{k // PART_BYTES:02d}").write_bytes(data[k:k + PART_BYTES])
+    (out / f"{name}-adapter.sha256").write_text(
+        f"{hashlib.sha256(data).hexdigest()}  {packed.name}\n")
+    print(f"== {name}: adapter kept, {len(data) / 2**20:.1f} MiB in "
+          f"{-(-len(data) // PART_BYTES)} parts", flush=True)
 
 
 def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dict[str, str]:
@@ -128,6 +184,7 @@ def score_command(args) -> None:
     from csound_assistant.eval.tasks import Item
 
     items = {i["id"]: i for i in json.loads(Path(args.items).read_text())}
+    on_gpu = {f"{k}={v}" for k, v in ON_GPU.items()}
     table = []
     for path in sorted(Path(args.answers).glob("*.json")):
         result = json.loads(path.read_text())
@@ -139,15 +196,18 @@ def score_command(args) -> None:
                         reference=i["reference"], seconds=i["seconds"])
             rows.append({"source": i["source"], "kind": i["kind"], **score_answer(item, answer)})
         mean = lambda rs, key: sum(r[key] for r in rs) / max(1, len(rs))  # noqa: E731
+        test = [r for r in rows if r["source"] == "test"]
         m = result["metrics"]
         table.append({
             "variant": result["variant"], "steps": m.get("steps"),
             "tokens": m.get("tokens_seen"), "val_loss": m.get("val_loss_end"),
             "compile": mean(rows, "compiled"), "sound": mean(rows, "sound"),
             "compile_tasks": mean([r for r in rows if r["source"] == "tasks"], "compiled"),
-            "compile_test": mean([r for r in rows if r["source"] == "test"], "compiled"),
-            "sound_test": mean([r for r in rows if r["source"] == "test"], "sound"),
-            "items": len(rows), "overrides": " ".join(result["overrides"][len(ON_GPU):]),
+            "compile_test": mean(test, "compiled"), "sound_test": mean(test, "sound"),
+            "sound_test_by_kind": {k: mean([r for r in test if r["kind"] == k], "sound")
+                                   for k in sorted({r["kind"] for r in test})},
+            "items": len(rows),
+            "overrides": " ".join(o for o in result["overrides"] if o not in on_gpu),
         })
     lines = ["| variant | steps | tokens | val loss | compile@1 | sound@1 | compile tasks "
              "| compile test | sound test | overrides |", "|---" * 10 + "|"]
@@ -157,6 +217,17 @@ def score_command(args) -> None:
                      f"{t['compile']:.2f} | {t['sound']:.2f} | {t['compile_tasks']:.2f} | "
                      f"{t['compile_test']:.2f} | "
                      f"{t['sound_test']:.2f} | {t['overrides']} |")
+    # where a recipe gains or loses: sound@1 on the test split per task kind (n = items)
+    kinds = sorted({k for t in table for k in t["sound_test_by_kind"]})
+    counts = {k: sum(1 for i in items.values() if i["source"] == "test" and i["kind"] == k)
+              for k in kinds}
+    lines += ["", "sound@1 on the test split by kind:", "",
+              "| variant | " + " | ".join(f"{k} ({counts[k]})" for k in kinds) + " |",
+              "|---" * (len(kinds) + 1) + "|"]
+    for t in table:
+        by_kind = t["sound_test_by_kind"]
+        lines.append(f"| {t['variant']} | " + " | ".join(
+            f"{by_kind[k]:.2f}" if k in by_kind else "-" for k in kinds) + " |")
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
@@ -202,14 +273,19 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--out", required=True)
-    p = sub.add_parser("train", help="train and answer each variant (needs a CUDA GPU)")
+    p = sub.add_parser("train", help="train and answer each variant, answer each --adapter "
+                       "(needs a CUDA GPU)")
     p.add_argument("--work", required=True, help="holds base/ and splits/")
     p.add_argument("--items", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--batch", type=int, default=48)
-    p.add_argument("--variant", action="append", required=True,
+    p.add_argument("--variant", action="append", default=[],
                    help="NAME:key=value,key=value (config overrides)")
+    p.add_argument("--adapter", action="append", default=[],
+                   help="NAME=DIR: answer with this trained adapter folder (no training)")
+    p.add_argument("--keep-adapters", action="store_true",
+                   help="send each trained variant's adapter back: $OUT/NAME-adapter.tar.gz.NN")
     p = sub.add_parser("score", help="score the answers with the sandbox (needs Csound)")
     p.add_argument("answers", help="folder of <variant>.json")
     p.add_argument("--items", required=True)

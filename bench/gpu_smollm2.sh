@@ -11,6 +11,11 @@
 #   bash bench/gpu_smollm2.sh unpack DIR runs/gpu-smollm2   # here: DIR = the reply's files_at
 # or, in place of `train`, the recipe sweep of bench/budget_sweep.py (answers come back to $OUT):
 #   bash bench/gpu_smollm2.sh sweep NAME:key=v,key=v ...   # device, carry .whl .gpu/splits .gpu/sweep
+# where --opt=value arguments go to `budget_sweep.py train` as they are (--config=..., --items=...,
+# --keep-adapters, --adapter=ref=DIR); a kept adapter comes home with `unpack DIR DEST NAME`.
+# WHEELS=DIR installs DIR/*.whl in place of .whl/*.whl (plain LoRA needs no bitsandbytes: 43 MB
+# of the 64 a call carries); SRC=DIR installs the package from DIR in place of the checkout
+# (a `git archive HEAD` copy, when the checkout holds unfinished edits).
 set -eo pipefail
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 W=/tmp/runs/gpu
@@ -18,7 +23,7 @@ install_site() {  # $@: wheels; then the package itself, imported from /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$@"
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade \
-    --target /tmp/site . >/dev/null
+    --target /tmp/site "${SRC:-.}" >/dev/null
 }
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CSOUND_ASSISTANT_SYNOPSES=$PWD/.gpu/splits/opcode_reference.json
@@ -70,19 +75,22 @@ R.from_manual().save('.gpu/splits/opcode_reference.json')"
   sweep)
     test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
     shift; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-    install_site .whl/*.whl
+    install_site ${WHEELS:-.whl}/*.whl
     mkdir -p $W/splits
     for s in train validation; do gunzip -c .gpu/splits/$s.jsonl.gz > $W/splits/$s.jsonl; done
-    variants=(); for v in "$@"; do variants+=(--variant "$v"); done
+    args=(); for v in "$@"; do [[ $v == -* ]] && args+=("$v") || args+=(--variant "$v"); done
+    # the log is written as it goes: a call cut at its time limit still sends it back
     python3 bench/budget_sweep.py train --work $W --items .gpu/sweep/items.json --out "$OUT" \
-      "${variants[@]}" 2>&1 | grep -v "it/s]$" | tail -c 20000 > "$OUT"/sweep.log
-    tail -40 "$OUT"/sweep.log ;;
-  unpack)
-    FROM=${2:?the folder the files came back to}; DEST=${3:?e.g. runs/gpu-smollm2}
-    cat "$FROM"/adapter.tar.gz.?? > /tmp/adapter.tar.gz
-    (cd /tmp && sha256sum -c "$FROM"/adapter.sha256)
-    mkdir -p "$DEST" && tar -C "$DEST" -xzf /tmp/adapter.tar.gz
-    cp "$FROM"/train.log "$DEST"/ && ls -l "$DEST"/adapter ;;
-  *) echo "usage: $0 prepare RUN | part1 | base | train | sweep VARIANT... | unpack FROM DEST" >&2
+      "${args[@]}" 2>&1 | grep --line-buffered -v "it/s]$" | tee "$OUT"/sweep.log ;;
+  unpack)  # NAME: a sweep variant's kept adapter (NAME-adapter.tar.gz.NN) instead of train's
+    FROM=$(cd "${2:?the folder the files came back to}" && pwd); DEST=${3:?e.g. runs/gpu-smollm2}
+    PACK=${4:+$4-}adapter
+    cat "$FROM"/$PACK.tar.gz.?? > /tmp/$PACK.tar.gz
+    (cd /tmp && sha256sum -c "$FROM"/$PACK.sha256)
+    mkdir -p "$DEST" && tar -C "$DEST" -xzf /tmp/$PACK.tar.gz && rm /tmp/$PACK.tar.gz
+    if [ -f "$FROM"/train.log ]; then cp "$FROM"/train.log "$DEST"/; fi
+    ls -l "$DEST"/adapter ;;
+  *) echo "usage: $0 prepare RUN | part1 | base | train | sweep [--opt=v] VARIANT... |" \
+       "unpack FROM DEST [NAME]" >&2
      exit 2 ;;
 esac

@@ -89,13 +89,16 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         _train(root, cfg, stale)
 
     # The train split's hash is part of the key: `data from-feedback` adds corrected rows to it,
-    # and the next pipeline run retrains on them. So is the config file's: an edited recipe
-    # under the same name retrains too.
+    # and the next pipeline run retrains on them. So are the config file's and the weights of
+    # the adapter it continues (init_adapter): an edited recipe or starter retrains too.
     from csound_assistant.train.config import resolve_config_path
+    from csound_assistant.train.starter import fingerprint
 
     train_rows = sha256_file(root / "splits" / "train.jsonl")
     recipe = sha256_file(resolve_config_path(cfg.train["config"]))
-    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows, "recipe": recipe},
+    init_adapter = fingerprint(_train_config(cfg).init_adapter)
+    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows, "recipe": recipe,
+                                             "init_adapter": init_adapter},
             ["base", "split"], train)
 
     def export(out, stale):
@@ -174,18 +177,27 @@ def _convert_base(root: Path, cfg: PipelineConfig, out: Path, stale: bool) -> No
         write_record(tmp, "base-gguf", quant=quant, base=str(root / "base"))
 
 
+def _train_overrides(cfg: PipelineConfig) -> list[str]:
+    return [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+            for k, v in cfg.train.get("overrides", {}).items()]
+
+
+def _train_config(cfg: PipelineConfig):
+    from csound_assistant.train.config import load_config
+
+    return load_config(cfg.train["config"], _train_overrides(cfg))
+
+
 def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
     """Train in-process, or under ``cfg.launcher`` (accelerate) for several GPUs. Resumes from
     the last checkpoint of an interrupted run with the same settings."""
     from csound_assistant.errors import ArtifactError, ConfigError
     from csound_assistant.train import checkpoint
-    from csound_assistant.train.config import load_config
     from csound_assistant.train.recipe import CHECKPOINTS
 
     ckpt_root = root / CHECKPOINTS
     resume = checkpoint.latest(ckpt_root) is not None
-    overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                 for k, v in cfg.train.get("overrides", {}).items()]
+    overrides = _train_overrides(cfg)
     if cfg.launcher:
         args = [*cfg.launcher, "-m", "csound_assistant.cli", "train", "run",
                 "-c", cfg.train["config"], "--work-dir", str(root.parent), "--run", root.name,
@@ -193,7 +205,7 @@ def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
                 *[a for o in overrides for a in ("--set", o)]]
         subprocess.run(args, check=True)
         return
-    train_cfg = load_config(cfg.train["config"], overrides)
+    train_cfg = _train_config(cfg)
     from csound_assistant.train.recipe import train
 
     try:
@@ -229,6 +241,9 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
               f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
     if export.get("gate", {}).get("table"):
         lines += ["## Quantization gate (vs F16)", "", export["gate"]["table"], ""]
+        if not export["gate"].get("enforced", True):
+            lines += ["Measured, not enforced (`export.gate: false`): a FAIL above did not stop "
+                      "the export; the eval below scores that GGUF.", ""]
     report = root / "eval" / "report.json"
     if report.is_file():
         lines += ["## Eval: base vs fine-tuned", "", _eval_table(json.loads(report.read_text())), ""]

@@ -144,7 +144,11 @@ def test_default_config_is_the_embedded_cpu_run():
 
     cfg = PipelineConfig.load(None)
     assert cfg.base is None and cfg.launcher == []
-    assert load_config(cfg.train["config"]).method in ("auto", "lora")
+    train_cfg = load_config(cfg.train["config"])
+    assert train_cfg.method in ("auto", "lora") and train_cfg.init_adapter == "starter"
+    assert cfg.export["quant_types"] == ["Q4_K_M"]
+    scratch = PipelineConfig.load("smollm2-scratch.yaml")
+    assert load_config(scratch.train["config"]).init_adapter == ""
 
 
 def test_data_key_follows_the_builders_code(tmp_path, monkeypatch):

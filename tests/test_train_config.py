@@ -14,11 +14,13 @@ from csound_assistant.train.config import CONFIG_DIR, TrainConfig, load_config
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
-def test_the_five_shipped_configs_are_there():
-    assert {p.stem for p in SHIPPED} == {"cpu-smollm2", "gpu-smollm2-qlora", "gpu-smollm2-lora",
-                                         "codellama-7b-qlora", "codellama-7b-qlora-2gpu"}
+def test_the_six_shipped_configs_are_there():
+    assert {p.stem for p in SHIPPED} == {"cpu-smollm2", "cpu-smollm2-starter", "gpu-smollm2-qlora",
+                                         "gpu-smollm2-lora", "codellama-7b-qlora",
+                                         "codellama-7b-qlora-2gpu"}
     assert load_config("gpu-smollm2-lora").opcode_reference
     assert not load_config("cpu-smollm2").opcode_reference  # no help at its budget (NOTES.md)
+    assert not load_config("cpu-smollm2").init_adapter
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

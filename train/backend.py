@@ -109,10 +109,11 @@ def choose_backend(cfg: TrainConfig) -> Backend:
     )
 
 
-def load_model(base_dir, cfg: TrainConfig, backend: Backend):
-    """The base model for ``backend``, wrapped with a new LoRA adapter (peft)."""
+def load_model(base_dir, cfg: TrainConfig, backend: Backend, init_adapter=None):
+    """The base model for ``backend``, wrapped with a new LoRA adapter (peft), or with
+    ``init_adapter``'s weights (a starter.InitAdapter) to continue training it."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from . import attention
@@ -159,7 +160,8 @@ def load_model(base_dir, cfg: TrainConfig, backend: Backend):
         bias="none", task_type="CAUSAL_LM",
     )
     try:
-        model = get_peft_model(model, lora)
+        model = (PeftModel.from_pretrained(model, init_adapter.dir, is_trainable=True)
+                 if init_adapter else get_peft_model(model, lora))
     except ValueError as exc:
         raise ConfigError(f"target_modules {targets}: {exc}") from None
     # The adapter trains in fp32 (its optimizer states too), whatever the base's dtype.

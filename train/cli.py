@@ -1,4 +1,6 @@
-"""Commands of the train stage: ``csound-assistant train run|config``."""
+"""Commands of the train stage: ``csound-assistant train run|config|make-starter``."""
+
+from pathlib import Path
 
 import click
 
@@ -80,3 +82,38 @@ def config_command(config_path, overrides, explain):
     helps = field_help()
     for key, value in cfg.to_dict().items():
         click.echo(f"{key}: {value!r}\n    # {helps[key]}")
+
+
+@cli.command("make-starter")
+@click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--splits", "splits_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The splits folder the adapter was trained on (its train.jsonl is checked).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write it [default: train/starter, the one the package ships].")
+@click.option("--eval-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="An `eval run` report.json of this adapter to quote in the record.")
+def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report):
+    """Turn a trained adapter into a starter that `init_adapter` runs continue from.
+
+    Writes bf16 weights, the adapter's config, prompt format and record, and the hashes of the
+    train rows it saw (so a run continuing it can prove its validation and test rows are new).
+
+    \b
+    Example (the shipped one: gpu-smollm2-lora on an H200, bench/NOTES.md):
+        csound-assistant train make-starter runs/gpu-ref/adapter --splits runs/demo5/splits \\
+            --eval-report runs/gpu-ref/eval-q8-all/report.json
+    """
+    import json
+
+    from .starter import STARTER_DIR, make_starter
+
+    note = {}
+    if eval_report:
+        summary = json.loads(eval_report.read_text())["summary"]
+        note["eval"] = {"report": str(eval_report), "summary": {
+            model: {k: s["overall"][k] for k in ("items", "compile@1", "sound@1", "coverage")}
+            for model, s in summary.items()}}
+    with domain_errors():
+        out = make_starter(adapter_dir, splits_dir, out_dir or STARTER_DIR, note)
+    click.echo(f"starter: {out}")

@@ -45,6 +45,9 @@ class TrainConfig:
                                "down_proj"], "module names to adapt, or ['all-linear']")
     lora_layers: int = _f(0, "adapt only the last N decoder layers (0 = all): the backward pass "
                           "then stops at layer L-N, which saves compute on CPU")
+    init_adapter: str = _f("", "continue training this LoRA adapter (a folder, or 'starter': the "
+                           "GPU-trained one shipped in train/starter) instead of a new one; its "
+                           "rank, targets and layers replace lora_*; '' = a new adapter")
     # --- data ---------------------------------------------------------------------------------
     tasks: list = _f([], "train and validate only on rows whose meta.task is listed (e.g. "
                      "[write, opcode, chat, orchestra]); empty = every row")

@@ -26,7 +26,7 @@ from csound_assistant.artifacts import (
 from csound_assistant.errors import ArtifactError
 from csound_assistant.prompt_format import get_format
 
-from . import checkpoint
+from . import checkpoint, starter
 from .backend import choose_backend, load_model
 from .batching import (
     BatchPlan, collate_grouped, collate_packed, real_tokens, total_steps, trained_tokens,
@@ -68,6 +68,11 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
 
     base_record = read_record(base_dir)
     fmt = get_format(base_record["prompt_format"])
+    init = None
+    if cfg.init_adapter:
+        init = starter.load(cfg.init_adapter)
+        cfg = starter.check(init, cfg, base_dir, splits_dir, say)
+        say(f"train: continuing {init.dir} (sha256 {init.sha256[:12]})")
     reference = None
     if cfg.opcode_reference:
         from csound_assistant.opcode_reference import OpcodeReference
@@ -101,7 +106,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         f"(~{epochs:.2f} epochs)")
 
     # --- 3. model, optimizer, schedule -----------------------------------------------------
-    model = load_model(base_dir, cfg, backend)
+    model = load_model(base_dir, cfg, backend, init)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
@@ -267,6 +272,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                                                if k not in ("train_loss", "val_loss")},
                 pad_token=fmt.pad, pad_token_id=ids["pad"], eos_token_id=ids["eos"],
                 opcode_reference=reference.describe() if reference else None,
+                init_adapter=init.describe() if init else None,
             )
         import shutil
 

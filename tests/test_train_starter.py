@@ -1,0 +1,117 @@
+"""Continuing an adapter (``init_adapter``): the starter's weights are what training starts
+from, its shape wins over the config's, and a starter that saw this run's validation or test
+rows, was trained on another base, or learned another prompt shape is refused up front."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from csound_assistant.artifacts import read_record, write_json
+from csound_assistant.errors import ConfigError
+from csound_assistant.train import starter
+from csound_assistant.train.config import load_config
+from csound_assistant.train.recipe import train
+from train_helpers import ROWS, make_work, write_splits
+
+FAST = ["max_length=256", "batch_tokens=512", "max_batch_rows=4", "lora_dropout=0",
+        "progress=false", "warmup_steps=1", "eval_every=0", "save_every=0"]
+QUIET = dict(log=lambda *a: None)
+SILENT = dict(say=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_starter(tmp_path_factory, tiny_model_dir):
+    """A 3-step r8 adapter on ROWS, made into a starter as the shipped one was."""
+    tmp = tmp_path_factory.mktemp("starter")
+    work = make_work(tmp, tiny_model_dir)
+    adapter = train(load_config(None, [*FAST, "max_steps=3", "lora_r=8", "lora_alpha=16",
+                                       "learning_rate=1e-2"]), work, **QUIET)
+    return starter.make_starter(adapter, work / "splits", tmp / "starter", {"note": "test"})
+
+
+def test_make_starter_keeps_what_a_continuing_run_needs(tiny_starter, tiny_model_dir):
+    names = {p.name for p in tiny_starter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "prompt_format.json",
+            "train_config.yaml", "metrics.json", starter.ROW_HASHES, "record.json"} <= names
+    weights = load_file(tiny_starter / starter.WEIGHTS)
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
+    with gzip.open(tiny_starter / starter.ROW_HASHES, "rt") as f:
+        assert set(f.read().split()) == {starter.row_hash(r) for r in ROWS}
+    record = read_record(tiny_starter)
+    assert record["stage"] == "starter" and record["note"] == "test"
+    assert record["base"]["path"] == str(tiny_model_dir.resolve())
+    assert len(record["base"]["files"]["model.safetensors"]) == 64
+
+
+def test_make_starter_refuses_splits_it_was_not_trained_on(tmp_path, tiny_starter):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_starter, adapter)
+    other = write_splits(tmp_path / "splits", ROWS[:2], ROWS[:1])
+    with pytest.raises(ConfigError, match="not the train split"):
+        starter.make_starter(adapter, other, tmp_path / "out", {})
+
+
+def test_training_starts_from_the_starter_with_its_shape(tmp_path, tiny_starter,
+                                                          tiny_model_dir):
+    """At learning rate 0 the continued adapter is the starter itself (not a fresh LoRA), in
+    the starter's rank even though the config asks for 16, and the record names it."""
+    rows = [{"instruction": "Make a tone.", "input": "", "output": "instr 9\n out oscili(.1, 99)\nendin"}]
+    work = make_work(tmp_path, tiny_model_dir, ROWS * 2, rows)
+    cfg = load_config(None, [*FAST, "max_steps=2", "learning_rate=0", "lora_r=16",
+                             f"init_adapter={tiny_starter}"])
+    lines = []
+    adapter = train(cfg, work, log=lines.append)
+    assert any("LoRA shape from" in line and "lora_r=8" in line for line in lines)
+    before = load_file(tiny_starter / starter.WEIGHTS)
+    after = load_file(adapter / starter.WEIGHTS)
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key].to(torch.bfloat16), before[key])
+    record = read_record(adapter)
+    assert record["config"]["lora_r"] == 8 and record["config"]["lora_alpha"] == 16
+    assert record["init_adapter"]["sha256"] == starter.fingerprint(str(tiny_starter))
+
+
+def test_leaks_other_bases_and_prompt_shapes_are_refused(tmp_path, tiny_starter,
+                                                         tiny_model_dir):
+    init = starter.load(str(tiny_starter))
+    leaked = make_work(tmp_path / "leak", tiny_model_dir, ROWS, [ROWS[1]])
+    (leaked / "splits" / "test.jsonl").write_text(json.dumps({**ROWS[3], "meta": {"x": 1}}) + "\n")
+    with pytest.raises(ConfigError) as err:
+        starter.check(init, load_config(None, FAST), leaked / "base", leaked / "splits", **SILENT)
+    assert "1 rows of this run's validation split" in str(err.value)
+    assert "1 rows of this run's test split" in str(err.value)  # meta does not hide a row
+
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other_base)
+    record = read_record(other_base)
+    write_json(other_base / "record.json",
+               {**record, "files": {**record.get("files", {}), "model.safetensors": "0" * 64}})
+    fresh = [{"instruction": "Something new.", "input": "", "output": "instr 7\nendin"}]
+    clean = make_work(tmp_path / "clean", other_base, ROWS, fresh)
+    with pytest.raises(ConfigError, match="another base"):
+        starter.check(init, load_config(None, FAST), clean / "base", clean / "splits", **SILENT)
+    with pytest.raises(ConfigError, match="opcode_reference: false"):
+        starter.check(init, load_config(None, [*FAST, "opcode_reference=true"]),
+                      tiny_model_dir, clean / "splits", **SILENT)
+    with pytest.raises(ConfigError, match="holds no peft adapter"):
+        starter.load(str(tmp_path))
+
+
+def test_the_shipped_starter_fits_the_embedded_base_and_the_main_job(base_dir):
+    """The adapter the package ships: the embedded base's weights, manual lookups, r16 on every
+    linear layer, ~9k train rows listed; the main job's recipe continues it."""
+    init = starter.load("starter")
+    assert init.base_weights == read_record(base_dir)["files"]["model.safetensors"]
+    assert init.opcode_reference
+    assert init.lora == {"lora_r": 16, "lora_alpha": 32, "lora_layers": 0, "target_modules": [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}
+    with gzip.open(init.dir / starter.ROW_HASHES, "rt") as f:
+        assert len(f.read().split()) > 9000
+    cfg = load_config("cpu-smollm2-starter")
+    assert cfg.init_adapter == "starter" and cfg.opcode_reference
+    assert read_record(init.dir)["eval"]["summary"]["q8"]["compile@1"] > 0.5

@@ -1,0 +1,157 @@
+"""Continue training an existing LoRA adapter (``init_adapter``), e.g. the starter shipped here.
+
+Two CPU cores train ~60k tokens in the main job's budget, and SmolLM2-135M needed ~10M tokens
+(4 GPU epochs) before it wrote Csound that compiles on held-out requests (bench/NOTES.md). So
+the package ships that GPU-trained adapter (``train/starter/``, made by
+``csound-assistant train make-starter``) and the main job's CPU run continues from it on the
+same splits (plus any feedback rows). Continuing is only honest if the adapter never saw this
+run's validation or test rows, and only works on the base it was trained for: ``check`` refuses
+both, before anything is loaded. ``init_adapter: ''`` trains a new adapter from the bare base.
+
+    csound-assistant train run -c cpu-smollm2-starter          # continues train/starter
+    csound-assistant train make-starter runs/gpu/adapter --splits runs/gpu/splits
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from csound_assistant.artifacts import read_record, sha256_file
+from csound_assistant.errors import ConfigError
+
+STARTER_DIR = Path(__file__).parent / "starter"
+ROW_HASHES = "train_rows.sha1.txt.gz"  # one 16-hex row hash per line: what the adapter saw
+WEIGHTS = "adapter_model.safetensors"
+
+
+def row_hash(row: dict) -> str:
+    """A row's identity for leak checks: its text (everything but ``meta``, whose render peaks
+    of noise opcodes differ from build to build)."""
+    text = json.dumps({k: v for k, v in row.items() if k != "meta"}, sort_keys=True,
+                      ensure_ascii=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _split_hashes(path: Path) -> set[str]:
+    with path.open(encoding="utf-8") as f:
+        return {row_hash(json.loads(line)) for line in f if line.strip()}
+
+
+def resolve(spec: str) -> Path:
+    """``starter`` (the shipped adapter) or a folder holding a peft adapter."""
+    folder = STARTER_DIR if spec == "starter" else Path(spec).expanduser()
+    if not (folder / "adapter_config.json").is_file() or not (folder / WEIGHTS).is_file():
+        raise ConfigError(f"init_adapter={spec!r}: {folder} holds no peft adapter "
+                          f"(adapter_config.json and {WEIGHTS}); give an adapter folder, "
+                          "'starter', or '' to train a new adapter")
+    return folder
+
+
+def fingerprint(spec: str) -> str | None:
+    """The adapter weights' sha256, for the pipeline's stage key; None without an adapter."""
+    return sha256_file(resolve(spec) / WEIGHTS) if spec else None
+
+
+@dataclass(frozen=True)
+class InitAdapter:
+    dir: Path
+    sha256: str
+    lora: dict  # the LoRA shape it fixes: lora_r, lora_alpha, target_modules, lora_layers
+    opcode_reference: bool
+    base_weights: str | None  # sha256 of the base's model.safetensors it was trained on
+
+    def describe(self) -> dict:
+        return {"dir": str(self.dir.resolve()), "sha256": self.sha256, **self.lora,
+                "opcode_reference": self.opcode_reference}
+
+
+def load(spec: str) -> InitAdapter:
+    folder = resolve(spec)
+    peft = json.loads((folder / "adapter_config.json").read_text())
+    layers = peft.get("layers_to_transform")
+    record = read_record(folder) if (folder / "record.json").is_file() else {}
+    fmt = json.loads((folder / "prompt_format.json").read_text()) \
+        if (folder / "prompt_format.json").is_file() else {}
+    return InitAdapter(
+        dir=folder, sha256=sha256_file(folder / WEIGHTS),
+        lora={"lora_r": peft["r"], "lora_alpha": peft["lora_alpha"],
+              "target_modules": sorted(peft["target_modules"]),
+              "lora_layers": len(layers) if layers else 0},
+        opcode_reference=bool(fmt.get("opcode_reference")),
+        base_weights=record.get("base", {}).get("files", {}).get("model.safetensors"),
+    )
+
+
+def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
+    """``cfg`` with the adapter's LoRA shape; raises ConfigError if continuing would train on
+    another base, change the prompt the model learned, or leak validation/test rows."""
+    problems = []
+    base_weights = read_record(base_dir).get("files", {}).get("model.safetensors")
+    if init.base_weights and base_weights and init.base_weights != base_weights:
+        problems.append(f"{init.dir} was trained on another base (model.safetensors "
+                        f"{init.base_weights[:12]}, this run's base {base_weights[:12]}); "
+                        "continue it only on its own base, or set init_adapter: ''")
+    if cfg.opcode_reference != init.opcode_reference:
+        problems.append(f"{init.dir} was trained with opcode_reference={init.opcode_reference}; "
+                        f"set opcode_reference: {str(init.opcode_reference).lower()} so its "
+                        "requests keep the shape it learned")
+    hashes = init.dir / ROW_HASHES
+    if hashes.is_file():
+        with gzip.open(hashes, "rt") as f:
+            seen = {line.strip() for line in f if line.strip()}
+        for name in ("validation", "test"):
+            path = splits_dir / f"{name}.jsonl"
+            leaked = len(_split_hashes(path) & seen) if path.is_file() else 0
+            if leaked:
+                problems.append(f"{init.dir} was trained on {leaked} rows of this run's {name} "
+                                f"split ({path}): its validation loss and eval would be "
+                                "contaminated; split again with the adapter's split settings, "
+                                "or set init_adapter: ''")
+    else:
+        say(f"train: {init.dir} lists no training rows ({ROW_HASHES}); "
+            "cannot check it for validation/test leaks")
+    if problems:
+        raise ConfigError("cannot continue from init_adapter:\n  " + "\n  ".join(problems))
+    changed = {k: v for k, v in init.lora.items() if getattr(cfg, k) != v}
+    if changed:
+        say(f"train: LoRA shape from {init.dir.name}: "
+            + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return dataclasses.replace(cfg, **init.lora)
+
+
+def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict) -> Path:
+    """Copy a trained adapter as a starter: bf16 weights (half the bytes, what the GPU trained
+    in), its config, prompt format and record, and the hashes of the train rows it saw. The
+    splits must be the ones it trained on (their sha256 is in its record)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from csound_assistant.artifacts import stage_output, write_record
+
+    record = read_record(adapter_dir)
+    train_rows = splits_dir / "train.jsonl"
+    want = record.get("splits", {}).get("train")
+    if want != sha256_file(train_rows):
+        raise ConfigError(f"{train_rows} is not the train split {adapter_dir} was trained on "
+                          f"(its record says sha256 {str(want)[:12]}); give --splits the run's "
+                          "splits folder")
+    with stage_output(out_dir, force=True) as tmp:
+        weights = {k: v.to(torch.bfloat16) for k, v in load_file(adapter_dir / WEIGHTS).items()}
+        save_file(weights, tmp / WEIGHTS)
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "SmolLM2-135M-Instruct (csound-assistant base import)"
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        for name in ("prompt_format.json", "train_config.yaml", "metrics.json"):
+            (tmp / name).write_bytes((adapter_dir / name).read_bytes())
+        with gzip.open(tmp / ROW_HASHES, "wt") as f:
+            f.writelines(f"{h}\n" for h in sorted(_split_hashes(train_rows)))
+        write_record(tmp, "starter", adapter=str(adapter_dir.resolve()),
+                     base=record.get("base"), splits=record.get("splits"),
+                     config=record.get("config"), metrics=record.get("metrics"),
+                     backend=record.get("backend"), **note)
+    return out_dir
