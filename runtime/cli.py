@@ -24,6 +24,9 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 @click.option("--api-key", default=None, envvar="CSOUND_ASSISTANT_API_KEY",
               help="Require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on every route "
                    "except /health.")
+@click.option("--cors-origins", default=None, envvar="CSOUND_ASSISTANT_CORS_ORIGINS",
+              help="Comma-separated web origins whose pages may call the API (a browser-based "
+                   "editor), or * [default: none].")
 @click.option("--n-ctx", type=int, default=None, help="Context length in tokens [default: 4096].")
 @click.option("--threads", "n_threads", type=int, default=None, help="CPU threads.")
 @click.option("--n-gpu-layers", type=int, default=None, help="Layers on the GPU (-1: all).")
@@ -83,6 +86,9 @@ def cli(model, log_level, **options):
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "
                    "reach this port can use the model", err=True)
+    if "*" in settings.allowed_origins() and not settings.api_key:
+        click.echo("warning: --cors-origins '*' without --api-key: any web page you open can "
+                   "use the model (and read its answers)", err=True)
     click.echo(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port} "
                f"(OpenAI base URL http://{settings.host}:{settings.port}/v1)", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
@@ -448,4 +449,10 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
     app.state.settings = settings
     app.add_middleware(SafetyMiddleware, api_key=settings.api_key,
                        max_body_bytes=settings.max_body_bytes)
+    if settings.allowed_origins():
+        # Outside the key check: a browser's preflight (OPTIONS) never carries the key.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins(),
+                           allow_methods=["GET", "POST"], max_age=600,
+                           allow_headers=["Authorization", "Content-Type", "x-api-key"],
+                           expose_headers=["Retry-After", "X-Csound-Repairs"])
     return app

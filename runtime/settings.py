@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,9 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "bind address"})
     port: int = field(default=8080, metadata={"help": "TCP port"})
     api_key: str | None = field(default=None, metadata={"help": "require this key (Bearer)"})
+    cors_origins: str | None = field(default=None, metadata={
+        "help": "comma-separated web origins whose pages may call the API (browser editors, "
+                "e.g. https://ide.example.org), or *; default none: no CORS headers"})
     n_ctx: int = field(default=4096, metadata={"help": "context length in tokens"})
     n_threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
     n_gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1 all)"})
@@ -68,8 +72,15 @@ class Settings:
         if self.default_max_tokens > self.max_tokens_limit:
             problems.append(f"default_max_tokens ({self.default_max_tokens}) exceeds "
                             f"max_tokens_limit ({self.max_tokens_limit})")
+        for origin in self.allowed_origins():
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                problems.append(f"cors_origins: {origin!r} is not an origin (scheme://host[:port], "
+                                "no path) or *")
         if problems:
             raise ConfigError("bad server settings: " + "; ".join(problems))
+
+    def allowed_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:

@@ -516,3 +516,29 @@ def test_infill_n_indent_stops_at_a_dedented_line():
         assert "".join(pieces) == "a\n    b\n\n    c" and not any("endin" in p for p in pieces)
         assert c.post("/infill", json={**body, "n_indent": 0}).json()["content"] == \
             "a\n    b\n\n    c\nendin\nmore"
+
+
+def test_cors_lets_listed_web_origins_call_the_api():
+    """No CORS headers by default; a listed origin gets them, and its preflight passes the key
+    check (browsers never send the key on OPTIONS) while the real request still needs it."""
+    origin = {"Origin": "https://ide.example.org"}
+    with make_client() as c:
+        assert "access-control-allow-origin" not in c.get("/v1/models", headers=origin).headers
+    with make_client(api_key="k", cors_origins="https://ide.example.org, http://localhost:3000/") as c:
+        pre = c.options("/v1/chat/completions", headers={
+            **origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == "https://ide.example.org"
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        r = c.get("/v1/models", headers=origin)
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == origin["Origin"]
+        r = c.get("/v1/models", headers={**origin, "Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin["Origin"]
+        other = c.get("/v1/models", headers={"Origin": "https://evil.example",
+                                             "Authorization": "Bearer k"})
+        assert "access-control-allow-origin" not in other.headers
+        assert c.get("/v1/models", headers={"Origin": "http://localhost:3000",
+                                            "Authorization": "Bearer k"}).status_code == 200
+    with pytest.raises(ConfigError, match="is not an origin"):
+        Settings(cors_origins="https://ide.example.org/path")

@@ -93,7 +93,8 @@ def config_command(config_path, overrides, explain):
               help="Where to write it [default: train/starter, the one the package ships].")
 @click.option("--eval-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="An `eval run` report.json of this adapter to quote in the record.")
-def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report):
+@force_option
+def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report, force):
     """Turn a trained adapter into a starter that `init_adapter` runs continue from.
 
     Writes bf16 weights, the adapter's config, prompt format and record, and the hashes of the
@@ -102,7 +103,7 @@ def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report):
     \b
     Example (the shipped one: gpu-smollm2-lora on an H200, bench/NOTES.md):
         csound-assistant train make-starter runs/gpu-ref/adapter --splits runs/demo5/splits \\
-            --eval-report runs/gpu-ref/eval-q8-all/report.json
+            --eval-report runs/gpu-ref/eval-q8-all/report.json --force
     """
     import json
 
@@ -115,5 +116,5 @@ def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report):
             model: {k: s["overall"][k] for k in ("items", "compile@1", "sound@1", "coverage")}
             for model, s in summary.items()}}
     with domain_errors():
-        out = make_starter(adapter_dir, splits_dir, out_dir or STARTER_DIR, note)
+        out = make_starter(adapter_dir, splits_dir, out_dir or STARTER_DIR, note, force=force)
     click.echo(f"starter: {out}")

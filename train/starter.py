@@ -117,14 +117,19 @@ def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
             "cannot check it for validation/test leaks")
     if problems:
         raise ConfigError("cannot continue from init_adapter:\n  " + "\n  ".join(problems))
-    changed = {k: v for k, v in init.lora.items() if getattr(cfg, k) != v}
+    def same(key, value):
+        mine = getattr(cfg, key)
+        return sorted(mine) == value if key == "target_modules" else mine == value
+
+    changed = {k: v for k, v in init.lora.items() if not same(k, v)}
     if changed:
         say(f"train: LoRA shape from {init.dir.name}: "
             + ", ".join(f"{k}={v}" for k, v in changed.items()))
     return dataclasses.replace(cfg, **init.lora)
 
 
-def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict) -> Path:
+def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict, *,
+                 force: bool = False) -> Path:
     """Copy a trained adapter as a starter: bf16 weights (half the bytes, what the GPU trained
     in), its config, prompt format and record, and the hashes of the train rows it saw. The
     splits must be the ones it trained on (their sha256 is in its record)."""
@@ -140,7 +145,7 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict)
         raise ConfigError(f"{train_rows} is not the train split {adapter_dir} was trained on "
                           f"(its record says sha256 {str(want)[:12]}); give --splits the run's "
                           "splits folder")
-    with stage_output(out_dir, force=True) as tmp:
+    with stage_output(out_dir, force=force) as tmp:
         weights = {k: v.to(torch.bfloat16) for k, v in load_file(adapter_dir / WEIGHTS).items()}
         save_file(weights, tmp / WEIGHTS)
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
