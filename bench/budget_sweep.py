@@ -143,7 +143,8 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     from csound_assistant.opcode_reference import OpcodeReference
 
     fmt = load_prompt_format(adapter)
-    reference = OpcodeReference.from_manual() if fmt.opcode_reference else None
+    reference = (OpcodeReference.from_manual()
+                 if fmt.opcode_reference or fmt.fim_reference else None)
     tok = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try the script
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device)
@@ -153,11 +154,13 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     pad = special(fmt.pad)
 
     def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
-        messages = item["messages"]
-        if reference and item["prefix"] is None:
+        messages, prefix = item["messages"], item["prefix"]
+        if fmt.opcode_reference and prefix is None:
             messages = reference.augment(messages)
-        text = (fmt.chat_prompt(messages) if item["prefix"] is None
-                else fmt.bos + fmt.fim_prompt(item["prefix"], item["suffix"]))
+        if fmt.fim_reference and prefix is not None:
+            prefix = reference.fim_prefix(prefix, item["suffix"])
+        text = (fmt.chat_prompt(messages) if prefix is None
+                else fmt.bos + fmt.fim_prompt(prefix, item["suffix"]))
         return tok(text, add_special_tokens=False).input_ids
 
     answers, order = {}, sorted(items, key=lambda i: i["budget"])

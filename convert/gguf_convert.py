@@ -184,6 +184,8 @@ def metadata_values(tokens: list[str], fmt: PromptFormat, metadata: dict) -> dic
     out.update({k: (v, T.UINT32) for k, v in prompt_format_ids(tokens, fmt).items()})
     if fmt.opcode_reference:  # eval and the server add manual synopses as training did
         out[C.GGUF_OPCODE_REFERENCE] = (True, T.BOOL)
+    if fmt.fim_reference:
+        out[C.GGUF_FIM_REFERENCE] = (True, T.BOOL)
     return {**out, **general_values(metadata)}
 
 

@@ -49,6 +49,7 @@ GGUF_GENERAL_DATASET = "general.dataset.0.name"
 GGUF_ARCHITECTURE = "general.architecture"
 # Ours: the model was trained with manual synopses added to requests (opcode_reference.py).
 GGUF_OPCODE_REFERENCE = "csound_assistant.opcode_reference"
+GGUF_FIM_REFERENCE = "csound_assistant.fim_reference"  # the same, as comments before FIM prefixes
 
 # Ollama Modelfile directives.
 MODELFILE_FROM = "FROM"

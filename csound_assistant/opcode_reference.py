@@ -15,6 +15,12 @@ for up to MAX_OPCODES opcodes named in the user's words or quoted in an error me
 blocks are not searched: a fix request's code names every opcode it uses). The flag travels in
 the prompt format record and as the GGUF key ``csound_assistant.opcode_reference``; Ollama
 cannot run a lookup, so a model served there gets plain prompts (runtime/README.md).
+
+Fill-in-the-middle requests have no prose: with ``fim_reference`` (a separate flag, GGUF key
+``csound_assistant.fim_reference``) the synopses of up to MAX_FIM_OPCODES opcodes on the
+cursor's line go in front of the prefix as Csound comments (``; Csound manual:``, then
+``; ares dust2 kamp, kdensity``): most wrong FIM middles of the GPU-trained model are that
+opcode's argument list.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ HEADER = "Csound manual:"
 MAX_OPCODES = 4
 MAX_LINES = 2  # synopsis variants per opcode (dust2 has an a-rate and a k-rate one)
 MAX_CHARS = 120
+MAX_FIM_OPCODES = 2
 # Opcode names that in a request's prose are nearly always English; used only when backticked
 # or called an opcode ("the `line` opcode", "what does the max opcode do").
 COMMON_WORDS = frozenset(
@@ -109,6 +116,22 @@ class OpcodeReference:
         last = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{block}"}
         return [*messages[:-1], last]
 
+    def fim_named(self, prefix: str, suffix: str) -> list[str]:
+        """Opcodes on the cursor's line (the prefix's last line and the suffix's first), in
+        the order they appear; in code every opcode name is an opcode, English or not."""
+        line = prefix.rpartition("\n")[2] + " " + suffix.partition("\n")[0]
+        names = [w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", line) if w in self.synopses]
+        return list(dict.fromkeys(names))[:MAX_FIM_OPCODES]
+
+    def fim_comments(self, prefix: str, suffix: str) -> str:
+        """The synopses of the cursor line's opcodes as Csound comment lines ('' if none)."""
+        block = self.block(self.fim_named(prefix, suffix))
+        return "".join(f"; {line}\n" for line in block.splitlines())
+
+    def fim_prefix(self, prefix: str, suffix: str) -> str:
+        """``prefix`` as a model trained with ``fim_reference`` reads it."""
+        return self.fim_comments(prefix, suffix) + prefix
+
     def augment_row_messages(self, messages: list[dict]) -> list[dict]:
         """A training conversation: each user turn is augmented as the server would have
         augmented it when that turn was the last one."""
@@ -136,9 +159,10 @@ def _read_saved(path: Path) -> OpcodeReference:
     return OpcodeReference(synopses)
 
 
-def trained_with_reference(gguf_metadata: dict) -> bool:
-    """Whether a GGUF (llama-cpp-python's ``metadata``: strings) asks for manual synopses."""
-    return str(gguf_metadata.get(GGUF_OPCODE_REFERENCE, "false")).lower() == "true"
+def trained_with_reference(gguf_metadata: dict, key: str = GGUF_OPCODE_REFERENCE) -> bool:
+    """Whether a GGUF (llama-cpp-python's ``metadata``: strings) asks for manual synopses in
+    chat requests (or, with ``key=GGUF_FIM_REFERENCE``, in FIM requests)."""
+    return str(gguf_metadata.get(key, "false")).lower() == "true"
 
 
 @functools.lru_cache(maxsize=4)

@@ -63,6 +63,8 @@ class PromptFormat:
     # Trained with the manual's synopses of the opcodes a request names under its last user
     # message (csound_assistant.opcode_reference); runtimes add them the same way.
     opcode_reference: bool = False
+    # ... and before each FIM prefix, the synopses of the cursor line's opcodes as comments.
+    fim_reference: bool = False
 
     # --- chat -----------------------------------------------------------------------------
     def _with_system(self, messages: list[dict]) -> list[dict]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from csound_assistant.constants import (
     GGUF_CHAT_TEMPLATE,
     GGUF_FIM_MID_TOKEN_ID,
+    GGUF_FIM_REFERENCE,
     GGUF_FIM_PRE_TOKEN_ID,
     GGUF_FIM_SUF_TOKEN_ID,
 )
@@ -55,9 +56,11 @@ class PromptBuilder:
                  opcode_reference: bool = True):
         self.backend = backend
         meta = backend.metadata
-        self.reference = None  # manual synopses, for a model trained with them
-        if opcode_reference and trained_with_reference(meta):
-            self.reference = OpcodeReference.from_manual()
+        # Manual synopses in chat requests and before FIM prefixes, for a model trained so.
+        self.chat_reference = opcode_reference and trained_with_reference(meta)
+        self.fim_reference = opcode_reference and trained_with_reference(meta, GGUF_FIM_REFERENCE)
+        self.reference = (OpcodeReference.from_manual()
+                          if self.chat_reference or self.fim_reference else None)
         self.format = get_format(prompt_format) if prompt_format else None
         self.stop_ids: set[int] = set()
         if self.format:
@@ -101,7 +104,7 @@ class PromptBuilder:
 
     # --- chat ------------------------------------------------------------------------------
     def chat_tokens(self, messages: list[dict]) -> list[int]:
-        if self.reference:
+        if self.chat_reference:
             messages = self.reference.augment(messages)
         text = self.chat_text(messages)
         ids = self.backend.tokenize(text, special=True)
@@ -148,7 +151,10 @@ class PromptBuilder:
             head = self.backend.tokenize(self.format.bos, special=True)
         elif self.add_bos:
             head = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID])]
-        prefix_ids = self.backend.tokenize(prefix, special=False)
+        # Training tokenized the lookup comments and the prefix as one text; so does this,
+        # unless the prefix must be cut: then its start goes and the comments stay.
+        lookup = self.reference.fim_comments(prefix, suffix) if self.fim_reference else ""
+        prefix_ids = self.backend.tokenize(lookup + prefix, special=False)
         suffix_ids = self._strip_dummy_space(suffix, self.backend.tokenize(suffix, special=False))
         room = budget - len(head) - 3
         if room < 2:
@@ -159,7 +165,12 @@ class PromptBuilder:
             suffix_ids, truncated = suffix_ids[:suffix_take], True
         prefix_take = room - len(suffix_ids)
         if prefix_take < len(prefix_ids):
-            prefix_ids, truncated = prefix_ids[len(prefix_ids) - prefix_take:], True
+            lookup_ids = self.backend.tokenize(lookup, special=False) if lookup else []
+            if len(lookup_ids) >= prefix_take:
+                lookup_ids = []  # no room for the comments: the code nearest the cursor wins
+            code_ids = self.backend.tokenize(prefix, special=False)
+            keep = prefix_take - len(lookup_ids)
+            prefix_ids, truncated = [*lookup_ids, *code_ids[len(code_ids) - keep:]], True
         extra_ids: list[int] = []
         for filename, text in extra:
             chunk = self.backend.tokenize(
@@ -181,6 +192,8 @@ class PromptBuilder:
     def describe(self) -> dict:
         return {"chat_template_source": self.template_source, "fim_source": self.fim_source,
                 "opcode_reference": self.reference.describe() if self.reference else None,
+                "lookups": [w for w, on in (("chat", self.chat_reference),
+                                            ("fim", self.fim_reference)) if on],
                 "fim_token_ids": None if self.fim is None else
                 [self.fim.pre, self.fim.suf, self.fim.mid]}
 

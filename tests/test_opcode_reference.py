@@ -108,14 +108,14 @@ def test_training_encodes_the_text_the_runtimes_build(ref, tiny_model_dir):
     row = {"instruction": "Write a CSD that uses dust2.", "output": "<CsoundSynthesizer>",
            "meta": {"task": "write"}}
     fmt = dataclasses.replace(get_format("chatml"), opcode_reference=True)
-    seen = with_reference(row, ref)
+    seen = with_reference(row, ref, fmt)
     assert seen["messages"][0]["content"].endswith("kres dust2 kamp, kdensity")
     # What training reads up to the answer is exactly the prompt eval and the server render.
     prompt = fmt.chat_prompt(ref.augment(user("Write a CSD that uses dust2.")))
     text = "".join(t for t, _ in fmt.segments(seen))
     assert text.startswith(prompt)
     fim = {"prefix": "instr 1\n", "middle": "dust2", "suffix": "\nendin"}
-    assert with_reference(fim, ref) is fim
+    assert with_reference(fim, ref, fmt) is fim  # FIM lookups are their own flag
     encoded = encode_row(AutoTokenizer.from_pretrained(tiny_model_dir), fmt, seen)
     assert encoded.kind == "chat" and encoded.n_trained > 0
 
@@ -152,5 +152,57 @@ def test_the_flag_travels_in_the_gguf_to_eval_and_server(ref, embedded_gguf, tmp
             return backend.llm.detokenize(ids, special=True).decode()
 
         assert want in served() and want not in served(opcode_reference=False)
+    finally:
+        backend.close()
+
+
+def test_fim_lookups_name_the_cursor_lines_opcodes_and_every_runtime_builds_them(
+        ref, embedded_gguf, tmp_path):
+    """fim_reference: the synopses of the opcodes on the cursor's line go before the prefix as
+    Csound comments; training, eval and the server (/infill, also when the prefix is cut) give
+    the model the same tokens, and a model without the flag gets none."""
+    from csound_assistant.convert.gguf_convert import embed_metadata
+    from csound_assistant.eval.models import GGUFModel
+    from csound_assistant.runtime.backend import LlamaBackend
+    from csound_assistant.runtime.prompts import PromptBuilder
+    from csound_assistant.train.encode import with_reference
+
+    prefix, suffix = "instr 1\nkenv linseg 0, p3, 1\naout reverbsc ", ", 0.8, 12000\nout aout\nendin"
+    assert ref.fim_named(prefix, suffix) == ["reverbsc"]  # not linseg: another line
+    assert ref.fim_named("instr 1\n  asig oscili 0.1, 440\n", "  out asig") == ["out"]
+    comments = ref.fim_comments(prefix, suffix)
+    assert comments.startswith(f"; {HEADER}\n; aoutL, aoutR reverbsc ainL, ainR, kfblvl, kfco")
+    assert ref.fim_comments("instr 1\n", "endin") == ""
+
+    fmt = dataclasses.replace(get_format("chatml"), fim_reference=True)
+    row = {"prefix": prefix, "middle": "ain, ain", "suffix": suffix}
+    trained = with_reference(row, ref, fmt)
+    assert trained["prefix"] == comments + prefix and trained["middle"] == row["middle"]
+    text = "".join(t for t, _ in fmt.segments(trained))
+
+    flagged = tmp_path / "fim.gguf"
+    embed_metadata(embedded_gguf, flagged, fmt, {})
+    model = GGUFModel(flagged, n_ctx=512)
+    try:
+        assert model.describe()["lookups"] == ["fim"]
+        tokens = []
+        model._run = lambda ids, *a, **k: tokens.extend(ids)  # the prompt, not the answer
+        model.fim(prefix, suffix)
+        assert text.startswith(model.llm.detokenize(tokens, special=True).decode())
+        assert comments in model.llm.detokenize(tokens, special=True).decode()
+    finally:
+        model.close()
+    backend = LlamaBackend(flagged, n_ctx=512, cache_slots=0)
+    try:
+        served = PromptBuilder(backend, None)
+        ids, cut = served.fim_tokens(prefix, suffix, budget=400)
+        assert not cut and ids == tokens
+        long = "; a long file\n" * 200 + prefix
+        ids, cut = served.fim_tokens(long, suffix, budget=300)
+        shown = backend.llm.detokenize(ids, special=True).decode()
+        assert cut and comments in shown and shown.count("; a long file") < 200
+        plain = PromptBuilder(backend, None, opcode_reference=False)
+        assert HEADER not in backend.llm.detokenize(
+            plain.fim_tokens(prefix, suffix, budget=400)[0], special=True).decode()
     finally:
         backend.close()

@@ -57,6 +57,9 @@ class TrainConfig:
     opcode_reference: bool = _f(False, "add the manual's synopsis of each opcode a request "
                                 "names under it (csound_assistant.opcode_reference); the "
                                 "exported model asks eval and the server to do the same")
+    fim_reference: bool = _f(False, "put the manual's synopses of the opcodes on the cursor's "
+                             "line before each FIM prefix, as Csound comments; the exported "
+                             "model asks eval and the server to do the same")
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
     batch_tokens: int = _f(4096, "tokens per micro-batch (real tokens when packed; rows x "

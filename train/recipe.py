@@ -74,12 +74,15 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         cfg = starter.check(init, cfg, base_dir, splits_dir, say)
         say(f"train: continuing {init.dir} (sha256 {init.sha256[:12]})")
     reference = None
-    if cfg.opcode_reference:
+    if cfg.opcode_reference or cfg.fim_reference:
         from csound_assistant.opcode_reference import OpcodeReference
 
         reference = OpcodeReference.from_manual()
-        fmt = dataclasses.replace(fmt, opcode_reference=True)
-        say(f"train: manual synopses under requests ({reference.describe()['opcodes']} opcodes)")
+        fmt = dataclasses.replace(fmt, opcode_reference=cfg.opcode_reference,
+                                  fim_reference=cfg.fim_reference)
+        say(f"train: manual synopses ({reference.describe()['opcodes']} opcodes) under "
+            + " and ".join(w for w, on in (("requests", cfg.opcode_reference),
+                                           ("before FIM prefixes", cfg.fim_reference)) if on))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     ids = special_ids(tokenizer, fmt)
     tokenizer.pad_token = fmt.pad  # an existing unused token, never EOS: the vocabulary is fixed
@@ -89,7 +92,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)
-        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, reference)
+        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name,
+                                    reference)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
             + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"

@@ -63,11 +63,12 @@ class InitAdapter:
     sha256: str
     lora: dict  # the LoRA shape it fixes: lora_r, lora_alpha, target_modules, lora_layers
     opcode_reference: bool
+    fim_reference: bool
     base_weights: str | None  # sha256 of the base's model.safetensors it was trained on
 
     def describe(self) -> dict:
         return {"dir": str(self.dir.resolve()), "sha256": self.sha256, **self.lora,
-                "opcode_reference": self.opcode_reference}
+                "opcode_reference": self.opcode_reference, "fim_reference": self.fim_reference}
 
 
 def load(spec: str) -> InitAdapter:
@@ -83,6 +84,7 @@ def load(spec: str) -> InitAdapter:
               "target_modules": sorted(peft["target_modules"]),
               "lora_layers": len(layers) if layers else 0},
         opcode_reference=bool(fmt.get("opcode_reference")),
+        fim_reference=bool(fmt.get("fim_reference")),
         base_weights=record.get("base", {}).get("files", {}).get("model.safetensors"),
     )
 
@@ -96,10 +98,11 @@ def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
         problems.append(f"{init.dir} was trained on another base (model.safetensors "
                         f"{init.base_weights[:12]}, this run's base {base_weights[:12]}); "
                         "continue it only on its own base, or set init_adapter: ''")
-    if cfg.opcode_reference != init.opcode_reference:
-        problems.append(f"{init.dir} was trained with opcode_reference={init.opcode_reference}; "
-                        f"set opcode_reference: {str(init.opcode_reference).lower()} so its "
-                        "requests keep the shape it learned")
+    for flag in ("opcode_reference", "fim_reference"):
+        if getattr(cfg, flag) != getattr(init, flag):
+            want = str(getattr(init, flag)).lower()
+            problems.append(f"{init.dir} was trained with {flag}: {want}; set {flag}: {want} "
+                            "so its requests keep the shape it learned")
     hashes = init.dir / ROW_HASHES
     if hashes.is_file():
         with gzip.open(hashes, "rt") as f:
