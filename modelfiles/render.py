@@ -148,8 +148,9 @@ def _parameter(name: str, value) -> str:
 # Ollama has no hook to run a lookup: say so where an Ollama user looks.
 LOOKUP_NOTE = (
     "# This model was trained with manual lookups (the manual's synopsis of each opcode a request\n"
-    "# names, under the request). `csound-assistant serve` adds them; Ollama cannot, so here it\n"
-    "# answers from memory and gets argument lists wrong more often (bench/NOTES.md).\n")
+    "# names, under the request; for completions, of the opcodes on the cursor's line).\n"
+    "# `csound-assistant serve` adds them; Ollama cannot, so here it answers from memory and\n"
+    "# gets argument lists wrong more often (bench/NOTES.md).\n")
 
 
 def render_modelfile(prompt_format: PromptFormat, *, model_lines: list[str],
@@ -178,7 +179,8 @@ def render_modelfile(prompt_format: PromptFormat, *, model_lines: list[str],
         system=prompt_format.system,
         parameter_lines="\n".join(stop_lines + value_lines),
         license=license_text,
-        lookup_note=LOOKUP_NOTE if prompt_format.opcode_reference else "",
+        lookup_note=(LOOKUP_NOTE if prompt_format.opcode_reference or prompt_format.fim_reference
+                     else ""),
     )
 
 

@@ -269,6 +269,7 @@ async def health(request: Request):
         "status": "ok", "model": svc.model_name, "queue_depth": svc.engine.queue_depth,
         "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
         "opcode_reference": svc.prompts.reference.describe() if svc.prompts.reference else None,
+        "lookups": svc.prompts.describe()["lookups"],
         **svc.engine.metrics.summary(),
     })
 

@@ -313,6 +313,7 @@ def test_a_model_trained_with_manual_lookups_gets_them(enabled):
         prompt = bytes(t - BYTE0 for t in backend.prompts[-1] if t >= BYTE0).decode()
         assert ("Csound manual:\nares dust2 kamp, kdensity" in prompt) is enabled
         assert (c.get("/health").json()["opcode_reference"] is not None) is enabled
+        assert c.get("/health").json()["lookups"] == (["chat"] if enabled else [])
 
 
 def test_settings_come_from_options_then_environment():

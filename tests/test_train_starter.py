@@ -36,7 +36,9 @@ def tiny_starter(tmp_path_factory, tiny_model_dir):
 def test_make_starter_keeps_what_a_continuing_run_needs(tiny_starter, tiny_model_dir):
     names = {p.name for p in tiny_starter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "prompt_format.json",
-            "train_config.yaml", "metrics.json", starter.ROW_HASHES, "record.json"} <= names
+            "train_config.yaml", "metrics.json", starter.ROW_HASHES, "record.json",
+            "README.md"} <= names
+    assert "r8, alpha 16" in (tiny_starter / "README.md").read_text()
     weights = load_file(tiny_starter / starter.WEIGHTS)
     assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
     with gzip.open(tiny_starter / starter.ROW_HASHES, "rt") as f:
@@ -95,6 +97,9 @@ def test_leaks_other_bases_and_prompt_shapes_are_refused(tmp_path, tiny_starter,
     clean = make_work(tmp_path / "clean", other_base, ROWS, fresh)
     with pytest.raises(ConfigError, match="another base"):
         starter.check(init, load_config(None, FAST), clean / "base", clean / "splits", **SILENT)
+    with pytest.raises(ConfigError, match="fim_reference: false"):
+        starter.check(init, load_config(None, [*FAST, "fim_reference=true"]),
+                      tiny_model_dir, clean / "splits", **SILENT)
     with pytest.raises(ConfigError, match="opcode_reference: false"):
         starter.check(init, load_config(None, [*FAST, "opcode_reference=true"]),
                       tiny_model_dir, clean / "splits", **SILENT)
@@ -107,11 +112,12 @@ def test_the_shipped_starter_fits_the_embedded_base_and_the_main_job(base_dir):
     linear layer, ~9k train rows listed; the main job's recipe continues it."""
     init = starter.load("starter")
     assert init.base_weights == read_record(base_dir)["files"]["model.safetensors"]
-    assert init.opcode_reference
+    assert init.opcode_reference and init.fim_reference
     assert init.lora == {"lora_r": 16, "lora_alpha": 32, "lora_layers": 0, "target_modules": [
         "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}
     with gzip.open(init.dir / starter.ROW_HASHES, "rt") as f:
         assert len(f.read().split()) > 9000
     cfg = load_config("cpu-smollm2-starter")
-    assert cfg.init_adapter == "starter" and cfg.opcode_reference
-    assert read_record(init.dir)["eval"]["summary"]["q8"]["compile@1"] > 0.5
+    assert cfg.init_adapter == "starter" and cfg.opcode_reference and cfg.fim_reference
+    assert read_record(init.dir)["metrics"]["val_loss_end"] < 0.5
+    starter.check(init, cfg, base_dir, base_dir, say=lambda *a: None)  # no splits: no leaks

@@ -156,10 +156,41 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         for name in ("prompt_format.json", "train_config.yaml", "metrics.json"):
             (tmp / name).write_bytes((adapter_dir / name).read_bytes())
-        with gzip.open(tmp / ROW_HASHES, "wt") as f:
-            f.writelines(f"{h}\n" for h in sorted(_split_hashes(train_rows)))
+        hashes = "".join(f"{h}\n" for h in sorted(_split_hashes(train_rows)))
+        with gzip.GzipFile(tmp / ROW_HASHES, "wb", mtime=0) as f:  # same rows, same bytes
+            f.write(hashes.encode())
+        (tmp / "README.md").write_text(_card(record, note))
         write_record(tmp, "starter", adapter=str(adapter_dir.resolve()),
                      base=record.get("base"), splits=record.get("splits"),
                      config=record.get("config"), metrics=record.get("metrics"),
                      backend=record.get("backend"), **note)
     return out_dir
+
+
+def _card(record: dict, note: dict) -> str:
+    """The starter's README: what it is and what made it, from the adapter's record."""
+    cfg, m = record.get("config", {}), record.get("metrics", {})
+    lookups = [w for w, on in (("chat requests", cfg.get("opcode_reference")),
+                               ("FIM prefixes", cfg.get("fim_reference"))) if on]
+    lines = [
+        "# Starter adapter", "",
+        "A LoRA adapter that `init_adapter` training runs continue (train/starter.py, "
+        "train/README.md). Written by `csound-assistant train make-starter`.", "",
+        f"- base: {record.get('base', {}).get('source', {}).get('file', '?')} "
+        f"(model.safetensors {record.get('base', {}).get('files', {}).get('model.safetensors', '?')[:12]})",
+        f"- shape: LoRA r{cfg.get('lora_r')}, alpha {cfg.get('lora_alpha')}, "
+        f"{', '.join(cfg.get('target_modules', []))}, "
+        f"{'all layers' if not cfg.get('lora_layers') else 'last %d layers' % cfg['lora_layers']}",
+        f"- manual lookups: {', '.join(lookups) or 'none'}",
+        f"- trained: {record.get('backend', '?')}; {m.get('steps')} steps, {m.get('epochs')} "
+        f"epochs, {m.get('tokens_seen'):,} tokens, validation loss "
+        f"{m.get('val_loss_start', 0):.3f} -> {m.get('val_loss_end', 0):.3f}",
+        f"- train split sha256 {record.get('splits', {}).get('train', '?')[:12]}; the hash of "
+        f"every train row is in {ROW_HASHES}",
+    ]
+    for model, s in note.get("eval", {}).get("summary", {}).items():
+        lines.append(f"- eval ({model}, {s['items']} items): compile@1 {s['compile@1']:.2f}, "
+                     f"sound@1 {s['sound@1']:.2f}")
+    lines += ["", "License: Apache-2.0, like SmolLM2-135M-Instruct and the Csound manual "
+              "examples it learned from.", ""]
+    return "\n".join(lines)
