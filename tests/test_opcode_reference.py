@@ -167,7 +167,8 @@ def test_fim_lookups_name_the_cursor_lines_opcodes_and_every_runtime_builds_them
     from csound_assistant.runtime.prompts import PromptBuilder
     from csound_assistant.train.encode import with_reference
 
-    prefix, suffix = "instr 1\nkenv linseg 0, p3, 1\naout reverbsc ", ", 0.8, 12000\nout aout\nendin"
+    prefix = "instr 1\nkenv linseg 0, p3, 1\naout reverbsc "
+    suffix = ", 0.8, 12000\nout aout\nendin"
     assert ref.fim_named(prefix, suffix) == ["reverbsc"]  # not linseg: another line
     assert ref.fim_named("instr 1\n  asig oscili 0.1, 440\n", "  out asig") == ["out"]
     comments = ref.fim_comments(prefix, suffix)

@@ -525,7 +525,8 @@ def test_cors_lets_listed_web_origins_call_the_api():
     origin = {"Origin": "https://ide.example.org"}
     with make_client() as c:
         assert "access-control-allow-origin" not in c.get("/v1/models", headers=origin).headers
-    with make_client(api_key="k", cors_origins="https://ide.example.org, http://localhost:3000/") as c:
+    origins = "https://ide.example.org, http://localhost:3000/"
+    with make_client(api_key="k", cors_origins=origins) as c:
         pre = c.options("/v1/chat/completions", headers={
             **origin, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type"})

@@ -61,7 +61,8 @@ def test_training_starts_from_the_starter_with_its_shape(tmp_path, tiny_starter,
                                                           tiny_model_dir):
     """At learning rate 0 the continued adapter is the starter itself (not a fresh LoRA), in
     the starter's rank even though the config asks for 16, and the record names it."""
-    rows = [{"instruction": "Make a tone.", "input": "", "output": "instr 9\n out oscili(.1, 99)\nendin"}]
+    rows = [{"instruction": "Make a tone.", "input": "",
+             "output": "instr 9\n out oscili(.1, 99)\nendin"}]
     work = make_work(tmp_path, tiny_model_dir, ROWS * 2, rows)
     cfg = load_config(None, [*FAST, "max_steps=2", "learning_rate=0", "lora_r=16",
                              f"init_adapter={tiny_starter}"])

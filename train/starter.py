@@ -169,15 +169,15 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
 
 def _card(record: dict, note: dict) -> str:
     """The starter's README: what it is and what made it, from the adapter's record."""
-    cfg, m = record.get("config", {}), record.get("metrics", {})
+    cfg, m, base = record.get("config", {}), record.get("metrics", {}), record.get("base", {})
     lookups = [w for w, on in (("chat requests", cfg.get("opcode_reference")),
                                ("FIM prefixes", cfg.get("fim_reference"))) if on]
     lines = [
         "# Starter adapter", "",
         "A LoRA adapter that `init_adapter` training runs continue (train/starter.py, "
         "train/README.md). Written by `csound-assistant train make-starter`.", "",
-        f"- base: {record.get('base', {}).get('source', {}).get('file', '?')} "
-        f"(model.safetensors {record.get('base', {}).get('files', {}).get('model.safetensors', '?')[:12]})",
+        f"- base: {base.get('source', {}).get('file', '?')} (model.safetensors "
+        f"{base.get('files', {}).get('model.safetensors', '?')[:12]})",
         f"- shape: LoRA r{cfg.get('lora_r')}, alpha {cfg.get('lora_alpha')}, "
         f"{', '.join(cfg.get('target_modules', []))}, "
         f"{'all layers' if not cfg.get('lora_layers') else 'last %d layers' % cfg['lora_layers']}",
