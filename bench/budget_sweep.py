@@ -140,11 +140,10 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from csound_assistant.convert.merge import load_prompt_format
-    from csound_assistant.opcode_reference import OpcodeReference
+    from csound_assistant.opcode_reference import Lookups
 
     fmt = load_prompt_format(adapter)
-    reference = (OpcodeReference.from_manual()
-                 if fmt.opcode_reference or fmt.fim_reference else None)
+    lookups = Lookups.load(fmt.opcode_reference, fmt.fim_reference)
     tok = AutoTokenizer.from_pretrained(base)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only to try the script
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device)
@@ -154,13 +153,9 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     pad = special(fmt.pad)
 
     def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
-        messages, prefix = item["messages"], item["prefix"]
-        if fmt.opcode_reference and prefix is None:
-            messages = reference.augment(messages)
-        if fmt.fim_reference and prefix is not None:
-            prefix = reference.fim_prefix(prefix, item["suffix"])
-        text = (fmt.chat_prompt(messages) if prefix is None
-                else fmt.bos + fmt.fim_prompt(prefix, item["suffix"]))
+        prefix, suffix = item["prefix"], item["suffix"]
+        text = (fmt.chat_prompt(lookups.messages(item["messages"])) if prefix is None else
+                fmt.bos + fmt.fim_prompt(lookups.fim_comments(prefix, suffix) + prefix, suffix))
         return tok(text, add_special_tokens=False).input_ids
 
     answers, order = {}, sorted(items, key=lambda i: i["budget"])

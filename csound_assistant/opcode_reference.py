@@ -31,9 +31,14 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from csound_assistant.constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_REFERENCE
+from csound_assistant.constants import (
+    ENV_OPCODE_REFERENCE,
+    GGUF_FIM_REFERENCE,
+    GGUF_OPCODE_REFERENCE,
+)
 
 HEADER = "Csound manual:"
 MAX_OPCODES = 4
@@ -141,6 +146,45 @@ class OpcodeReference:
             if m.get("role") == "user":
                 out = self.augment(out)
         return out
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """The lookups one model was trained with, applied as training applied them: training,
+    eval, the server and the sweep each hold one of these instead of testing the flags."""
+
+    chat: bool = False  # synopses under the last user message (``opcode_reference``)
+    fim: bool = False  # synopses as comments before a FIM prefix (``fim_reference``)
+    reference: OpcodeReference | None = None  # loaded only when one of them is on
+
+    @classmethod
+    def load(cls, chat: bool, fim: bool) -> Lookups:
+        return cls(chat, fim, OpcodeReference.from_manual() if chat or fim else None)
+
+    @classmethod
+    def of_gguf(cls, gguf_metadata: dict, enabled: bool = True) -> Lookups:
+        """What a GGUF asks for; ``enabled=False`` (``serve --no-opcode-reference``): none."""
+        return cls.load(enabled and trained_with_reference(gguf_metadata),
+                        enabled and trained_with_reference(gguf_metadata, GGUF_FIM_REFERENCE))
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, on in (("chat", self.chat), ("fim", self.fim)) if on]
+
+    def describe(self) -> dict | None:
+        return self.reference.describe() if self.reference else None
+
+    def messages(self, messages: list[dict]) -> list[dict]:
+        """A chat request as the model reads it."""
+        return self.reference.augment(messages) if self.chat else messages
+
+    def row_messages(self, messages: list[dict]) -> list[dict]:
+        """A training conversation, every user turn as the server would have shown it."""
+        return self.reference.augment_row_messages(messages) if self.chat else messages
+
+    def fim_comments(self, prefix: str, suffix: str) -> str:
+        """What goes before a FIM prefix ('' when FIM lookups are off or name nothing)."""
+        return self.reference.fim_comments(prefix, suffix) if self.fim else ""
 
 
 def _read_saved(path: Path) -> OpcodeReference:

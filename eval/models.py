@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from csound_assistant.constants import GGUF_FIM_REFERENCE, GGUF_GENERAL_NAME
+from csound_assistant.constants import GGUF_GENERAL_NAME
 from csound_assistant.errors import ConfigError, ModelLoadError
-from csound_assistant.opcode_reference import OpcodeReference, trained_with_reference
+from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import PromptFormat, format_for_model, get_format
 
 EMBEDDED = "embedded"  # a model spec naming the embedded base GGUF
@@ -121,11 +121,7 @@ class GGUFModel:
                                    n_threads_batch=n_threads, verbose=False, seed=0)
         self.format = (get_format(prompt_format) if prompt_format
                        else _format_for_gguf(path, self.llm.metadata))
-        meta = self.llm.metadata
-        self.chat_reference = trained_with_reference(meta)
-        self.fim_reference = trained_with_reference(meta, GGUF_FIM_REFERENCE)
-        self.reference = (OpcodeReference.from_manual()
-                          if self.chat_reference or self.fim_reference else None)
+        self.lookups = Lookups.of_gguf(self.llm.metadata)
         self.stop_ids = {self._one_token(t) for t in self.format.stop} | {self.llm.token_eos()}
 
     def describe(self) -> dict:
@@ -134,9 +130,7 @@ class GGUFModel:
         return {"kind": "gguf", "path": str(self.path), "bytes": self.path.stat().st_size,
                 "sha256": sha256_file(self.path), "prompt_format": self.format.name,
                 "n_threads": self.n_threads,
-                "opcode_reference": self.reference.describe() if self.reference else None,
-                "lookups": [w for w, on in (("chat", self.chat_reference),
-                                            ("fim", self.fim_reference)) if on]}
+                "opcode_reference": self.lookups.describe(), "lookups": self.lookups.names}
 
     def _one_token(self, text: str) -> int:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -171,9 +165,7 @@ class GGUFModel:
     def chat_prompt(self, messages: list[dict]) -> str:
         """The text the model reads: the format's, with manual synopses where it was trained
         with them."""
-        if self.chat_reference:
-            messages = self.reference.augment(messages)
-        return self.format.chat_prompt(messages)
+        return self.format.chat_prompt(self.lookups.messages(messages))
 
     def chat(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.0,
              seed: int = 0, repeat_penalty: float = 1.0) -> Generation:
@@ -186,8 +178,7 @@ class GGUFModel:
         def plain(text):  # code text never turns into special tokens
             return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         f = self.format
-        if self.fim_reference:
-            prefix = self.reference.fim_prefix(prefix, suffix)
+        prefix = self.lookups.fim_comments(prefix, suffix) + prefix
         bos = [self._one_token(f.bos)] if f.bos else []
         tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
                   self._one_token(f.fim_suffix.strip()), *plain(suffix),

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from csound_assistant.constants import (
     GGUF_CHAT_TEMPLATE,
     GGUF_FIM_MID_TOKEN_ID,
-    GGUF_FIM_REFERENCE,
     GGUF_FIM_PRE_TOKEN_ID,
     GGUF_FIM_SUF_TOKEN_ID,
 )
 from csound_assistant.errors import ConfigError, CsoundAssistantError
-from csound_assistant.opcode_reference import OpcodeReference, trained_with_reference
+from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import FORMATS, get_format
 
 GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
@@ -57,10 +56,7 @@ class PromptBuilder:
         self.backend = backend
         meta = backend.metadata
         # Manual synopses in chat requests and before FIM prefixes, for a model trained so.
-        self.chat_reference = opcode_reference and trained_with_reference(meta)
-        self.fim_reference = opcode_reference and trained_with_reference(meta, GGUF_FIM_REFERENCE)
-        self.reference = (OpcodeReference.from_manual()
-                          if self.chat_reference or self.fim_reference else None)
+        self.lookups = Lookups.of_gguf(meta, opcode_reference)
         self.format = get_format(prompt_format) if prompt_format else None
         self.stop_ids: set[int] = set()
         if self.format:
@@ -104,9 +100,7 @@ class PromptBuilder:
 
     # --- chat ------------------------------------------------------------------------------
     def chat_tokens(self, messages: list[dict]) -> list[int]:
-        if self.chat_reference:
-            messages = self.reference.augment(messages)
-        text = self.chat_text(messages)
+        text = self.chat_text(self.lookups.messages(messages))
         ids = self.backend.tokenize(text, special=True)
         if self.add_bos and not text.startswith(self.bos_text or "\0"):
             ids = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID]), *ids]
@@ -153,7 +147,7 @@ class PromptBuilder:
             head = [int(self.backend.metadata[GGUF_BOS_TOKEN_ID])]
         # Training tokenized the lookup comments and the prefix as one text; so does this,
         # unless the prefix must be cut: then its start goes and the comments stay.
-        lookup = self.reference.fim_comments(prefix, suffix) if self.fim_reference else ""
+        lookup = self.lookups.fim_comments(prefix, suffix)
         prefix_ids = self.backend.tokenize(lookup + prefix, special=False)
         suffix_ids = self._strip_dummy_space(suffix, self.backend.tokenize(suffix, special=False))
         room = budget - len(head) - 3
@@ -168,7 +162,7 @@ class PromptBuilder:
             lookup_ids = self.backend.tokenize(lookup, special=False) if lookup else []
             if len(lookup_ids) >= prefix_take:
                 lookup_ids = []  # no room for the comments: the code nearest the cursor wins
-            code_ids = self.backend.tokenize(prefix, special=False)
+            code_ids = self.backend.tokenize(prefix, special=False) if lookup else prefix_ids
             keep = prefix_take - len(lookup_ids)
             prefix_ids, truncated = [*lookup_ids, *code_ids[len(code_ids) - keep:]], True
         extra_ids: list[int] = []
@@ -191,9 +185,7 @@ class PromptBuilder:
 
     def describe(self) -> dict:
         return {"chat_template_source": self.template_source, "fim_source": self.fim_source,
-                "opcode_reference": self.reference.describe() if self.reference else None,
-                "lookups": [w for w, on in (("chat", self.chat_reference),
-                                            ("fim", self.fim_reference)) if on],
+                "opcode_reference": self.lookups.describe(), "lookups": self.lookups.names,
                 "fim_token_ids": None if self.fim is None else
                 [self.fim.pre, self.fim.suf, self.fim.mid]}
 

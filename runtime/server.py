@@ -268,8 +268,7 @@ async def health(request: Request):
     return JSONResponse({
         "status": "ok", "model": svc.model_name, "queue_depth": svc.engine.queue_depth,
         "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
-        "opcode_reference": svc.prompts.reference.describe() if svc.prompts.reference else None,
-        "lookups": svc.prompts.describe()["lookups"],
+        "opcode_reference": svc.prompts.lookups.describe(), "lookups": svc.prompts.lookups.names,
         **svc.engine.metrics.summary(),
     })
 

@@ -13,6 +13,7 @@ from csound_assistant.errors import ConfigError
 from csound_assistant.opcode_reference import (
     HEADER,
     MAX_OPCODES,
+    Lookups,
     OpcodeReference,
     trained_with_reference,
 )
@@ -108,14 +109,14 @@ def test_training_encodes_the_text_the_runtimes_build(ref, tiny_model_dir):
     row = {"instruction": "Write a CSD that uses dust2.", "output": "<CsoundSynthesizer>",
            "meta": {"task": "write"}}
     fmt = dataclasses.replace(get_format("chatml"), opcode_reference=True)
-    seen = with_reference(row, ref, fmt)
+    seen = with_reference(row, Lookups(chat=True, reference=ref))
     assert seen["messages"][0]["content"].endswith("kres dust2 kamp, kdensity")
     # What training reads up to the answer is exactly the prompt eval and the server render.
     prompt = fmt.chat_prompt(ref.augment(user("Write a CSD that uses dust2.")))
     text = "".join(t for t, _ in fmt.segments(seen))
     assert text.startswith(prompt)
     fim = {"prefix": "instr 1\n", "middle": "dust2", "suffix": "\nendin"}
-    assert with_reference(fim, ref, fmt) is fim  # FIM lookups are their own flag
+    assert with_reference(fim, Lookups(chat=True, reference=ref)) is fim  # FIM: its own flag
     encoded = encode_row(AutoTokenizer.from_pretrained(tiny_model_dir), fmt, seen)
     assert encoded.kind == "chat" and encoded.n_trained > 0
 
@@ -177,7 +178,7 @@ def test_fim_lookups_name_the_cursor_lines_opcodes_and_every_runtime_builds_them
 
     fmt = dataclasses.replace(get_format("chatml"), fim_reference=True)
     row = {"prefix": prefix, "middle": "ain, ain", "suffix": suffix}
-    trained = with_reference(row, ref, fmt)
+    trained = with_reference(row, Lookups(fim=True, reference=ref))
     assert trained["prefix"] == comments + prefix and trained["middle"] == row["middle"]
     text = "".join(t for t, _ in fmt.segments(trained))
 

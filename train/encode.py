@@ -142,24 +142,23 @@ def weight_tasks(rows: list[dict], weights: dict[str, int]) -> list[dict]:
     return [r for r in rows for _ in range(weights.get((r.get("meta") or {}).get("task"), 1))]
 
 
-def with_reference(row: dict, reference, fmt: PromptFormat) -> dict:
-    """A row as a runtime with ``reference`` (``OpcodeReference``) would have shown it to the
-    model: manual synopses under each user turn (``fmt.opcode_reference``) and before a FIM
-    prefix (``fmt.fim_reference``)."""
-    kind = row_kind(row) if reference is not None else None
-    if kind in ("chat", "instruction") and fmt.opcode_reference:
-        return {"messages": reference.augment_row_messages(to_messages(row))}
-    if kind == "fim" and fmt.fim_reference:
-        return {**row, "prefix": reference.fim_prefix(row["prefix"], row["suffix"])}
+def with_reference(row: dict, lookups) -> dict:
+    """A row as a runtime with ``lookups`` (``opcode_reference.Lookups``) would have shown it
+    to the model: manual synopses under each user turn and before a FIM prefix."""
+    kind = row_kind(row)
+    if kind in ("chat", "instruction") and lookups.chat:
+        return {"messages": lookups.row_messages(to_messages(row))}
+    if kind == "fim" and lookups.fim:
+        return {**row, "prefix": lookups.fim_comments(row["prefix"], row["suffix"]) + row["prefix"]}
     return row
 
 
 def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
-                 stop_ids: dict[str, int], name: str, reference=None) -> EncodedSplit:
+                 stop_ids: dict[str, int], name: str, lookups=None) -> EncodedSplit:
     out = EncodedSplit([])
     problems = []
     for i, row in enumerate(rows, 1):
-        example = encode_row(tokenizer, fmt, with_reference(row, reference, fmt))
+        example = encode_row(tokenizer, fmt, with_reference(row, lookups) if lookups else row)
         example.kind = row_kind(row)
         if problem := check_stop(example, stop_ids, f"{name} row {i}"):
             problems.append(problem)

@@ -24,6 +24,7 @@ from csound_assistant.artifacts import (
     read_record, sha256_file, stage_output, work_dir as default_work_dir, write_json, write_record,
 )
 from csound_assistant.errors import ArtifactError
+from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import get_format
 
 from . import checkpoint, starter
@@ -73,16 +74,11 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         init = starter.load(cfg.init_adapter)
         cfg = starter.check(init, cfg, base_dir, splits_dir, say)
         say(f"train: continuing {init.dir} (sha256 {init.sha256[:12]})")
-    reference = None
-    if cfg.opcode_reference or cfg.fim_reference:
-        from csound_assistant.opcode_reference import OpcodeReference
-
-        reference = OpcodeReference.from_manual()
-        fmt = dataclasses.replace(fmt, opcode_reference=cfg.opcode_reference,
-                                  fim_reference=cfg.fim_reference)
-        say(f"train: manual synopses ({reference.describe()['opcodes']} opcodes) under "
-            + " and ".join(w for w, on in (("requests", cfg.opcode_reference),
-                                           ("before FIM prefixes", cfg.fim_reference)) if on))
+    lookups = Lookups.load(cfg.opcode_reference, cfg.fim_reference)
+    if lookups.reference:
+        fmt = dataclasses.replace(fmt, opcode_reference=lookups.chat, fim_reference=lookups.fim)
+        say(f"train: manual synopses ({lookups.describe()['opcodes']} opcodes) in "
+            f"{' and '.join(lookups.names)} prompts")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     ids = special_ids(tokenizer, fmt)
     tokenizer.pad_token = fmt.pad  # an existing unused token, never EOS: the vocabulary is fixed
@@ -92,8 +88,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)
-        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name,
-                                    reference)
+        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
             + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"
@@ -275,7 +270,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                 config=cfg.to_dict(), metrics={k: v for k, v in metrics.items()
                                                if k not in ("train_loss", "val_loss")},
                 pad_token=fmt.pad, pad_token_id=ids["pad"], eos_token_id=ids["eos"],
-                opcode_reference=reference.describe() if reference else None,
+                opcode_reference=lookups.describe(),
                 init_adapter=init.describe() if init else None,
             )
         import shutil
