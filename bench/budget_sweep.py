@@ -10,6 +10,11 @@ in seconds, so this sweeps recipes there and scores every answer here, with the 
         --variant now:max_steps=57 --variant lr3e-3:max_steps=57,learning_rate=3e-3
     python bench/budget_sweep.py score FILES_AT --out bench/results/budget-sweep
 
+A variant's ``splits=DIR`` (not a config key) trains it on DIR's train/validation files instead
+of ``$W/splits`` (say, a build with ``--fim-cuts 3``); ``--jobs N`` trains and answers N variants
+at once, each in its own process (a 135M model keeps an H200 ~15% busy, so two or three share
+one GPU well; each writes NAME.log in the out folder).
+
 ``train --adapter ref=DIR`` answers with an adapter trained earlier (a baseline, scored by the
 same greedy transformers path as the variants); ``--keep-adapters`` sends each variant's adapter
 back in parts that fit the device's return limits.
@@ -58,6 +63,8 @@ def train_command(args) -> None:
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items = json.loads(Path(args.items).read_text())
+    if args.jobs > 1 and len(args.variant) + len(args.adapter) > 1:
+        return _train_in_parallel(args)
     for text in args.adapter:  # answered first: a baseline's answers survive a call cut short
         name, _, folder = text.partition("=")
         start = time.time()
@@ -70,11 +77,13 @@ def train_command(args) -> None:
               flush=True)
     for text in args.variant:
         name, sets = _parse_variant(text)
+        splits = next((s.partition("=")[2] for s in sets if s.startswith("splits=")), None)
+        sets = [s for s in sets if not s.startswith("splits=")]
         run = work / name
         run.mkdir(parents=True, exist_ok=True)
-        for part in ("base", "splits"):
+        for part, target in (("base", work / "base"), ("splits", Path(splits or work / "splits"))):
             if not (run / part).exists():
-                (run / part).symlink_to(work / part)
+                (run / part).symlink_to(target.resolve())
         overrides = [*(f"{k}={v}" for k, v in ON_GPU.items()), *sets]
         command = [sys.executable, "-m", "csound_assistant.cli", "train", "run", "-c",
                    args.config, "--work-dir", str(work), "--run", name, "--force"]
@@ -87,6 +96,8 @@ def train_command(args) -> None:
         print(f"== {name}: trained in {trained:.0f} s", flush=True)
         if args.keep_adapters:  # before answering: a call cut during generation still has it
             keep_adapter(run / "adapter", out, name)
+        if args.no_answers:
+            continue
         start = time.time()
         answers = generate(run / "base", run / "adapter", items, batch=args.batch)
         metrics = json.loads((run / "adapter" / "metrics.json").read_text())
@@ -94,6 +105,34 @@ def train_command(args) -> None:
                   "metrics": metrics, "answers": answers}
         (out / f"{name}.json").write_text(json.dumps(result))
         print(f"== {name}: {len(answers)} answers in {time.time() - start:.0f} s", flush=True)
+
+
+def _train_in_parallel(args) -> None:
+    """Each variant and each adapter to answer in a child process of this script,
+    ``args.jobs`` at a time."""
+    out = Path(args.out)
+    common = [sys.executable, __file__, "train", "--work", args.work, "--items", args.items,
+              "--out", args.out, "--config", args.config, "--batch", str(args.batch)]
+    common += ["--keep-adapters"] * args.keep_adapters + ["--no-answers"] * args.no_answers
+    waiting = [("--adapter", a) for a in args.adapter] + [("--variant", v) for v in args.variant]
+    running, failed = [], []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            flag, text = waiting.pop(0)
+            name = text.partition("=")[0] if flag == "--adapter" else _parse_variant(text)[0]
+            log = open(out / f"{name}.log", "w")
+            running.append((name, subprocess.Popen([*common, flag, text], stdout=log,
+                                                   stderr=subprocess.STDOUT), log))
+            print(f"== {name}: started (log {out / name}.log)", flush=True)
+        time.sleep(5)
+        for job in [j for j in running if j[1].poll() is not None]:
+            running.remove(job)
+            job[2].close()
+            print(f"== {job[0]}: exit {job[1].returncode}", flush=True)
+            if job[1].returncode:
+                failed.append(job[0])
+    if failed:
+        raise SystemExit(f"variants failed: {', '.join(failed)} (see their logs)")
 
 
 # The device sends back at most 8 files of 16 MiB (64 MiB in all): an r64 adapter is ~78 MB in
@@ -282,6 +321,10 @@ def main() -> None:
                    help="NAME:key=value,key=value (config overrides)")
     p.add_argument("--adapter", action="append", default=[],
                    help="NAME=DIR: answer with this trained adapter folder (no training)")
+    p.add_argument("--no-answers", action="store_true",
+                   help="train (and keep) only: answer the adapters in a later call")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="variants trained and answered at once, each in its own process")
     p.add_argument("--keep-adapters", action="store_true",
                    help="send each trained variant's adapter back: $OUT/NAME-adapter.tar.gz.NN")
     p = sub.add_parser("score", help="score the answers with the sandbox (needs Csound)")

@@ -12,7 +12,8 @@
 # or, in place of `train`, the recipe sweep of bench/budget_sweep.py (answers come back to $OUT):
 #   bash bench/gpu_smollm2.sh sweep NAME:key=v,key=v ...   # device, carry .whl .gpu/splits .gpu/sweep
 # where --opt=value arguments go to `budget_sweep.py train` as they are (--config=..., --items=...,
-# --keep-adapters, --adapter=ref=DIR); a kept adapter comes home with `unpack DIR DEST NAME`.
+# --keep-adapters, --adapter=ref=DIR, --jobs=3 to train three at once, --no-answers); a kept
+# adapter comes home with `unpack DIR DEST NAME`. A variant's splits=DIR trains on other splits.
 # WHEELS=DIR installs DIR/*.whl in place of .whl/*.whl (plain LoRA needs no bitsandbytes: 43 MB
 # of the 64 a call carries); SRC=DIR installs the package from DIR in place of the checkout
 # (a `git archive HEAD` copy, when the checkout holds unfinished edits).
@@ -33,8 +34,8 @@ case "$1" in
     gguf=$(.venv/bin/python -c "from csound_assistant.base.importer import embedded_gguf as e; print(e())")
     grep -qxF '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
     rm -rf .gpu/p1 .gpu/p2 .gpu/w .gpu/splits && mkdir -p .gpu/p1 .gpu/p2 .gpu/w .gpu/splits
-    split -b 52M -d "$gguf" .gpu/gguf.part
-    mv .gpu/gguf.part00 .gpu/p1/ && mv .gpu/gguf.part01 .gpu/p2/
+    split -b 46M -d "$gguf" .gpu/gguf.part  # two calls, each with the 12 MiB checkout
+    mv .gpu/gguf.part00 .gpu/p1/ && mv .gpu/gguf.part0? .gpu/p2/
     (cd "$(dirname "$gguf")" && sha256sum "$GGUF") > .gpu/p2/gguf.sha256
     cp .whl/gguf-*.whl .gpu/w/
     gzip -c "$RUN"/splits/train.jsonl > .gpu/splits/train.jsonl.gz
@@ -48,7 +49,7 @@ R.from_manual().save('.gpu/splits/opcode_reference.json')"
     ls -l /tmp/stage ;;
   base)
     test -f /tmp/stage/gguf.part00 || { echo "no /tmp/stage/gguf.part00: cold machine, stage again"; exit 3; }
-    cat /tmp/stage/gguf.part00 .gpu/p2/gguf.part01 > /tmp/stage/$GGUF && rm /tmp/stage/gguf.part00
+    cat /tmp/stage/gguf.part00 .gpu/p2/gguf.part0? > /tmp/stage/$GGUF && rm /tmp/stage/gguf.part00
     (cd /tmp/stage && sha256sum -c "$OLDPWD"/.gpu/p2/gguf.sha256)
     install_site .gpu/w/*.whl
     cd /tmp && python3 -m csound_assistant.cli base import /tmp/stage/$GGUF --out $W/base --force

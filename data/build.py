@@ -30,6 +30,7 @@ ROWS_NAME = "rows.jsonl"
 RENDER_SECONDS = 1.0
 MAX_CODE_CHARS = 5000  # longer examples still count, but make no code-answer rows
 MAX_FIX_CHARS = 3500
+FIM_CUTS = 1  # FIM splits of each kind per example (data/rows.py fim_rows)
 FIXES_PER_EXAMPLE = 1  # kinds rotate over examples; 2 doubles the fix rows and the check time
 # Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
 KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "gui", "timeout"}
@@ -54,7 +55,8 @@ def _render_flags(render: dict) -> dict:
 def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUAL_DIR,
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
-                  fixes_per_example: int = FIXES_PER_EXAMPLE, max_tokens: int | None = 2048,
+                  fixes_per_example: int = FIXES_PER_EXAMPLE, fim_cuts: int = FIM_CUTS,
+                  max_tokens: int | None = 2048,
                   strip_comments: bool = False, patch_count: int = patches.COUNT,
                   progress: bool = False, log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
@@ -107,7 +109,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # 3. rows
     # a limited (quick) build makes page rows only for the opcodes its examples are about
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
-    out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts)
+    out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts,
+                          fim_cuts)
     out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
     out_rows += _patch_rows(patch_count, verifier, counts, assets)
 
@@ -163,7 +166,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             eval_opcodes=_eval_opcodes(good, pages),
             manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
             workers=workers,
-            fixes_per_example=fixes_per_example, max_tokens=max_tokens,
+            fixes_per_example=fixes_per_example, fim_cuts=fim_cuts, max_tokens=max_tokens,
             patches={"candidates": patch_count, "seed": patches.SEED},
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
@@ -261,7 +264,8 @@ def _fixes(good, known, synopses, verifier, counts, per_example: int) -> dict[st
     return verified
 
 
-def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts) -> list[dict]:
+def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts,
+               fim_cuts: int = FIM_CUTS) -> list[dict]:
     pages, known = manual.pages, manual.known
     out: list[dict] = []
     page_example: dict[str, tuple[Example, dict]] = {}
@@ -288,7 +292,7 @@ def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts) -> l
             out.append(rows.orchestra_row(ex, page, fblock, text, frender))
         if small and block is not None:
             out.append(rows.completion_row(ex, block))
-            out += rows.fim_rows(ex, known)
+            out += rows.fim_rows(ex, known, fim_cuts)
         for breakage, error in fixes.get(ex.name, []):
             out.append(rows.fix_row(ex, breakage, error))
     for page in pages.values():

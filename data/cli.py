@@ -37,6 +37,10 @@ def cli():
 @click.option("--no-cache", is_flag=True, help="Check everything again, ignoring the cache.")
 @click.option("--fixes-per-example", type=click.IntRange(0, 5), default=1, show_default=True,
               help="Fix-the-bug rows per example (each costs a Csound check).")
+@click.option("--fim-cuts", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Fill-in-the-middle rows of each kind per example, at different statements. "
+                   "The extra ones are for training only: `data split` keeps them out of "
+                   "validation and test (the shipped starter was trained on 5).")
 @click.option("--max-tokens", type=click.IntRange(min=0), default=2048, show_default=True,
               help="Drop rows longer than this many tokens (estimated at 2.5 characters per "
                    "token, as the chatml prompt renders them); 0 keeps all.")
@@ -51,8 +55,8 @@ def cli():
 @work_dir_option
 @run_option
 @force_option
-def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, max_tokens,
-          strip_comments, patch_count, work_dir, run, force):
+def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, fim_cuts,
+          max_tokens, strip_comments, patch_count, work_dir, run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -69,7 +73,8 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
     with domain_errors():
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
-                               fixes_per_example=fixes_per_example, strip_comments=strip_comments,
+                               fixes_per_example=fixes_per_example, fim_cuts=fim_cuts,
+                               strip_comments=strip_comments,
                                max_tokens=max_tokens or None, patch_count=patch_count, progress=True,
                                log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))

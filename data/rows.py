@@ -309,31 +309,39 @@ def completion_row(example: Example, block: csdcode.Instrument) -> dict:
                          category=example.category)}
 
 
-def fim_rows(example: Example, known: set[str]) -> list[dict]:
-    """One line-level and one expression-level split inside the example's main instrument."""
+def fim_rows(example: Example, known: set[str], cuts: int = 1) -> list[dict]:
+    """One line-level and one expression-level split inside the example's main instrument, and
+    with ``cuts`` N up to N of each at different statements. An editor asks for a middle
+    anywhere in a file, and one cut per example shows the model one place per file; the extra
+    cuts (``meta.cut`` 1..N-1) are training material only: ``data split`` keeps them out of
+    validation and test, whose rows stay the first cut's whatever N is."""
     block = csdcode.main_instrument(example.code, example.opcode, known)
     if block is None:
         return []
     sts = csdcode.statements(example.code, known, block)
     if not sts:
         return []
-    rng = rng_for(example.name, "fim")
-    rows = []
-    st = rng.choice(sts)
-    n_lines = rng.choice([1, 1, 2, 3])
-    prefix, middle, suffix = csdcode.fim_line_split(example.code, st, n_lines)
-    if middle.strip():
-        rows.append(("fim-line", prefix, middle, suffix))
+    rows, seen = [], set()
     with_args = [s for s in sts if s.args]
-    if with_args:
-        st = next((s for s in with_args if s.opcode == example.opcode), rng.choice(with_args))
-        prefix, middle, suffix = csdcode.fim_expression_split(example.code, st)
-        if middle.strip():
-            rows.append(("fim-expression", prefix, middle, suffix))
+    for cut in range(cuts):
+        rng = rng_for(example.name, "fim" if cut == 0 else f"fim{cut}")
+        st = rng.choice(sts)
+        n_lines = rng.choice([1, 1, 2, 3])
+        prefix, middle, suffix = csdcode.fim_line_split(example.code, st, n_lines)
+        if middle.strip() and ("fim-line", middle, len(prefix)) not in seen:
+            rows.append(("fim-line", prefix, middle, suffix, cut))
+            seen.add(("fim-line", middle, len(prefix)))
+        if with_args:
+            st = (next((s for s in with_args if s.opcode == example.opcode), rng.choice(with_args))
+                  if cut == 0 else rng.choice(with_args))
+            prefix, middle, suffix = csdcode.fim_expression_split(example.code, st)
+            if middle.strip() and ("fim-expression", middle, len(prefix)) not in seen:
+                rows.append(("fim-expression", prefix, middle, suffix, cut))
+                seen.add(("fim-expression", middle, len(prefix)))
     return [{"prefix": p, "middle": m, "suffix": s,
              "meta": meta(example, task, group=example.group, opcode=example.opcode,
-                          category=example.category)}
-            for task, p, m, s in rows]
+                          category=example.category, **({"cut": cut} if cut else {}))}
+            for task, p, m, s, cut in rows]
 
 
 def fix_input(code: str, error: str) -> str:

@@ -24,6 +24,14 @@ SPLITS = ("train", "validation", "test")
 NOT_FOR_TEST = {"patch"}
 
 
+def is_extra_cut(row: dict) -> bool:
+    """A FIM row beyond its example's first cut (``data build --fim-cuts``): training material.
+    It neither counts towards its group's size nor goes to validation or test, so the held-out
+    splits are the same rows whatever the number of cuts."""
+    meta = row.get("meta")
+    return isinstance(meta, dict) and bool(meta.get("cut"))
+
+
 def row_group(row: dict) -> str:
     """``meta.group``, or the row's own content hash when it has none (a group of one)."""
     group = (row.get("meta") or {}).get("group") if isinstance(row.get("meta"), dict) else None
@@ -78,15 +86,21 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
                         f"validate`) before splitting", problems=problems)
     rows = [row for _, row in parsed]
     groups = [row_group(row) for row in rows]
+    extra = [is_extra_cut(row) for row in rows]
     synthetic = {g for row, g in zip(rows, groups)
                  if (row.get("meta") or {}).get("task") in NOT_FOR_TEST}
-    sizes = collections.Counter(groups)
+    sizes = collections.Counter(g for g, x in zip(groups, extra) if not x)
     assignment = assign_groups({g: n for g, n in sizes.items() if g not in synthetic}, ratios, seed)
     assignment.update(assign_groups({g: n for g, n in sizes.items() if g in synthetic},
                                     (ratios[0], ratios[1], 0.0), seed))
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for row, group in zip(rows, groups):
-        by_split[assignment[group]].append(row)
+    held_out_cuts = 0
+    for row, group, x in zip(rows, groups, extra):
+        split = assignment.get(group, "test")  # a group of extra cuts alone: held out below
+        if x and split != "train":
+            held_out_cuts += 1
+            continue
+        by_split[split].append(row)
     group_sets = {s: {g for g, a in assignment.items() if a == s} for s in SPLITS}
     with stage_output(out_dir, force=force) as tmp:
         for split, split_rows in by_split.items():
@@ -99,6 +113,8 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
             rows={s: len(r) for s, r in by_split.items()},
             groups={s: len(g) for s, g in group_sets.items()},
             rows_without_group=sum(1 for g in groups if g.startswith("row:")),
+            extra_fim_cuts={"train": sum(1 for r in by_split["train"] if is_extra_cut(r)),
+                            "dropped_from_held_out": held_out_cuts},
             test_groups=sorted(group_sets["test"]),
             tasks={s: dict(collections.Counter((r.get("meta") or {}).get("task", "?") for r in rs))
                    for s, rs in by_split.items()},

@@ -244,3 +244,30 @@ def test_minimal_programs_play_and_share_their_opcodes_split_group(built):
         assert row["meta"]["group"] == syntax.get(row["meta"]["opcode"], row["meta"]["group"])
     moog = next(r for r in mins if r["meta"]["opcode"] == "moogladder")
     assert moog["meta"]["group"] == "moogladder"  # with the example: held out together
+
+
+def test_fim_cuts_add_training_rows_at_other_statements():
+    """More FIM cuts keep the first cut's rows as they were (the held-out splits and the
+    shipped starter's row hashes depend on them) and add rows at other places in the file."""
+    from pathlib import Path
+
+    from csound_assistant.data.manual import Example
+    from csound_assistant.data.rows import fim_rows
+
+    code = ("<CsoundSynthesizer>\n<CsInstruments>\nsr = 44100\nksmps = 32\nnchnls = 2\n"
+            "0dbfs = 1\n\ninstr 1\nkenv linseg 0, 0.1, 1, p3 - 0.2, 1, 0.1, 0\n"
+            "kcf expseg 4000, p3, 200\nasig vco2 0.3, p4\nafil moogladder asig, kcf, 0.5\n"
+            "aout = afil * kenv\nouts aout, aout\nendin\n</CsInstruments>\n<CsScore>\n"
+            "i 1 0 2 220\n</CsScore>\n</CsoundSynthesizer>\n")
+    known = {"linseg", "expseg", "vco2", "moogladder", "outs"}
+    ex = Example("moogladder-x", Path("moogladder-x.csd"), code, opcode="moogladder",
+                 category="Filters", opcodes=sorted(known))
+    one, five = fim_rows(ex, known), fim_rows(ex, known, 5)
+    assert {r["meta"]["task"] for r in one} == {"fim-line", "fim-expression"}
+    assert five[:len(one)] == one and "cut" not in one[0]["meta"]
+    extra = five[len(one):]
+    assert extra and all(1 <= r["meta"]["cut"] <= 4 for r in extra)
+    assert all(r["prefix"] + r["middle"] + r["suffix"] == code for r in five)
+    places = [(r["meta"]["task"], len(r["prefix"]), r["middle"]) for r in five]
+    assert len(places) == len(set(places))  # every row asks for another middle
+    assert len({p[1] for p in places if p[0] == "fim-line"}) >= 2

@@ -126,3 +126,26 @@ def test_synthetic_patch_rows_never_reach_the_test_split(tmp_path):
     split_dataset(alone, tmp_path / "a", seed=3, ratios=(0.7, 0.15, 0.15))
     assert read_split(tmp_path / "a", "test") == splits["test"]
     assert record["tasks"]["test"].get("patch") is None
+
+
+def test_extra_fim_cuts_train_only_and_held_out_splits_unchanged(tmp_path):
+    """`data build --fim-cuts N`: the extra FIM rows of an example follow it into train and are
+    dropped where it is held out, and the held-out splits are the rows they are with one cut."""
+    rows = make_rows(tmp_path / "rows.jsonl")
+    split_dataset(tmp_path / "rows.jsonl", tmp_path / "one", seed=3, ratios=(0.7, 0.15, 0.15))
+    extra = [{"prefix": f"p{g}.{c}", "middle": "m", "suffix": "s",
+              "meta": {"group": f"ex{g}", "task": "fim-line", "category": "c", "opcode": "op",
+                       "cut": c}} for g in range(60) for c in (1, 2)]
+    with open(tmp_path / "rows.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in extra)
+    record = split_dataset(tmp_path / "rows.jsonl", tmp_path / "cuts", seed=3,
+                           ratios=(0.7, 0.15, 0.15))
+    for s in ("validation", "test"):
+        assert read_split(tmp_path / "cuts", s) == read_split(tmp_path / "one", s)
+    train = read_split(tmp_path / "cuts", "train")
+    train_groups = {r["meta"]["group"] for r in read_split(tmp_path / "one", "train")}
+    with_cuts = [r for r in train if r["meta"].get("cut")]
+    assert {r["meta"]["group"] for r in with_cuts} == train_groups
+    assert len(with_cuts) == 2 * len(train_groups)
+    assert record["extra_fim_cuts"] == {"train": len(with_cuts),
+                                        "dropped_from_held_out": 120 - len(with_cuts)}

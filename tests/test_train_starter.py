@@ -122,3 +122,23 @@ def test_the_shipped_starter_fits_the_embedded_base_and_the_main_job(base_dir):
     assert cfg.init_adapter == "starter" and cfg.opcode_reference and cfg.fim_reference
     assert read_record(init.dir)["metrics"]["val_loss_end"] < 0.5
     starter.check(init, cfg, base_dir, base_dir, say=lambda *a: None)  # no splits: no leaks
+
+
+def test_starter_card_names_the_data_build_that_made_its_rows(tmp_path):
+    """A starter says how to rebuild its train split: the data record beside the rows the
+    splits came from (`data build --fim-cuts 5` for the shipped one); nothing when unknown."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.jsonl").write_text("")
+    (data / "record.json").write_text(json.dumps({"stage": "data", "rows": 15614, "fim_cuts": 5,
+                                                  "strip_comments": True, "workers": 2}))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "record.json").write_text(json.dumps({"stage": "splits",
+                                                    "source": str(data / "rows.jsonl")}))
+    settings = starter._data_settings(splits)
+    assert settings == {"strip_comments": True, "fim_cuts": 5, "rows": 15614}
+    assert starter._data_line(settings) == (
+        "- data: 15,614 rows from `csound-assistant data build --strip-comments --fim-cuts 5`")
+    (splits / "record.json").write_text(json.dumps({"stage": "splits"}))
+    assert starter._data_settings(splits) == {} and starter._data_line({}) == ""

@@ -101,9 +101,9 @@ def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report, force):
     train rows it saw (so a run continuing it can prove its validation and test rows are new).
 
     \b
-    Example (the shipped one: gpu-smollm2-lora on an H200, bench/NOTES.md):
-        csound-assistant train make-starter runs/gpu-ref/adapter --splits runs/demo5/splits \\
-            --eval-report runs/gpu-ref/eval-q8-all/report.json --force
+    Example (the shipped one: gpu-smollm2-lora with FIM lookups on an H200, from a `data build
+    --strip-comments --fim-cuts 5` of the manual; bench/NOTES.md):
+        csound-assistant train make-starter runs/aug5gpu/adapter --splits runs/aug5/splits --force
     """
     import json
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csound_assistant.artifacts import read_record, sha256_file
-from csound_assistant.errors import ConfigError
+from csound_assistant.errors import ArtifactError, ConfigError
 
 STARTER_DIR = Path(__file__).parent / "starter"
 ROW_HASHES = "train_rows.sha1.txt.gz"  # one 16-hex row hash per line: what the adapter saw
@@ -148,6 +148,7 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
         raise ConfigError(f"{train_rows} is not the train split {adapter_dir} was trained on "
                           f"(its record says sha256 {str(want)[:12]}); give --splits the run's "
                           "splits folder")
+    note = {**note, "data": _data_settings(splits_dir)}
     with stage_output(out_dir, force=force) as tmp:
         weights = {k: v.to(torch.bfloat16) for k, v in load_file(adapter_dir / WEIGHTS).items()}
         save_file(weights, tmp / WEIGHTS)
@@ -165,6 +166,28 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
                      config=record.get("config"), metrics=record.get("metrics"),
                      backend=record.get("backend"), **note)
     return out_dir
+
+
+def _data_settings(splits_dir: Path) -> dict:
+    """How the rows were built (``data build`` options in the data record beside the rows the
+    splits came from), so that a starter says how to rebuild its train split; {} if unknown."""
+    try:
+        source = Path(read_record(splits_dir)["source"])
+        data = read_record(source.parent)
+    except (OSError, KeyError, ValueError, ArtifactError):
+        return {}
+    return {k: data[k] for k in ("strip_comments", "fixes_per_example", "fim_cuts", "max_tokens",
+                                 "limit", "rows") if k in data}
+
+
+def _data_line(data: dict) -> str:
+    if not data:
+        return ""
+    flags = "".join(f" --{k.replace('_', '-')} {data[k]}"
+                    for k in ("fixes_per_example", "fim_cuts", "max_tokens") if k in data)
+    strip = " --strip-comments" if data.get("strip_comments") else ""
+    return (f"- data: {data.get('rows', 0):,} rows from "
+            f"`csound-assistant data build{strip}{flags}`")
 
 
 def _card(record: dict, note: dict) -> str:
@@ -188,6 +211,8 @@ def _card(record: dict, note: dict) -> str:
         f"- train split sha256 {record.get('splits', {}).get('train', '?')[:12]}; the hash of "
         f"every train row is in {ROW_HASHES}",
     ]
+    if line := _data_line(note.get("data") or {}):
+        lines.append(line)
     for model, s in note.get("eval", {}).get("summary", {}).items():
         lines.append(f"- eval ({model}, {s['items']} items): compile@1 {s['compile@1']:.2f}, "
                      f"sound@1 {s['sound@1']:.2f}")
