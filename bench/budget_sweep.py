@@ -194,7 +194,7 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
     def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
         prefix, suffix = item["prefix"], item["suffix"]
         text = (fmt.chat_prompt(lookups.messages(item["messages"])) if prefix is None else
-                fmt.bos + fmt.fim_prompt(lookups.fim_comments(prefix, suffix) + prefix, suffix))
+                fmt.bos + fmt.fim_prompt(lookups.fim_prefix(prefix, suffix), suffix))
         return tok(text, add_special_tokens=False).input_ids
 
     answers, order = {}, sorted(items, key=lambda i: i["budget"])

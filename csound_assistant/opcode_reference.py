@@ -133,10 +133,6 @@ class OpcodeReference:
         block = self.block(self.fim_named(prefix, suffix))
         return "".join(f"; {line}\n" for line in block.splitlines())
 
-    def fim_prefix(self, prefix: str, suffix: str) -> str:
-        """``prefix`` as a model trained with ``fim_reference`` reads it."""
-        return self.fim_comments(prefix, suffix) + prefix
-
     def augment_row_messages(self, messages: list[dict]) -> list[dict]:
         """A training conversation: each user turn is augmented as the server would have
         augmented it when that turn was the last one."""
@@ -185,6 +181,11 @@ class Lookups:
     def fim_comments(self, prefix: str, suffix: str) -> str:
         """What goes before a FIM prefix ('' when FIM lookups are off or name nothing)."""
         return self.reference.fim_comments(prefix, suffix) if self.fim else ""
+
+    def fim_prefix(self, prefix: str, suffix: str) -> str:
+        """``prefix`` as the model reads it (the server cuts comments and code apart instead,
+        runtime/prompts.py, to keep the comments when a long prefix must be shortened)."""
+        return self.fim_comments(prefix, suffix) + prefix
 
 
 def _read_saved(path: Path) -> OpcodeReference:

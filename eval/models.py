@@ -178,7 +178,7 @@ class GGUFModel:
         def plain(text):  # code text never turns into special tokens
             return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         f = self.format
-        prefix = self.lookups.fim_comments(prefix, suffix) + prefix
+        prefix = self.lookups.fim_prefix(prefix, suffix)
         bos = [self._one_token(f.bos)] if f.bos else []
         tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
                   self._one_token(f.fim_suffix.strip()), *plain(suffix),

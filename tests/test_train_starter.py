@@ -140,5 +140,7 @@ def test_starter_card_names_the_data_build_that_made_its_rows(tmp_path):
     assert settings == {"strip_comments": True, "fim_cuts": 5, "rows": 15614}
     assert starter._data_line(settings) == (
         "- data: 15,614 rows from `csound-assistant data build --strip-comments --fim-cuts 5`")
+    assert starter._data_line({"rows": 50, "limit": 20, "max_tokens": None}) == (
+        "- data: 50 rows from `csound-assistant data build --limit 20`")  # a quick build says so
     (splits / "record.json").write_text(json.dumps({"stage": "splits"}))
     assert starter._data_settings(splits) == {} and starter._data_line({}) == ""

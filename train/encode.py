@@ -149,7 +149,7 @@ def with_reference(row: dict, lookups) -> dict:
     if kind in ("chat", "instruction") and lookups.chat:
         return {"messages": lookups.row_messages(to_messages(row))}
     if kind == "fim" and lookups.fim:
-        return {**row, "prefix": lookups.fim_comments(row["prefix"], row["suffix"]) + row["prefix"]}
+        return {**row, "prefix": lookups.fim_prefix(row["prefix"], row["suffix"])}
     return row
 
 

@@ -184,7 +184,8 @@ def _data_line(data: dict) -> str:
     if not data:
         return ""
     flags = "".join(f" --{k.replace('_', '-')} {data[k]}"
-                    for k in ("fixes_per_example", "fim_cuts", "max_tokens") if k in data)
+                    for k in ("limit", "fixes_per_example", "fim_cuts", "max_tokens")
+                    if data.get(k) is not None)
     strip = " --strip-comments" if data.get("strip_comments") else ""
     return (f"- data: {data.get('rows', 0):,} rows from "
             f"`csound-assistant data build{strip}{flags}`")
