@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from csound_assistant.constants import QUANT_TYPES
+from csound_assistant.constants import OUTPUT_TENSOR_TYPES, QUANT_TYPES
 from csound_assistant.errors import ExportError
 
 from .gguf_convert import staged_file
@@ -56,6 +56,8 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
     params.nthread = nthread
+    if quant_type in OUTPUT_TENSOR_TYPES:
+        params.output_tensor_type = getattr(llama_cpp, f"GGML_TYPE_{OUTPUT_TENSOR_TYPES[quant_type]}")
     keep_alive = None
     if imatrix:
         supported, why = imatrix_supported()

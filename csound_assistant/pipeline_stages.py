@@ -234,8 +234,11 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
 
     export = read_record(root / "export")
     gguf = _final_gguf(root, cfg)
+    others = [root / "export" / f"{cfg.package['name']}.{q}.gguf"
+              for q in cfg.export["quant_types"][1:]]
     lines += ["## Files", "",
               f"- GGUF: `{gguf}`",
+              *(f"- also: `{other}`" for other in others),
               f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
               f"- Continue config: `{root / 'package' / 'config.yaml'}`",
               f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
@@ -251,6 +254,8 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
         "## Use it", "",
         "```bash",
         f"csound-assistant serve {gguf}",
+        *(f"csound-assistant serve {other}  # the fastest to decode on a CPU" for other in others
+          if other.name.endswith(".IQ4_NL-out4.gguf")),
         f"ollama create {cfg.package['name']} -f {root / 'package' / 'Modelfile'} "
         f"&& ollama run {cfg.package['name']}",
         f"cp {root / 'package' / 'config.yaml'} ~/.continue/config.yaml",

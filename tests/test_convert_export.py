@@ -237,6 +237,12 @@ def test_lora_gguf_on_base_gguf_matches_merged_gguf(tiny_model_dir, tiny_adapter
     assert (with_lora.argmax(-1) == merged.argmax(-1)).mean() >= 0.95
 
 
+def _types_by_name(gguf_path: Path) -> dict[str, str]:
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(gguf_path)).tensors}
+
+
 def test_quantize_by_llama_cpp_names(tiny_export, tmp_path):
     out, record = tiny_export
     files = record["files"]
@@ -250,6 +256,15 @@ def test_quantize_by_llama_cpp_names(tiny_export, tmp_path):
     # llama.cpp for SmolLM2 too)
     q4_0 = quantize(out / "csound-assistant.F16.gguf", tmp_path / "m.Q4_0.gguf", "Q4_0")
     assert q4_0["tensors"].get("Q4_0", 0) > q4_0["fallback_tensors"]
+    # IQ4_NL keeps the output matrix at 8 bits; IQ4_NL-out4 (llama-quantize --output-tensor-type
+    # iq4_nl) quantizes it to IQ4_NL too and leaves every other tensor as IQ4_NL has it
+    for quant in ("IQ4_NL", "IQ4_NL-out4"):
+        quantize(out / "csound-assistant.F16.gguf", tmp_path / f"m.{quant}.gguf", quant)
+    mix, out4 = (_types_by_name(tmp_path / f"m.{q}.gguf") for q in ("IQ4_NL", "IQ4_NL-out4"))
+    output = "output.weight" if "output.weight" in mix else "token_embd.weight"  # tied: one
+    assert mix[output] != "IQ4_NL" and out4[output] == "IQ4_NL"
+    assert {n: t for n, t in out4.items() if n != output} == \
+        {n: t for n, t in mix.items() if n != output}
     with pytest.raises(ExportError, match="Q4_K_M"):
         quantize(out / "csound-assistant.F16.gguf", tmp_path / "x.gguf", "Q4_KM")
     with pytest.raises(ExportError, match="not found"):

@@ -146,7 +146,7 @@ def test_default_config_is_the_embedded_cpu_run():
     assert cfg.base is None and cfg.launcher == []
     train_cfg = load_config(cfg.train["config"])
     assert train_cfg.method in ("auto", "lora") and train_cfg.init_adapter == "starter"
-    assert cfg.export["quant_types"] == ["Q4_K_M"]
+    assert cfg.export["quant_types"] == ["Q4_K_M", "IQ4_NL-out4"]  # the first is packaged
     scratch = PipelineConfig.load("smollm2-scratch.yaml")
     assert load_config(scratch.train["config"]).init_adapter == ""
 
