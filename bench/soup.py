@@ -18,9 +18,11 @@ import math
 import shutil
 from pathlib import Path
 
+from csound_assistant.artifacts import is_complete, read_record, stage_output, write_record
+
 # Copied from the first adapter: what loading and prompting need besides the weights.
 COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "prompt_format.json",
-          "train_config.yaml", "record.json")
+          "train_config.yaml")
 
 
 def _scaling(config: dict) -> float:
@@ -38,12 +40,13 @@ def _check_alike(dirs: list[Path], configs: list[dict]) -> None:
             if mine != theirs:
                 raise SystemExit(f"soup: {d} differs from {dirs[0]} in {key}; only adapters of "
                                  "one shape can be averaged")
-        if c.get("rank_pattern") or c.get("alpha_pattern"):
-            raise SystemExit(f"soup: {d} has per-module ranks; not supported")
         if (d / "prompt_format.json").read_text() != (dirs[0] / "prompt_format.json").read_text():
             raise SystemExit(f"soup: {d} was trained with another prompt format than {dirs[0]}")
-    if first.get("use_dora"):
-        raise SystemExit("soup: DoRA adapters are not linear in B @ A; cannot average them exactly")
+    for d, c in zip(dirs, configs):
+        if c.get("rank_pattern") or c.get("alpha_pattern"):
+            raise SystemExit(f"soup: {d} has per-module ranks; not supported")
+        if c.get("use_dora"):
+            raise SystemExit(f"soup: {d} is DoRA, not linear in B @ A; cannot average it exactly")
 
 
 def soup(out: Path, dirs: list[Path]) -> dict:
@@ -68,22 +71,24 @@ def soup(out: Path, dirs: list[Path]) -> dict:
             raise SystemExit(f"soup: unexpected tensor {name} (only LoRA A/B are averaged)")
     rank = sum(c["r"] for c in configs)
     config = {**configs[0], "r": rank, "lora_alpha": rank, "use_rslora": False}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(merged, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    for name in COPIED:
-        if (dirs[0] / name).exists():
-            shutil.copy2(dirs[0] / name, tmp / name)
     ingredients = []
     for d in dirs:
         metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() \
             else {}
         ingredients.append({"adapter": str(d), "val_loss_end": metrics.get("val_loss_end")})
-    (tmp / "metrics.json").write_text(json.dumps({"soup_of": ingredients, "rank": rank}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    # the first adapter's record (base, prompt format, splits), with the soup's own shape
+    record = read_record(dirs[0]) if is_complete(dirs[0]) else {}
+    fields = {k: v for k, v in record.items() if k not in ("stage", "created", "versions")}
+    fields["config"] = {**fields.get("config", {}), "lora_r": rank, "lora_alpha": rank}
+    fields["metrics"] = {"soup_of": ingredients, "rank": rank}
+    with stage_output(out, force=True) as tmp:
+        save_file(merged, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        for name in COPIED:
+            if (dirs[0] / name).exists():
+                shutil.copy2(dirs[0] / name, tmp / name)
+        (tmp / "metrics.json").write_text(json.dumps(fields["metrics"], indent=1))
+        write_record(tmp, "adapter", **fields, soup_of=[str(d) for d in dirs])
     return {"rank": rank, "tensors": len(merged), "ingredients": ingredients}
 
 

@@ -49,8 +49,8 @@ THRESHOLDS = {
     "Q4_K_M": Threshold(0.08, 0.85, 1.10),
     "Q4_0": Threshold(0.12, 0.80, 1.15),  # Q4_K_M's allowance x1.5: a cruder 4-bit format
     "IQ4_NL": Threshold(0.12, 0.80, 1.15),  # as fast as Q4_0 on x86 (also repacked), as Q4_0
-    "IQ4_NL-out4": Threshold(0.12, 0.80, 1.15),  # the output matrix at 4 bits too
 }
+THRESHOLDS["IQ4_NL-out4"] = THRESHOLDS["IQ4_NL"]  # IQ4_NL with its output matrix at 4 bits too
 ANCHOR = {"model": "Llama-2-7B", "quant": "Q4_K_M", "kl": 0.0127, "top_token": 0.947,
           "ppl_ratio": 1.0142}
 

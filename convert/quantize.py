@@ -57,7 +57,8 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant_type])
     params.nthread = nthread
     if quant_type in OUTPUT_TENSOR_TYPES:
-        params.output_tensor_type = getattr(llama_cpp, f"GGML_TYPE_{OUTPUT_TENSOR_TYPES[quant_type]}")
+        output = OUTPUT_TENSOR_TYPES[quant_type]  # llama-quantize --output-tensor-type
+        params.output_tensor_type = getattr(llama_cpp, f"GGML_TYPE_{output}")
     keep_alive = None
     if imatrix:
         supported, why = imatrix_supported()

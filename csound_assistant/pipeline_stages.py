@@ -139,8 +139,12 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     p.stage("eval", "eval", cfg.eval, after, evaluate)
 
 
+def _export_gguf(root: Path, cfg: PipelineConfig, quant: str) -> Path:
+    return root / "export" / f"{cfg.package['name']}.{quant}.gguf"
+
+
 def _final_gguf(root: Path, cfg: PipelineConfig) -> Path:
-    return root / "export" / f"{cfg.package['name']}.{cfg.export['quant_types'][0]}.gguf"
+    return _export_gguf(root, cfg, cfg.export["quant_types"][0])
 
 
 def _base_is_hf_folder(cfg: PipelineConfig) -> bool:
@@ -234,11 +238,10 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
 
     export = read_record(root / "export")
     gguf = _final_gguf(root, cfg)
-    others = [root / "export" / f"{cfg.package['name']}.{q}.gguf"
-              for q in cfg.export["quant_types"][1:]]
+    others = {q: _export_gguf(root, cfg, q) for q in cfg.export["quant_types"][1:]}
     lines += ["## Files", "",
               f"- GGUF: `{gguf}`",
-              *(f"- also: `{other}`" for other in others),
+              *(f"- also: `{other}`" for other in others.values()),
               f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
               f"- Continue config: `{root / 'package' / 'config.yaml'}`",
               f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
@@ -254,8 +257,8 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
         "## Use it", "",
         "```bash",
         f"csound-assistant serve {gguf}",
-        *(f"csound-assistant serve {other}  # the fastest to decode on a CPU" for other in others
-          if other.name.endswith(".IQ4_NL-out4.gguf")),
+        *(f"csound-assistant serve {other}  # the fastest to decode on a CPU"
+          for quant, other in others.items() if quant == "IQ4_NL-out4"),
         f"ollama create {cfg.package['name']} -f {root / 'package' / 'Modelfile'} "
         f"&& ollama run {cfg.package['name']}",
         f"cp {root / 'package' / 'config.yaml'} ~/.continue/config.yaml",
