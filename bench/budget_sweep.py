@@ -171,9 +171,13 @@ def keep_adapter(adapter: Path, out: Path, name: str) -> None:
           f"{-(-len(data) // PART_BYTES)} parts", flush=True)
 
 
-def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dict[str, str]:
+def generate(base: Path, adapter: Path, items: list[dict], *, batch: int, samples: int = 1,
+             temperature: float = 0.8, seed: int = 0,
+             deadline: float | None = None) -> dict[str, str]:
     """Greedy answers, batched with left padding; each item stops at a stop token or its own
-    token budget."""
+    token budget. With ``samples`` N > 1, N sampled answers per item (``temperature``, top-p
+    0.95), keyed ``ID~k``. No batch starts after ``deadline`` (a ``time.time()``): the answers so
+    far come back from a call that would otherwise be cut at its limit."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -197,8 +201,17 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
                 fmt.bos + fmt.fim_prompt(lookups.fim_prefix(prefix, suffix), suffix))
         return tok(text, add_special_tokens=False).input_ids
 
+    if samples > 1:
+        torch.manual_seed(seed)
+        items = [{**i, "id": f"{i['id']}~{k}"} for i in items for k in range(samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if samples > 1 \
+        else {"do_sample": False}
     answers, order = {}, sorted(items, key=lambda i: i["budget"])
     for start in range(0, len(order), batch):
+        if deadline and time.time() > deadline:
+            print(f"deadline: {len(order) - start} of {len(order)} answers not started",
+                  flush=True)
+            break
         chunk = order[start:start + batch]
         prompts = [prompt(i) for i in chunk]
         width = max(map(len, prompts))
@@ -206,7 +219,7 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
         mask = (torch.arange(width)[None, :] >= torch.tensor(
             [width - len(p) for p in prompts])[:, None]).long().to(device)
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+            out = model.generate(input_ids=ids, attention_mask=mask, **sampling,
                                  max_new_tokens=max(i["budget"] for i in chunk),
                                  eos_token_id=stops, pad_token_id=pad)
         for item, row in zip(chunk, out[:, width:].tolist()):
@@ -214,6 +227,168 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int) -> dic
             cut = min((row.index(s) for s in stops if s in row), default=len(row))
             answers[item["id"]] = tok.decode(row[:cut], skip_special_tokens=False)
     return answers
+
+
+def prompts_command(args) -> None:
+    """Train-split rows of the given kinds as items to sample (ids ``train-LINE``); references
+    are not rendered first (thousands of them): an item no sample plays simply adds nothing."""
+    from csound_assistant.artifacts import write_json
+    from csound_assistant.eval.runner import token_budget
+    from csound_assistant.eval.tasks import load_test_split
+
+    kinds = set(args.kinds.split(","))
+    rows = Path(args.split).read_text().splitlines()
+    items = []
+    for i in load_test_split(args.split):
+        line = int(i.id.partition("-")[2])
+        meta = json.loads(rows[line - 1]).get("meta") or {}
+        if i.kind.removeprefix("fim:") not in kinds or (args.no_cuts and meta.get("cut")):
+            continue
+        items.append({"id": f"train-{line}", "kind": i.kind, "source": "train",
+                      "messages": i.messages, "prefix": i.prefix, "suffix": i.suffix,
+                      "reference": i.reference, "required_opcodes": i.required_opcodes,
+                      "seconds": i.seconds, "budget": token_budget(i, args.max_new_tokens)})
+    write_json(args.out, items)
+    counts = {}
+    for i in items:
+        counts[i["kind"]] = counts.get(i["kind"], 0) + 1
+    print(f"{len(items)} prompts -> {args.out}: {counts}")
+
+
+def sample_command(args) -> None:
+    """``--samples`` sampled answers per item from one adapter; with ``--jobs`` N, N processes
+    each answer every N-th item (a 135M model leaves the GPU mostly idle)."""
+    name, _, folder = args.adapter.partition("=")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and args.shard is None:
+        common = [sys.executable, __file__, "sample", "--work", args.work, "--items", args.items,
+                  "--out", args.out, "--adapter", args.adapter, "--batch", str(args.batch),
+                  "--samples", str(args.samples), "--temperature", str(args.temperature),
+                  "--seconds", str(args.seconds), "--started", str(args.started)]
+        jobs = [subprocess.Popen([*common, "--shard", f"{k}/{args.jobs}"],
+                                 stdout=open(out / f"{name}-{k}.log", "w"),
+                                 stderr=subprocess.STDOUT) for k in range(args.jobs)]
+        codes = [job.wait() for job in jobs]
+        if any(codes):
+            raise SystemExit(f"sampling failed: exit codes {codes} (see {out}/{name}-K.log)")
+        return
+    k, n = map(int, (args.shard or "0/1").split("/"))
+    items = json.loads(Path(args.items).read_text())[k::n]
+    start = time.time()
+    answers = generate(Path(args.work) / "base", Path(folder), items, batch=args.batch,
+                       samples=args.samples, temperature=args.temperature, seed=k,
+                       deadline=args.started + args.seconds if args.seconds else None)
+    metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    (out / f"{name}-{k}.json").write_text(json.dumps(
+        {"variant": name, "overrides": [f"adapter={folder}", f"samples={args.samples}",
+                                        f"temperature={args.temperature}"],
+         "train_seconds": None, "metrics": metrics, "answers": answers}))
+    print(f"== {name} shard {k}/{n}: {len(answers)} answers in {time.time() - start:.0f} s",
+          flush=True)
+
+
+def _judge(job: tuple[dict, str, str]) -> dict:
+    from csound_assistant.eval.runner import score_answer
+    from csound_assistant.eval.tasks import Item
+
+    i, key, answer = job
+    item = Item(i["id"], i["kind"], i["source"], messages=i["messages"], prefix=i["prefix"],
+                suffix=i["suffix"], required_opcodes=i["required_opcodes"],
+                reference=i["reference"], seconds=i["seconds"])
+    verdict = score_answer(item, answer)
+    return {"key": key, "id": i["id"], "kind": i["kind"], "answer": answer,
+            **{k: verdict[k] for k in ("category", "compiled", "sound", "coverage")}}
+
+
+def verdicts_command(args) -> None:
+    """Score every sampled answer in the sandbox, ``--workers`` at a time; one JSON line per
+    answer, then pass rates by kind."""
+    from multiprocessing import Pool
+
+    from tqdm import tqdm
+
+    items = {i["id"]: i for i in json.loads(Path(args.items).read_text())}
+    jobs = []
+    for path in sorted(Path(args.answers).glob("*.json")):
+        for key, answer in json.loads(path.read_text())["answers"].items():
+            jobs.append((items[key.partition("~")[0]], key, answer))
+    out = Path(args.out)
+    tmp = out.with_suffix(".tmp")
+    pool = Pool(args.workers) if args.workers > 1 else None
+    judged = pool.imap_unordered(_judge, jobs, chunksize=4) if pool else map(_judge, jobs)
+    with tmp.open("w") as fh:
+        for verdict in tqdm(judged, total=len(jobs), desc="sandbox", unit="answer"):
+            fh.write(json.dumps(verdict) + "\n")
+    if pool:
+        pool.close()
+    tmp.replace(out)
+    _verdict_summary(out)
+
+
+def _kept(verdict: dict) -> bool:
+    """A sample worth learning from: it plays, and it uses the opcode the request named."""
+    return verdict["sound"] and verdict["coverage"] in (None, 1.0)
+
+
+def _verdict_summary(path: Path) -> None:
+    by_kind: dict[str, dict[str, list[bool]]] = {}
+    for line in path.read_text().splitlines():
+        v = json.loads(line)
+        by_kind.setdefault(v["kind"], {}).setdefault(v["id"], []).append(_kept(v))
+    print("| kind | prompts | kept samples | prompts with one kept |\n|---|---|---|---|")
+    for kind, groups in sorted(by_kind.items()):
+        flat = [x for g in groups.values() for x in g]
+        print(f"| {kind} | {len(groups)} | {sum(flat) / len(flat):.2f} | "
+              f"{sum(any(g) for g in groups.values()) / len(groups):.2f} |")
+
+
+def rows_command(args) -> None:
+    """Training rows from kept samples: up to ``--per-item`` distinct ones per prompt, each the
+    prompt's own row with the sample as its answer and ``meta.origin: self-sample``."""
+    import random
+
+    from csound_assistant.prompt_format import row_kind
+
+    rows = Path(args.split).read_text().splitlines()
+    kept: dict[str, list[str]] = {}
+    for line in Path(args.verdicts).read_text().splitlines():
+        v = json.loads(line)
+        if _kept(v) and v["answer"].strip() and v["answer"] not in kept.get(v["id"], []):
+            kept.setdefault(v["id"], []).append(v["answer"])
+    rng, out, same = random.Random(0), [], 0
+    for ident, answers in sorted(kept.items()):
+        row = json.loads(rows[int(ident.partition("-")[2]) - 1])
+        fresh = [a for a in answers if _code(row, a) != _code(row, None)]  # the row has those
+        same += len(answers) - len(fresh)
+        per_item = args.per_item_fim if row_kind(row) == "fim" else args.per_item
+        for answer in rng.sample(fresh, min(per_item, len(fresh))):
+            new = json.loads(json.dumps(row))
+            new["meta"] = {**(row.get("meta") or {}), "origin": "self-sample"}
+            kind = row_kind(row)
+            if kind == "fim":
+                new["middle"] = answer
+            elif kind == "chat":
+                new["messages"][-1]["content"] = answer
+            elif kind == "instruction":
+                new["output"] = answer
+            else:
+                raise SystemExit(f"{ident}: cannot put a sample into a {kind} row")
+            out.append(new)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in out))
+    print(f"{len(out)} rows from {len(kept)} prompts -> {args.out} ({same} kept samples "
+          "were the row's own answer: skipped)")
+
+
+def _code(row: dict, answer: str | None) -> str:
+    """The Csound of ``answer`` (or the row's own answer) as the sandbox judged it, stripped."""
+    from csound_assistant.eval.extract import extract_code
+    from csound_assistant.prompt_format import to_messages
+
+    if "middle" in row:
+        return (row["middle"] if answer is None else answer).strip()
+    return (extract_code(to_messages(row)[-1]["content"] if answer is None else answer)
+            or "").strip()
 
 
 def score_command(args) -> None:
@@ -327,12 +502,44 @@ def main() -> None:
                    help="variants trained and answered at once, each in its own process")
     p.add_argument("--keep-adapters", action="store_true",
                    help="send each trained variant's adapter back: $OUT/NAME-adapter.tar.gz.NN")
+    p = sub.add_parser("prompts", help="train-split rows as items to sample")
+    p.add_argument("--split", required=True)
+    p.add_argument("--kinds", required=True, help="comma-separated, e.g. write,opcode,chat")
+    p.add_argument("--no-cuts", action="store_true", help="skip the extra FIM cuts' rows")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("sample", help="sampled answers from one adapter (needs a CUDA GPU)")
+    p.add_argument("--work", required=True, help="holds base/")
+    p.add_argument("--items", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--adapter", required=True, help="NAME=DIR")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--shard", default=None, help="K/N: every N-th item from the K-th")
+    p.add_argument("--seconds", type=float, default=0,
+                   help="start no batch after this many seconds (0: no limit)")
+    p.add_argument("--started", type=float, default=time.time(), help=argparse.SUPPRESS)
+    p = sub.add_parser("verdicts", help="judge sampled answers in the sandbox (needs Csound)")
+    p.add_argument("answers", help="folder of NAME-K.json")
+    p.add_argument("--items", required=True)
+    p.add_argument("--out", required=True, help="a .jsonl file")
+    p.add_argument("--workers", type=int, default=2)
+    p = sub.add_parser("rows", help="training rows from the kept samples")
+    p.add_argument("--verdicts", required=True)
+    p.add_argument("--split", required=True, help="the split the prompts came from")
+    p.add_argument("--per-item", type=int, default=2)
+    p.add_argument("--per-item-fim", type=int, default=1)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("score", help="score the answers with the sandbox (needs Csound)")
     p.add_argument("answers", help="folder of <variant>.json")
     p.add_argument("--items", required=True)
     p.add_argument("--out", default=None)
     args = parser.parse_args()
-    {"items": items_command, "train": train_command, "score": score_command}[args.command](args)
+    {"items": items_command, "train": train_command, "score": score_command,
+     "prompts": prompts_command, "sample": sample_command, "verdicts": verdicts_command,
+     "rows": rows_command}[args.command](args)
 
 
 if __name__ == "__main__":

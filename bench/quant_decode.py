@@ -31,7 +31,9 @@ def decode_rate(llm, tokens: list[int], n: int) -> float:
 
 
 def main():
-    import llama_cpp
+    from csound_assistant.llamacpp import load
+
+    llama_cpp = load()
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ggufs", nargs="+", type=Path)

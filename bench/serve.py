@@ -200,7 +200,9 @@ def main():
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "serve_parallel.json").write_text(json.dumps(res, indent=2) + "\n")
         return
-    import llama_cpp
+    from csound_assistant.llamacpp import load
+
+    llama_cpp = load()
 
     from csound_assistant.base.importer import embedded_gguf
 

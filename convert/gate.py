@@ -134,7 +134,9 @@ def compare(reference_gguf: str | Path, candidate_gguf: str | Path, texts: list[
             ctx: int = 512, max_tokens: int = 8192, n_threads: int | None = None,
             progress: bool = True) -> dict:
     """Perplexities, KL divergence and top-token agreement of two GGUFs on ``texts``."""
-    from llama_cpp import Llama
+    from csound_assistant.llamacpp import load
+
+    Llama = load().Llama
 
     kw = dict(n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, verbose=False, seed=0)
     if n_threads:

@@ -114,7 +114,9 @@ class GGUFModel:
         with open(path, "rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise ModelLoadError(f"{path} is not a GGUF file")
-        import llama_cpp
+        from csound_assistant.llamacpp import load
+
+        llama_cpp = load()
 
         self.path, self.n_threads = path, n_threads
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,

@@ -72,7 +72,9 @@ class LlamaBackend:
     def __init__(self, model_path: Path, *, lora_path: Path | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_gpu_layers: int = 0, cache_slots: int = 4,
                  parallel: int = 1):
-        import llama_cpp
+        from csound_assistant.llamacpp import load
+
+        llama_cpp = load()
 
         for label, path in (("model", model_path), ("LoRA adapter", lora_path)):
             if path is not None and not Path(path).is_file():

@@ -20,6 +20,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def llama_cpp_guarded():
+    """Tests load GGUFs with llama_cpp.Llama directly: guard it as the package's own code does
+    (csound_assistant/llamacpp.py: llama.cpp's AMX path crashes on AMX CPUs)."""
+    from csound_assistant.llamacpp import load
+
+    load()
+
+
 @pytest.fixture(scope="session")
 def embedded_gguf() -> Path:
     from csound_assistant.base.importer import embedded_gguf as find

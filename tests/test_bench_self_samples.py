@@ -1,0 +1,103 @@
+"""bench/budget_sweep.py prompts / verdicts / rows: the model's own sampled answers to train
+prompts, judged by real Csound, kept as new train rows only when they play and use the opcode
+the request named."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CSD = """<CsoundSynthesizer>
+<CsOptions>
+-odac
+</CsOptions>
+<CsInstruments>
+sr = 44100
+ksmps = 32
+nchnls = 2
+0dbfs = 1
+instr 1
+{body}
+endin
+</CsInstruments>
+<CsScore>
+i 1 0 1
+</CsScore>
+</CsoundSynthesizer>"""
+REFERENCE = CSD.format(body="a1 oscili 0.3, 440\nouts a1, a1")
+OTHER = CSD.format(body="kenv linen 0.4, 0.1, p3, 0.2\na1 oscili kenv, 220\nouts a1, a1")
+SILENT = CSD.format(body="a1 oscili 0, 440\nouts a1, a1")
+BROKEN = CSD.format(body="a1 oscili 0.3, 440\nouts a1, a2")
+NO_OSCILI = CSD.format(body="a1 poscil 0.3, 440\nouts a1, a1")
+FENCE = "Here it is.\n\n```csound\n{}\n```"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("budget_sweep",
+                                                  ROOT / "bench" / "budget_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _split(path: Path) -> Path:
+    write = {"instruction": "Write a CSD that uses oscili.", "input": "",
+             "output": FENCE.format(REFERENCE),
+             "meta": {"task": "write", "opcode": "oscili", "group": "g1"}}
+    prefix, _, rest = REFERENCE.partition("a1 oscili")
+    fim = {"prefix": prefix, "middle": "a1 oscili" + rest.partition("\n")[0] + "\n",
+           "suffix": rest.partition("\n")[2], "meta": {"task": "fim-line", "group": "g1"}}
+    explain = {"instruction": "Explain this.", "input": REFERENCE, "output": "It plays.",
+               "meta": {"task": "explain", "group": "g1"}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (write, fim, explain)))
+    return path
+
+
+def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
+    sweep = _module()
+    split = _split(tmp_path / "train.jsonl")
+    items = tmp_path / "prompts.json"
+    sweep.prompts_command(argparse.Namespace(split=str(split), kinds="write,fim-line",
+                                             no_cuts=False, max_new_tokens=256, out=items))
+    prompts = json.loads(items.read_text())
+    assert [(p["id"], p["kind"]) for p in prompts] == [("train-1", "write"),
+                                                       ("train-2", "fim:fim-line")]
+    assert prompts[0]["required_opcodes"] == ["oscili"]
+
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / "st-0.json").write_text(json.dumps({"answers": {
+        "train-1~0": FENCE.format(OTHER),      # new and plays: kept
+        "train-1~1": FENCE.format(SILENT),     # renders silence
+        "train-1~2": FENCE.format(BROKEN),     # a2 is never defined
+        "train-1~3": FENCE.format(NO_OSCILI),  # plays, but not with the opcode asked for
+        "train-2~0": "a1 oscili 0.2, 330\n",   # another middle that plays: kept
+        "train-2~1": prompts[1]["reference"],  # the row's own answer: nothing new
+    }}))
+    verdicts = tmp_path / "verdicts.jsonl"
+    sweep.verdicts_command(argparse.Namespace(answers=str(answers), items=str(items),
+                                              out=str(verdicts), workers=1))
+    judged = {v["key"]: v for v in map(json.loads, verdicts.read_text().splitlines())}
+    assert {k for k, v in judged.items() if sweep._kept(v)} == {
+        "train-1~0", "train-2~0", "train-2~1"}
+    assert not judged["train-1~1"]["sound"] and judged["train-1~1"]["compiled"]
+    assert not judged["train-1~2"]["compiled"]
+    assert judged["train-1~3"]["sound"] and judged["train-1~3"]["coverage"] == 0.0
+
+    out = tmp_path / "self.jsonl"
+    sweep.rows_command(argparse.Namespace(verdicts=str(verdicts), split=str(split), per_item=2,
+                                          per_item_fim=2, out=str(out)))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    write, fim = rows
+    assert write["output"] == FENCE.format(OTHER) and write["instruction"].endswith("oscili.")
+    assert write["meta"] == {"task": "write", "opcode": "oscili", "group": "g1",
+                             "origin": "self-sample"}
+    assert fim["middle"] == "a1 oscili 0.2, 330\n" and fim["meta"]["origin"] == "self-sample"
+    assert fim["prefix"] + fim["middle"] + fim["suffix"] != REFERENCE
