@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 AMX_FLAG = "AMX_INT8 = 1"
 KEEP_AMX = "CSOUND_ASSISTANT_LLAMA_AMX"
@@ -37,6 +38,9 @@ def load():
         # llama_cpp.Llama reads the low-level module's attribute at each load
         low.llama_model_default_params = params
         llama_cpp.llama_model_default_params = params
+        print("llama.cpp: this build uses AMX, whose matrix multiply crashes here "
+              "(ggml-org/llama.cpp#20824): loading models without extra buffer types "
+              f"(no weight repacking; {KEEP_AMX}=1 keeps them)", file=sys.stderr)
     return llama_cpp
 
 
