@@ -288,15 +288,20 @@ def sample_command(args) -> None:
           flush=True)
 
 
-def _judge(job: tuple[dict, str, str]) -> dict:
-    from csound_assistant.eval.runner import score_answer
+def _item(i: dict):
+    """An items-file entry (``items``/``prompts``) as the eval's Item."""
     from csound_assistant.eval.tasks import Item
 
-    i, key, answer = job
-    item = Item(i["id"], i["kind"], i["source"], messages=i["messages"], prefix=i["prefix"],
+    return Item(i["id"], i["kind"], i["source"], messages=i["messages"], prefix=i["prefix"],
                 suffix=i["suffix"], required_opcodes=i["required_opcodes"],
                 reference=i["reference"], seconds=i["seconds"])
-    verdict = score_answer(item, answer)
+
+
+def _judge(job: tuple[dict, str, str]) -> dict:
+    from csound_assistant.eval.runner import score_answer
+
+    i, key, answer = job
+    verdict = score_answer(_item(i), answer)
     return {"key": key, "id": i["id"], "kind": i["kind"], "answer": answer,
             **{k: verdict[k] for k in ("category", "compiled", "sound", "coverage")}}
 
@@ -308,22 +313,21 @@ def verdicts_command(args) -> None:
 
     from tqdm import tqdm
 
+    from csound_assistant.artifacts import atomic_write
+
     items = {i["id"]: i for i in json.loads(Path(args.items).read_text())}
     jobs = []
     for path in sorted(Path(args.answers).glob("*.json")):
         for key, answer in json.loads(path.read_text())["answers"].items():
             jobs.append((items[key.partition("~")[0]], key, answer))
-    out = Path(args.out)
-    tmp = out.with_suffix(".tmp")
     pool = Pool(args.workers) if args.workers > 1 else None
     judged = pool.imap_unordered(_judge, jobs, chunksize=4) if pool else map(_judge, jobs)
-    with tmp.open("w") as fh:
+    with atomic_write(args.out) as fh:
         for verdict in tqdm(judged, total=len(jobs), desc="sandbox", unit="answer"):
             fh.write(json.dumps(verdict) + "\n")
     if pool:
         pool.close()
-    tmp.replace(out)
-    _verdict_summary(out)
+    _verdict_summary(Path(args.out))
 
 
 def _kept(verdict: dict) -> bool:
@@ -348,6 +352,7 @@ def rows_command(args) -> None:
     prompt's own row with the sample as its answer and ``meta.origin: self-sample``."""
     import random
 
+    from csound_assistant.artifacts import atomic_write
     from csound_assistant.prompt_format import row_kind
 
     rows = Path(args.split).read_text().splitlines()
@@ -359,13 +364,13 @@ def rows_command(args) -> None:
     rng, out, same = random.Random(0), [], 0
     for ident, answers in sorted(kept.items()):
         row = json.loads(rows[int(ident.partition("-")[2]) - 1])
-        fresh = [a for a in answers if _code(row, a) != _code(row, None)]  # the row has those
+        kind, own = row_kind(row), _code(row, None)
+        fresh = [a for a in answers if _code(row, a) != own]  # the row teaches those already
         same += len(answers) - len(fresh)
-        per_item = args.per_item_fim if row_kind(row) == "fim" else args.per_item
+        per_item = args.per_item_fim if kind == "fim" else args.per_item
         for answer in rng.sample(fresh, min(per_item, len(fresh))):
             new = json.loads(json.dumps(row))
             new["meta"] = {**(row.get("meta") or {}), "origin": "self-sample"}
-            kind = row_kind(row)
             if kind == "fim":
                 new["middle"] = answer
             elif kind == "chat":
@@ -375,7 +380,8 @@ def rows_command(args) -> None:
             else:
                 raise SystemExit(f"{ident}: cannot put a sample into a {kind} row")
             out.append(new)
-    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in out))
+    with atomic_write(args.out) as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in out)
     print(f"{len(out)} rows from {len(kept)} prompts -> {args.out} ({same} kept samples "
           "were the row's own answer: skipped)")
 
@@ -393,7 +399,6 @@ def _code(row: dict, answer: str | None) -> str:
 
 def score_command(args) -> None:
     from csound_assistant.eval.runner import score_answer
-    from csound_assistant.eval.tasks import Item
 
     items = {i["id"]: i for i in json.loads(Path(args.items).read_text())}
     on_gpu = {f"{k}={v}" for k, v in ON_GPU.items()}
@@ -403,10 +408,8 @@ def score_command(args) -> None:
         rows = []
         for ident, answer in result["answers"].items():
             i = items[ident]
-            item = Item(ident, i["kind"], i["source"], messages=i["messages"], prefix=i["prefix"],
-                        suffix=i["suffix"], required_opcodes=i["required_opcodes"],
-                        reference=i["reference"], seconds=i["seconds"])
-            rows.append({"source": i["source"], "kind": i["kind"], **score_answer(item, answer)})
+            rows.append({"source": i["source"], "kind": i["kind"],
+                         **score_answer(_item(i), answer)})
         mean = lambda rs, key: sum(r[key] for r in rs) / max(1, len(rs))  # noqa: E731
         test = [r for r in rows if r["source"] == "test"]
         m = result["metrics"]

@@ -9,7 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
+from csound_assistant.data.rows import fence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,10 @@ OTHER = CSD.format(body="kenv linen 0.4, 0.1, p3, 0.2\na1 oscili kenv, 220\nouts
 SILENT = CSD.format(body="a1 oscili 0, 440\nouts a1, a1")
 BROKEN = CSD.format(body="a1 oscili 0.3, 440\nouts a1, a2")
 NO_OSCILI = CSD.format(body="a1 poscil 0.3, 440\nouts a1, a1")
-FENCE = "Here it is.\n\n```csound\n{}\n```"
+
+
+def answer(code: str) -> str:
+    return "Here it is.\n\n" + fence(code)
 
 
 def _module():
@@ -48,7 +51,7 @@ def _module():
 
 def _split(path: Path) -> Path:
     write = {"instruction": "Write a CSD that uses oscili.", "input": "",
-             "output": FENCE.format(REFERENCE),
+             "output": answer(REFERENCE),
              "meta": {"task": "write", "opcode": "oscili", "group": "g1"}}
     prefix, _, rest = REFERENCE.partition("a1 oscili")
     fim = {"prefix": prefix, "middle": "a1 oscili" + rest.partition("\n")[0] + "\n",
@@ -73,10 +76,10 @@ def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
     answers = tmp_path / "answers"
     answers.mkdir()
     (answers / "st-0.json").write_text(json.dumps({"answers": {
-        "train-1~0": FENCE.format(OTHER),      # new and plays: kept
-        "train-1~1": FENCE.format(SILENT),     # renders silence
-        "train-1~2": FENCE.format(BROKEN),     # a2 is never defined
-        "train-1~3": FENCE.format(NO_OSCILI),  # plays, but not with the opcode asked for
+        "train-1~0": answer(OTHER),      # new and plays: kept
+        "train-1~1": answer(SILENT),     # renders silence
+        "train-1~2": answer(BROKEN),     # a2 is never defined
+        "train-1~3": answer(NO_OSCILI),  # plays, but not with the opcode asked for
         "train-2~0": "a1 oscili 0.2, 330\n",   # another middle that plays: kept
         "train-2~1": prompts[1]["reference"],  # the row's own answer: nothing new
     }}))
@@ -96,7 +99,7 @@ def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2
     write, fim = rows
-    assert write["output"] == FENCE.format(OTHER) and write["instruction"].endswith("oscili.")
+    assert write["output"] == answer(OTHER) and write["instruction"].endswith("oscili.")
     assert write["meta"] == {"task": "write", "opcode": "oscili", "group": "g1",
                              "origin": "self-sample"}
     assert fim["middle"] == "a1 oscili 0.2, 330\n" and fim["meta"]["origin"] == "self-sample"
