@@ -238,16 +238,25 @@ def prompts_command(args) -> None:
 
     kinds = set(args.kinds.split(","))
     rows = Path(args.split).read_text().splitlines()
+    done = {}  # prompt id -> rows earlier rounds give it
+    if args.skip_kept:
+        usable, _ = usable_samples(args.skip_kept, rows, args.fix_similarity)
+        done = {k: len(v) for k, v in usable.items()}
     items = []
     for i in load_test_split(args.split):
         line = int(i.id.partition("-")[2])
         meta = json.loads(rows[line - 1]).get("meta") or {}
         if i.kind.removeprefix("fim:") not in kinds or (args.no_cuts and meta.get("cut")):
             continue
+        if done and done.get(f"train-{line}", 0) >= (args.per_item_fim if i.prefix is not None
+                                                     else args.per_item):
+            continue  # an earlier round already gave this prompt all the rows `rows` takes
+        budget = token_budget(i, args.max_new_tokens)
         items.append({"id": f"train-{line}", "kind": i.kind, "source": "train",
                       "messages": i.messages, "prefix": i.prefix, "suffix": i.suffix,
                       "reference": i.reference, "required_opcodes": i.required_opcodes,
-                      "seconds": i.seconds, "budget": token_budget(i, args.max_new_tokens)})
+                      "seconds": i.seconds,
+                      "budget": min(budget, args.max_budget) if args.max_budget else budget})
     write_json(args.out, items)
     counts = {}
     for i in items:
@@ -347,28 +356,52 @@ def _verdict_summary(path: Path) -> None:
               f"{sum(any(g) for g in groups.values()) / len(groups):.2f} |")
 
 
+def usable_samples(paths: str, rows: list[str], fix_similarity: float) -> tuple[
+        dict[str, list[str]], dict[str, int]]:
+    """Per prompt id, the distinct kept answers in the verdict files (comma-separated) that can
+    become rows: not the row's own answer (the row teaches that already) and, for a fix row,
+    close to the row's fixed code (a fix must repair the given code, not swap in another
+    program). Also counts of what was set aside, by reason."""
+    from difflib import SequenceMatcher
+
+    kept: dict[str, list[str]] = {}
+    for path in paths.split(","):
+        for line in Path(path).read_text().splitlines():
+            v = json.loads(line)
+            if _kept(v) and v["answer"].strip() and v["answer"] not in kept.get(v["id"], []):
+                kept.setdefault(v["id"], []).append(v["answer"])
+    usable, skipped = {}, {"own answer": 0, "fix unlike the row's": 0}
+    for ident, answers in kept.items():
+        row = json.loads(rows[int(ident.partition("-")[2]) - 1])
+        own = _code(row, None)
+        fresh = [a for a in answers if _code(row, a) != own]
+        skipped["own answer"] += len(answers) - len(fresh)
+        if (row.get("meta") or {}).get("task", "").startswith("fix-"):
+            close = [a for a in fresh if SequenceMatcher(
+                None, _code(row, a), own, autojunk=False).ratio() >= fix_similarity]
+            skipped["fix unlike the row's"] += len(fresh) - len(close)
+            fresh = close
+        usable[ident] = fresh
+    return usable, skipped
+
+
 def rows_command(args) -> None:
-    """Training rows from kept samples: up to ``--per-item`` distinct ones per prompt, each the
-    prompt's own row with the sample as its answer and ``meta.origin: self-sample``."""
+    """Training rows from kept samples: up to ``--per-item`` usable ones per prompt (see
+    usable_samples), each the prompt's own row with the sample as its answer and
+    ``meta.origin: self-sample``."""
     import random
 
     from csound_assistant.artifacts import atomic_write
     from csound_assistant.prompt_format import row_kind
 
     rows = Path(args.split).read_text().splitlines()
-    kept: dict[str, list[str]] = {}
-    for line in Path(args.verdicts).read_text().splitlines():
-        v = json.loads(line)
-        if _kept(v) and v["answer"].strip() and v["answer"] not in kept.get(v["id"], []):
-            kept.setdefault(v["id"], []).append(v["answer"])
-    rng, out, same = random.Random(0), [], 0
-    for ident, answers in sorted(kept.items()):
+    usable, skipped = usable_samples(args.verdicts, rows, args.fix_similarity)
+    rng, out = random.Random(0), []
+    for ident, answers in sorted(usable.items()):
         row = json.loads(rows[int(ident.partition("-")[2]) - 1])
-        kind, own = row_kind(row), _code(row, None)
-        fresh = [a for a in answers if _code(row, a) != own]  # the row teaches those already
-        same += len(answers) - len(fresh)
+        kind = row_kind(row)
         per_item = args.per_item_fim if kind == "fim" else args.per_item
-        for answer in rng.sample(fresh, min(per_item, len(fresh))):
+        for answer in rng.sample(answers, min(per_item, len(answers))):
             new = json.loads(json.dumps(row))
             new["meta"] = {**(row.get("meta") or {}), "origin": "self-sample"}
             if kind == "fim":
@@ -382,8 +415,8 @@ def rows_command(args) -> None:
             out.append(new)
     with atomic_write(args.out) as fh:
         fh.writelines(json.dumps(r) + "\n" for r in out)
-    print(f"{len(out)} rows from {len(kept)} prompts -> {args.out} ({same} kept samples "
-          "were the row's own answer: skipped)")
+    print(f"{len(out)} rows from {len(usable)} prompts with a kept sample -> {args.out} "
+          f"(kept samples set aside: {skipped})")
 
 
 def _code(row: dict, answer: str | None) -> str:
@@ -510,6 +543,14 @@ def main() -> None:
     p.add_argument("--kinds", required=True, help="comma-separated, e.g. write,opcode,chat")
     p.add_argument("--no-cuts", action="store_true", help="skip the extra FIM cuts' rows")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-budget", type=int, default=0,
+                   help="cap each prompt's token budget (longer answers are dropped in training)")
+    p.add_argument("--skip-kept", default=None,
+                   help="verdict files of earlier rounds: skip prompts that already have "
+                        "--per-item (FIM: --per-item-fim) usable kept answers (see rows)")
+    p.add_argument("--per-item", type=int, default=2)
+    p.add_argument("--per-item-fim", type=int, default=1)
+    p.add_argument("--fix-similarity", type=float, default=0.8)
     p.add_argument("--out", required=True)
     p = sub.add_parser("sample", help="sampled answers from one adapter (needs a CUDA GPU)")
     p.add_argument("--work", required=True, help="holds base/")
@@ -530,10 +571,13 @@ def main() -> None:
     p.add_argument("--out", required=True, help="a .jsonl file")
     p.add_argument("--workers", type=int, default=2)
     p = sub.add_parser("rows", help="training rows from the kept samples")
-    p.add_argument("--verdicts", required=True)
+    p.add_argument("--verdicts", required=True, help="verdict files, comma-separated")
     p.add_argument("--split", required=True, help="the split the prompts came from")
     p.add_argument("--per-item", type=int, default=2)
     p.add_argument("--per-item-fim", type=int, default=1)
+    p.add_argument("--fix-similarity", type=float, default=0.8,
+                   help="a fix row's sample must be this close to the row's fixed code "
+                        "(difflib ratio)")
     p.add_argument("--out", required=True)
     p = sub.add_parser("score", help="score the answers with the sandbox (needs Csound)")
     p.add_argument("answers", help="folder of <variant>.json")

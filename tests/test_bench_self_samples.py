@@ -35,6 +35,24 @@ OTHER = CSD.format(body="kenv linen 0.4, 0.1, p3, 0.2\na1 oscili kenv, 220\nouts
 SILENT = CSD.format(body="a1 oscili 0, 440\nouts a1, a1")
 BROKEN = CSD.format(body="a1 oscili 0.3, 440\nouts a1, a2")
 NO_OSCILI = CSD.format(body="a1 poscil 0.3, 440\nouts a1, a1")
+ANOTHER = """<CsoundSynthesizer>
+<CsInstruments>
+sr = 48000
+ksmps = 64
+nchnls = 1
+0dbfs = 1
+giSine ftgen 0, 0, 8192, 10, 1
+instr 2
+  kcps expseg 110, p3 / 2, 880, p3 / 2, 220
+  asig poscil 0.2, kcps, giSine
+  out asig
+endin
+</CsInstruments>
+<CsScore>
+i 2 0 1.5
+e
+</CsScore>
+</CsoundSynthesizer>"""
 
 
 def answer(code: str) -> str:
@@ -58,7 +76,11 @@ def _split(path: Path) -> Path:
            "suffix": rest.partition("\n")[2], "meta": {"task": "fim-line", "group": "g1"}}
     explain = {"instruction": "Explain this.", "input": REFERENCE, "output": "It plays.",
                "meta": {"task": "explain", "group": "g1"}}
-    path.write_text("".join(json.dumps(r) + "\n" for r in (write, fim, explain)))
+    fix = {"instruction": "Can you fix the bug in this Csound file?",
+           "input": fence(REFERENCE.replace("endin\n", "")),
+           "output": "Add `endin`.\n\n" + fence(REFERENCE),
+           "meta": {"task": "fix-missing-endin", "group": "g1"}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (write, fim, explain, fix)))
     return path
 
 
@@ -66,11 +88,12 @@ def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
     sweep = _module()
     split = _split(tmp_path / "train.jsonl")
     items = tmp_path / "prompts.json"
-    sweep.prompts_command(argparse.Namespace(split=str(split), kinds="write,fim-line",
-                                             no_cuts=False, max_new_tokens=256, out=items))
+    sweep.prompts_command(argparse.Namespace(
+        split=str(split), kinds="write,fim-line,fix-missing-endin", no_cuts=False,
+        max_new_tokens=256, max_budget=0, skip_kept=None, out=items))
     prompts = json.loads(items.read_text())
-    assert [(p["id"], p["kind"]) for p in prompts] == [("train-1", "write"),
-                                                       ("train-2", "fim:fim-line")]
+    assert [(p["id"], p["kind"]) for p in prompts] == [
+        ("train-1", "write"), ("train-2", "fim:fim-line"), ("train-4", "fix-missing-endin")]
     assert prompts[0]["required_opcodes"] == ["oscili"]
 
     answers = tmp_path / "answers"
@@ -82,25 +105,43 @@ def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
         "train-1~3": answer(NO_OSCILI),  # plays, but not with the opcode asked for
         "train-2~0": "a1 oscili 0.2, 330\n",   # another middle that plays: kept
         "train-2~1": prompts[1]["reference"],  # the row's own answer: nothing new
+        "train-4~0": answer(REFERENCE.replace("0.3", "0.25")),  # plays, and fixes that code
+        "train-4~1": answer(ANOTHER),    # plays, but is another program, not a fix
     }}))
     verdicts = tmp_path / "verdicts.jsonl"
     sweep.verdicts_command(argparse.Namespace(answers=str(answers), items=str(items),
                                               out=str(verdicts), workers=1))
     judged = {v["key"]: v for v in map(json.loads, verdicts.read_text().splitlines())}
     assert {k for k, v in judged.items() if sweep._kept(v)} == {
-        "train-1~0", "train-2~0", "train-2~1"}
+        "train-1~0", "train-2~0", "train-2~1", "train-4~0", "train-4~1"}
     assert not judged["train-1~1"]["sound"] and judged["train-1~1"]["compiled"]
     assert not judged["train-1~2"]["compiled"]
     assert judged["train-1~3"]["sound"] and judged["train-1~3"]["coverage"] == 0.0
 
     out = tmp_path / "self.jsonl"
     sweep.rows_command(argparse.Namespace(verdicts=str(verdicts), split=str(split), per_item=2,
-                                          per_item_fim=2, out=str(out)))
+                                          per_item_fim=2, fix_similarity=0.8, out=str(out)))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2
-    write, fim = rows
+    assert len(rows) == 3
+    write, fim, fix = rows
+    assert fix["output"] == answer(REFERENCE.replace("0.3", "0.25"))
+    assert fix["input"] == fence(REFERENCE.replace("endin\n", ""))
     assert write["output"] == answer(OTHER) and write["instruction"].endswith("oscili.")
     assert write["meta"] == {"task": "write", "opcode": "oscili", "group": "g1",
                              "origin": "self-sample"}
     assert fim["middle"] == "a1 oscili 0.2, 330\n" and fim["meta"]["origin"] == "self-sample"
     assert fim["prefix"] + fim["middle"] + fim["suffix"] != REFERENCE
+
+    # A second round samples only the prompts that still lack rows: the FIM prompt has its one
+    # (its own answer aside); the write and fix prompts have one of two (the other program
+    # that "fixes" the fix row does not count).
+    again = tmp_path / "again.json"
+    sweep.prompts_command(argparse.Namespace(
+        split=str(split), kinds="write,fim-line,fix-missing-endin", no_cuts=False,
+        max_new_tokens=256, max_budget=0, skip_kept=str(verdicts), per_item=2, per_item_fim=1,
+        fix_similarity=0.8, out=again))
+    assert [p["id"] for p in json.loads(again.read_text())] == ["train-1", "train-4"]
+    sweep.prompts_command(argparse.Namespace(
+        split=str(split), kinds="write", no_cuts=False, max_new_tokens=256, max_budget=5,
+        skip_kept=None, out=again))
+    assert [p["budget"] for p in json.loads(again.read_text())] == [5]
