@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from csound_assistant.artifacts import is_complete, read_record, sha256_file, stage_output, write_record
+from csound_assistant.artifacts import (is_complete, read_record, sha256_file, stage_output,
+                                        write_record)
 from csound_assistant.constants import DEFAULT_MODEL_NAME
 from csound_assistant.errors import ArtifactError, ExportError
 
@@ -82,7 +83,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
                             "is kept until the new one is complete)")
     tools = find_tools()  # fail before the slow steps if the converter is missing
     merged_dir = Path(merged_dir) if merged_dir else out_dir.parent / "merged"
-    splits_dir = Path(splits_dir or adapter.record.get("splits_dir") or adapter.dir.parent / "splits")
+    splits_dir = Path(splits_dir or adapter.record.get("splits_dir")
+                      or adapter.dir.parent / "splits")
     fmt, meta = adapter.prompt_format, provenance(adapter, name)
     timings, files = {}, {}
 
@@ -167,8 +169,9 @@ def push(out_dir: str | Path, repo_id: str, *, private: bool = False, token: str
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        created = json.loads((out_dir / "record.json").read_text()).get("created", "")
         api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, repo_type="model",
-                          commit_message=f"csound-assistant export {json.loads((out_dir / 'record.json').read_text()).get('created', '')}")
+                          commit_message=f"csound-assistant export {created}")
     except Exception as exc:  # network, auth and Hub errors come in many types
         raise ExportError(f"could not push {out_dir} to {repo_id}: {str(exc).splitlines()[0]} "
                           "(offline? not logged in? set HF_TOKEN or run `huggingface-cli login`)"

@@ -82,7 +82,8 @@ def convert(merged_dir: str | Path, gguf_path: str | Path, *, prompt_format: Pro
         try:
             run_tool(tools, tools.convert_hf,
                      [str(merged_dir.resolve()), "--outtype", outtype, "--outfile",
-                      str(raw.resolve()), "--model-name", metadata.get("name", C.DEFAULT_MODEL_NAME)],
+                      str(raw.resolve()), "--model-name",
+                      metadata.get("name", C.DEFAULT_MODEL_NAME)],
                      "convert", log)
             embed_metadata(raw, tmp, prompt_format, metadata)
         finally:
@@ -92,7 +93,8 @@ def convert(merged_dir: str | Path, gguf_path: str | Path, *, prompt_format: Pro
 
 
 def convert_lora(adapter_dir: str | Path, base_dir: str | Path, gguf_path: str | Path, *,
-                 metadata: dict, outtype: str = "f16", tools: LlamaCppTools | None = None, log=print) -> Path:
+                 metadata: dict, outtype: str = "f16", tools: LlamaCppTools | None = None,
+                 log=print) -> Path:
     """peft LoRA adapter -> GGUF LoRA adapter (applies to a GGUF of the same base)."""
     gguf_path = Path(gguf_path)
     tools = tools or find()
@@ -106,7 +108,8 @@ def convert_lora(adapter_dir: str | Path, base_dir: str | Path, gguf_path: str |
             if _field(_reader(raw), C.GGUF_ADAPTER_TYPE) != "lora":
                 raise ExportError(f"{raw} is not a GGUF LoRA adapter (adapter.type missing)")
             # The converter names the adapter after folder paths; write the real provenance.
-            embed_metadata(raw, tmp, None, {**metadata, "name": metadata.get("name", C.DEFAULT_MODEL_NAME) + " LoRA"})
+            name = metadata.get("name", C.DEFAULT_MODEL_NAME) + " LoRA"
+            embed_metadata(raw, tmp, None, {**metadata, "name": name})
         finally:
             raw.unlink(missing_ok=True)
     return gguf_path
@@ -150,7 +153,8 @@ def prompt_format_ids(tokens: list[str], fmt: PromptFormat) -> dict[str, int]:
         C.GGUF_FIM_MID_TOKEN_ID: token_id(tokens, fmt.fim_middle),
     }
     if ids[C.GGUF_PAD_TOKEN_ID] in (ids[C.GGUF_EOS_TOKEN_ID], ids[C.GGUF_EOT_TOKEN_ID]):
-        raise ExportError(f"pad token {fmt.pad!r} is a stop token: training would never learn to stop")
+        raise ExportError(
+            f"pad token {fmt.pad!r} is a stop token: training would never learn to stop")
     return ids
 
 
@@ -202,15 +206,16 @@ def embed_metadata(src: Path, dst: Path, fmt: PromptFormat | None, metadata: dic
         if not tokens:
             raise ExportError(f"{src} has no {C.GGUF_TOKEN_LIST}: cannot place the prompt format")
         new = metadata_values(tokens, fmt, metadata)
-    replaced = ("general.base_model.", "general.dataset.", C.GGUF_CHAT_TEMPLATE, C.GGUF_GENERAL_TAGS)
+    replaced = ("general.base_model.", "general.dataset.", C.GGUF_CHAT_TEMPLATE,
+                C.GGUF_GENERAL_TAGS)
     writer = GGUFWriter(dst, arch=_field(reader, C.GGUF_ARCHITECTURE), endianess=reader.endianess)
     alignment = _field(reader, "general.alignment")
     if alignment is not None:
         writer.data_alignment = alignment
     for field in reader.fields.values():
         name = field.name
-        if name == C.GGUF_ARCHITECTURE or name.startswith("GGUF.") or name in new or name.startswith(
-                replaced):
+        if (name == C.GGUF_ARCHITECTURE or name.startswith("GGUF.") or name in new
+                or name.startswith(replaced)):
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None

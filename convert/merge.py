@@ -85,7 +85,8 @@ def resolve_adapter(adapter_dir: str | Path, base_dir: str | Path | None = None)
     """Check an adapter folder and find its base; report every problem at once."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
-        raise ArtifactError(f"adapter folder not found: {adapter_dir} (run `csound-assistant train`)")
+        raise ArtifactError(
+            f"adapter folder not found: {adapter_dir} (run `csound-assistant train`)")
     problems = []
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -169,7 +170,8 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, *, base_dir: str | Path 
     log(f"merge: loading {adapter.base_dir} in {dtype} on {device}")
     model = AutoModelForCausalLM.from_pretrained(adapter.base_dir, dtype=getattr(torch, dtype))
     model.to(device).eval()
-    if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    if any(p.dtype not in floats for p in model.parameters()):
         raise ExportError(f"{adapter.base_dir} loaded with non-float weights; refusing to merge")
     ids = _sample_ids(tokenizer, fmt)
     base_logits = _logits(model, ids)
@@ -190,9 +192,9 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, *, base_dir: str | Path 
     }
     if check["max_abs_diff_merged_vs_adapter"] > check["tolerance"]:
         raise ExportError(
-            f"merged logits differ from base+adapter by {check['max_abs_diff_merged_vs_adapter']:.3g}"
-            f" (tolerance {check['tolerance']:.3g} for {dtype}); the merge is wrong, nothing written"
-        )
+            "merged logits differ from base+adapter by "
+            f"{check['max_abs_diff_merged_vs_adapter']:.3g} (tolerance "
+            f"{check['tolerance']:.3g} for {dtype}); the merge is wrong, nothing written")
     if check["max_abs_adapter_effect"] == 0.0:
         log("merge: warning: the adapter does not change any logit (an untrained LoRA has B = 0)")
 

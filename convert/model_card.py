@@ -36,7 +36,8 @@ def model_card(record: dict, adapter: Adapter) -> str:
     gate_text = gate.get("table", "No quantized file: no gate.")
     imatrix = record["imatrix"]
     imatrix_text = (f"Importance matrix from {imatrix['source']} ({imatrix['tensors']} tensors)."
-                    if imatrix.get("used") else f"No importance matrix: {imatrix.get('reason', 'disabled')}.")
+                    if imatrix.get("used")
+                    else f"No importance matrix: {imatrix.get('reason', 'disabled')}.")
     lora_file = next((f for f, i in files.items() if i["kind"] == "lora"), None)
     lora_text = (f"`{lora_file}` is the LoRA adapter alone, for Ollama `ADAPTER` or "
                  f"llama-cpp-python `lora_path`, on an F16 GGUF of the base `{meta['base_model']}`."

@@ -65,7 +65,8 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, quant_type: str = "Q4_K
         if not supported:
             raise ExportError(why)
         keep_alive = _imatrix_array(imatrix)
-        params.imatrix = ctypes.cast(keep_alive[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.imatrix = ctypes.cast(keep_alive[0],
+                                     ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     with staged_file(dst) as tmp:
         with _CapturedStderr(verbose) as captured:
             status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
