@@ -356,6 +356,15 @@ def _verdict_summary(path: Path) -> None:
               f"{sum(any(g) for g in groups.values()) / len(groups):.2f} |")
 
 
+def _split_row(rows: list[str], ident: str) -> dict:
+    """The split row a sample's prompt id (``train-LINE``, from ``prompts``) names."""
+    line = int(ident.partition("-")[2])
+    if not 1 <= line <= len(rows):
+        raise SystemExit(f"{ident}: the split has {len(rows)} rows; give the split the prompts "
+                         "were made from")
+    return json.loads(rows[line - 1])
+
+
 def usable_samples(paths: str, rows: list[str], fix_similarity: float) -> tuple[
         dict[str, list[str]], dict[str, int]]:
     """Per prompt id, the distinct kept answers in the verdict files (comma-separated) that can
@@ -372,7 +381,7 @@ def usable_samples(paths: str, rows: list[str], fix_similarity: float) -> tuple[
                 kept.setdefault(v["id"], []).append(v["answer"])
     usable, skipped = {}, {"own answer": 0, "fix unlike the row's": 0}
     for ident, answers in kept.items():
-        row = json.loads(rows[int(ident.partition("-")[2]) - 1])
+        row = _split_row(rows, ident)
         own = _code(row, None)
         fresh = [a for a in answers if _code(row, a) != own]
         skipped["own answer"] += len(answers) - len(fresh)
@@ -398,7 +407,7 @@ def rows_command(args) -> None:
     usable, skipped = usable_samples(args.verdicts, rows, args.fix_similarity)
     rng, out = random.Random(0), []
     for ident, answers in sorted(usable.items()):
-        row = json.loads(rows[int(ident.partition("-")[2]) - 1])
+        row = _split_row(rows, ident)
         kind = row_kind(row)
         per_item = args.per_item_fim if kind == "fim" else args.per_item
         for answer in rng.sample(answers, min(per_item, len(answers))):
