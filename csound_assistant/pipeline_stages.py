@@ -115,7 +115,9 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
         from csound_assistant.modelfiles.render import read_export
 
-        write_modelfile(root / "export", out, name=cfg.package["name"], force=stale)
+        # the packaged GGUF is the one the eval scores: the first quant type
+        write_modelfile(root / "export", out, name=cfg.package["name"],
+                        quant=cfg.export["quant_types"][0], force=stale)
         write_continue_config(out / "config.yaml", force=True, ollama_model=cfg.package["name"],
                               prompt_format=read_export(root / "export").prompt_format)
 

@@ -91,7 +91,7 @@ data: {limit: 40}
 train:
   config: cpu-smollm2
   overrides: {max_steps: 4, eval_every: 2, save_every: 2, time_budget_minutes: 0}
-export: {quant_types: [Q4_K_M], gate: false}
+export: {quant_types: [Q8_0, Q4_K_M], gate: false}
 eval: {limit: 3, max_new_tokens: 48}
 """
 
@@ -114,6 +114,10 @@ def test_end_to_end_small_then_reused(tmp_path):
     summary = (root / "SUMMARY.md").read_text()
     assert "compile@1" in summary and "ollama create" in summary
     assert (root / "export" / "csound-assistant.Q4_K_M.gguf").is_file()
+    # the Modelfile ships the GGUF the eval scored: the first quant type, not Q4_K_M always
+    modelfile = (root / "package" / "Modelfile").read_text()
+    assert "FROM ./csound-assistant.Q8_0.gguf" in modelfile, modelfile[:400]
+    assert (root / "package" / "csound-assistant.Q8_0.gguf").is_file()
     again = subprocess.run(_pipeline(tmp_path), capture_output=True, text=True)
     assert again.returncode == 0
     assert again.stdout.count("up to date") == 7, again.stdout
@@ -146,7 +150,7 @@ def test_default_config_is_the_embedded_cpu_run():
     assert cfg.base is None and cfg.launcher == []
     train_cfg = load_config(cfg.train["config"])
     assert train_cfg.method in ("auto", "lora") and train_cfg.init_adapter == "starter"
-    assert cfg.export["quant_types"] == ["Q4_K_M", "IQ4_NL-out4"]  # the first is packaged
+    assert cfg.export["quant_types"][0] == "Q8_0"  # the first is packaged and scored
     scratch = PipelineConfig.load("smollm2-scratch.yaml")
     assert load_config(scratch.train["config"]).init_adapter == ""
 

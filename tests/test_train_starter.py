@@ -79,6 +79,32 @@ def test_training_starts_from_the_starter_with_its_shape(tmp_path, tiny_starter,
     assert record["init_adapter"]["sha256"] == starter.fingerprint(str(tiny_starter))
 
 
+def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_path, tiny_starter,
+                                                                         tiny_model_dir):
+    """A continued adapter saw its init adapter's rows too (the shipped starter's chain:
+    GPU-trained, then continued on its own sandbox-kept answers): its starter lists the union,
+    so a later run's leak check still covers the first adapter's rows."""
+    init = tmp_path / "init"
+    shutil.copytree(tiny_starter, init)
+    fresh = [{"instruction": "Make a tone.", "input": "",
+              "output": "instr 9\n out oscili(.1, 99)\nendin"}]
+    work = make_work(tmp_path / "w", tiny_model_dir, fresh * 2, fresh)
+    adapter = train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={init}"]), work,
+                    **QUIET)
+    made = starter.make_starter(adapter, work / "splits", tmp_path / "s2", {})
+    with gzip.open(made / starter.ROW_HASHES, "rt") as f:
+        assert set(f.read().split()) == {starter.row_hash(r) for r in [*ROWS, *fresh]}
+    leaked = make_work(tmp_path / "leak", tiny_model_dir, fresh, [ROWS[2]])
+    with pytest.raises(ConfigError, match="1 rows of this run's validation split"):
+        starter.check(starter.load(str(made)), load_config(None, FAST), leaked / "base",
+                      leaked / "splits", **SILENT)
+
+    (init / starter.WEIGHTS).write_bytes(b"another adapter now")  # the chain can't be listed
+    with pytest.raises(ConfigError, match="no longer there"):
+        starter.make_starter(adapter, work / "splits", tmp_path / "s3", {})
+    assert not (tmp_path / "s3").exists()
+
+
 def test_leaks_other_bases_and_prompt_shapes_are_refused(tmp_path, tiny_starter,
                                                          tiny_model_dir):
     init = starter.load(str(tiny_starter))

@@ -149,6 +149,7 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
                           f"(its record says sha256 {str(want)[:12]}); give --splits the run's "
                           "splits folder")
     note = {**note, "data": _data_settings(splits_dir)}
+    seen = _split_hashes(train_rows) | _inherited_hashes(record)
     with stage_output(out_dir, force=force) as tmp:
         weights = {k: v.to(torch.bfloat16) for k, v in load_file(adapter_dir / WEIGHTS).items()}
         save_file(weights, tmp / WEIGHTS)
@@ -157,7 +158,7 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         for name in ("prompt_format.json", "train_config.yaml", "metrics.json"):
             (tmp / name).write_bytes((adapter_dir / name).read_bytes())
-        hashes = "".join(f"{h}\n" for h in sorted(_split_hashes(train_rows)))
+        hashes = "".join(f"{h}\n" for h in sorted(seen))
         with gzip.GzipFile(tmp / ROW_HASHES, "wb", mtime=0) as f:  # same rows, same bytes
             f.write(hashes.encode())
         (tmp / "README.md").write_text(_card(record, note))
@@ -166,6 +167,25 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
                      config=record.get("config"), metrics=record.get("metrics"),
                      backend=record.get("backend"), **note)
     return out_dir
+
+
+def _inherited_hashes(record: dict) -> set[str]:
+    """The rows an adapter's ``init_adapter`` saw: a continued adapter has seen those too, and
+    a starter listing only its last split's rows would let a leak through the check."""
+    init = record.get("init_adapter")
+    if not init:
+        return set()
+    folder = Path(init["dir"])
+    hashes = folder / ROW_HASHES
+    if not (folder / WEIGHTS).is_file() or sha256_file(folder / WEIGHTS) != init["sha256"]:
+        raise ConfigError(f"the adapter continued {folder} (weights sha256 {init['sha256'][:12]}),"
+                          " which is no longer there: the rows it saw cannot be listed; make "
+                          "the starter where that adapter is")
+    if not hashes.is_file():
+        raise ConfigError(f"the adapter continued {folder}, which lists no training rows "
+                          f"({ROW_HASHES}): the starter could not be checked for leaks")
+    with gzip.open(hashes, "rt") as f:
+        return {line.strip() for line in f if line.strip()}
 
 
 def _data_settings(splits_dir: Path) -> dict:
