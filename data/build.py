@@ -73,7 +73,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     manual = load_manual(manual_dir, limit=limit, strip_comments=strip_comments)
     known, pages = manual.known, manual.pages
     synopses = {name: page.synopsis for name, page in pages.items()}
-    verifier = Verifier(workers=workers, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    verifier = Verifier(workers=workers, cache_dir=cache_dir, use_cache=use_cache,
+                        progress=progress)
     assets = _manual_assets(manual.directory)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
@@ -82,7 +83,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     examples = list(manual.examples.values())
     log(f"rendering {len(examples)} manual examples with Csound ({RENDER_SECONDS:g} s each, "
         f"{workers} workers)")
-    renders = verifier.render([ex.code for ex in examples], RENDER_SECONDS, "render examples", assets)
+    renders = verifier.render([ex.code for ex in examples], RENDER_SECONDS, "render examples",
+                              assets)
     unsure = [ex.code for ex, r in zip(examples, renders) if r["category"] in CHECK_AFTER_RENDER]
     checks = dict(zip(unsure, verifier.check(unsure, "check examples")))
     good: list[tuple[Example, dict]] = []
@@ -94,7 +96,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
         if check is not None and not check["ok"]:
             counts["example_dropped"][check["category"]] += 1
             continue
-        if check is not None or category in PROVEN_BY_RENDER or category in ("nan", "runtime-error"):
+        if (check is not None or category in PROVEN_BY_RENDER
+                or category in ("nan", "runtime-error")):
             compiled += 1  # an init/performance error or NaN comes after a successful compile
         if r.get("nan") or category not in KEEP_RENDER:
             counts["example_dropped"][category] += 1
@@ -148,7 +151,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     by_task = collections.Counter(row["meta"]["task"] for row in out_rows)
     by_format = collections.Counter(row_kind(row) for row in out_rows)
     categories = collections.Counter(row["meta"]["category"] for row in out_rows)
-    opcodes = collections.Counter(row["meta"]["opcode"] for row in out_rows if row["meta"]["opcode"])
+    opcodes = collections.Counter(row["meta"]["opcode"] for row in out_rows
+                                  if row["meta"]["opcode"])
     wall, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
     with stage_output(out_dir, force=force) as tmp:
         with open(tmp / ROWS_NAME, "w") as fh:
@@ -220,8 +224,8 @@ def _fragments(good, known, verifier, counts, assets) -> dict[str, tuple]:
         proposals[ex.name] = (block, text)
     # a render compiles first, so it also reports syntax errors; the kept ones are checked
     # once more with every other answer at the end
-    renders = verifier.render([t for _, t in proposals.values()], RENDER_SECONDS, "render fragments",
-                              assets)
+    renders = verifier.render([t for _, t in proposals.values()], RENDER_SECONDS,
+                              "render fragments", assets)
     kept = {}
     for (name, (block, text)), r in zip(proposals.items(), renders):
         if r["category"] == "ok" and not r["silent"] and not r["nan"]:
@@ -251,7 +255,8 @@ def _fixes(good, known, synopses, verifier, counts, per_example: int) -> dict[st
             need = per_example - len(verified[name])
             take = found[:need] if round_ == 0 else found[per_example:][:need]
             batch += [(name, b) for b in take]
-        results = verifier.check([b.code for _, b in batch], f"check broken variants ({round_ + 1})")
+        results = verifier.check([b.code for _, b in batch],
+                                 f"check broken variants ({round_ + 1})")
         for (name, b), c in zip(batch, results):
             counts["fix_proposed"][b.kind] += 1
             if c["ok"]:
@@ -358,7 +363,8 @@ def _eval_opcodes(good, pages) -> list[dict]:
     seen, out = set(), []
     for ex, render in good:
         page = pages.get(ex.opcode or "")
-        if page and page.name not in seen and render.get("category") == "ok" and not render.get("silent"):
+        if (page and page.name not in seen and render.get("category") == "ok"
+                and not render.get("silent")):
             seen.add(page.name)
             out.append({"opcode": page.name, "category": page.category, "summary": page.summary,
                         "example": ex.name})

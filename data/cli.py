@@ -75,10 +75,15 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
                                fixes_per_example=fixes_per_example, fim_cuts=fim_cuts,
                                strip_comments=strip_comments,
-                               max_tokens=max_tokens or None, patch_count=patch_count, progress=True,
+                               max_tokens=max_tokens or None, patch_count=patch_count,
+                               progress=True,
                                log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))
     click.echo(f"rows written to {out_dir / record['rows_file']}")
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def summary(record: dict) -> str:
@@ -91,8 +96,8 @@ def summary(record: dict) -> str:
     for key in ("example_render", "example_dropped", "fix_verified",
                 "fix_rejected_still_compiles", "fragment", "row_dropped"):
         if record["counts"].get(key):
-            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in record["counts"][key].items()))
-    lines.append("rows by task: " + ", ".join(f"{k} {v}" for k, v in record["rows_by_task"].items()))
+            lines.append(f"{key}: " + _counts(record["counts"][key]))
+    lines.append("rows by task: " + _counts(record["rows_by_task"]))
     return "\n".join(lines)
 
 

@@ -203,7 +203,8 @@ def all_identifiers(code: str) -> set[str]:
     return set(_IDENT.findall(code))
 
 
-_PRINTS = {"print", "printk", "printks", "prints", "printf", "printf_i", "printk2", "puts", "println"}
+_PRINTS = {"print", "printk", "printks", "prints", "printf", "printf_i", "printk2", "puts",
+           "println"}
 _LIVE_INPUT = {"in", "ins", "inch", "inq", "inh", "ino", "inx", "massign", "notnum", "cpsmidi",
                "veloc", "ampmidi", "midictrl", "ctrl7", "midiin", "pchbend", "aftouch"}
 

@@ -1,4 +1,5 @@
-"""Read the installed Csound Reference Manual (Debian ``csound-doc``): opcode pages and example CSDs.
+"""Read the installed Csound Reference Manual (Debian ``csound-doc``): opcode pages and example
+CSDs.
 
 Used by ``csound-assistant data build``. Only the standard library parses the HTML: the manual is
 DocBook output with a stable shape (see FACTS.md, "Opcode pages").
@@ -94,7 +95,8 @@ def parse_opcode_page(path: Path, category: str = "uncategorized") -> OpcodePage
         if html_text(p):
             description = html_text(p)
             break
-    synopsis = [pre_text(s).strip() for s in re.findall(r'<pre class="synopsis">(.*?)</pre>', text, re.S)]
+    synopsis = [pre_text(s).strip()
+                for s in re.findall(r'<pre class="synopsis">(.*?)</pre>', text, re.S)]
     examples = list(dict.fromkeys(re.findall(r'href="examples/([^"]+\.csd)"', text)))
     return OpcodePage(
         name=name, summary=summary.rstrip(". "), description=description,
@@ -105,7 +107,8 @@ def parse_opcode_page(path: Path, category: str = "uncategorized") -> OpcodePage
 def opcode_categories(manual_dir: Path) -> dict[str, str]:
     """Page file name -> "Signal Modifiers:Standard Filters", from the Opcodes Overview pages
     (an overview page lists the opcodes of its category; sub-categories nest under it)."""
-    pages = {p.name: p.read_text(encoding="utf-8", errors="replace") for p in manual_dir.glob("*.html")}
+    pages = {p.name: p.read_text(encoding="utf-8", errors="replace")
+             for p in manual_dir.glob("*.html")}
     by_title = {_title(text): name for name, text in pages.items()}
 
     def label(name: str) -> str | None:
@@ -228,7 +231,8 @@ def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | Non
         page = linked.get(name) or pages.get(re.sub(r"[-_]?\d+$", "", name)) or pages.get(name)
         used = opcodes_used(code, known)
         examples[name] = Example(
-            name=name, path=path, code=code, opcode=page.name if page else (used[0] if used else None),
+            name=name, path=path, code=code,
+            opcode=page.name if page else (used[0] if used else None),
             category=page.category if page else "uncategorized", opcodes=used,
         )
     if not examples:

@@ -73,7 +73,8 @@ def push_dataset(splits_dir: str | Path, repo_id: str, *, token: str | None = No
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     api = HfApi(endpoint=endpoint, token=token)
     ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode())]
-    ops += [CommitOperationAdd(path_in_repo=f"{s}.jsonl", path_or_fileobj=str(splits_dir / f"{s}.jsonl"))
+    ops += [CommitOperationAdd(path_in_repo=f"{s}.jsonl",
+                               path_or_fileobj=str(splits_dir / f"{s}.jsonl"))
             for s in SPLITS if (splits_dir / f"{s}.jsonl").is_file()]
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

@@ -117,12 +117,12 @@ def is_verb_phrase(summary: str) -> bool:
     return word.lower().endswith("s") and not word.lower().endswith(("ss", "us", "is", "ics"))
 
 
-_BASE_VERBS = set("""read generate get write trace return convert calculate set allow send copy print
-modify compute transfer adjust sense extract load save apply trigger distribute change construct
-start listen open close break query create delete compress perform analyze analyse multiply
-produce scale concatenate compare assign turn declare export distort exit fill enable sum show
-view resynthesize resynthesise arpeggiate obtain freeze shift retrieve initialise initialize mix
-smooth track retain combine warp reshape select emulate flush take split strip call estimate
+_BASE_VERBS = set("""read generate get write trace return convert calculate set allow send copy
+print modify compute transfer adjust sense extract load save apply trigger distribute change
+construct start listen open close break query create delete compress perform analyze analyse
+multiply produce scale concatenate compare assign turn declare export distort exit fill enable sum
+show view resynthesize resynthesise arpeggiate obtain freeze shift retrieve initialise initialize
+mix smooth track retain combine warp reshape select emulate flush take split strip call estimate
 activate access""".split())
 _DETERMINERS = {"a", "an", "the", "another", "two", "three", "one"}
 
@@ -167,7 +167,8 @@ def meta(example: Example | None, task: str, *, group: str, opcode: str | None, 
 
 
 def _others(example: Example, skip: set[str], n: int = 2) -> list[str]:
-    common = {"out", "outs", "outch", "outc", "print", "prints", "printk", "printks", "init", "ftgen"}
+    common = {"out", "outs", "outch", "outc", "print", "prints", "printk", "printks", "init",
+              "ftgen"}
     return [o for o in example.opcodes if o not in skip and o not in common][:n]
 
 
@@ -194,8 +195,8 @@ def write_row(example: Example, page: OpcodePage, render: dict | None) -> dict:
     fields = dict(op=page.name, summary=page.summary, described=describe(page.name, page.summary),
                   others=others_txt)
     prompt = pick(WRITE_PROMPTS, *key).format(**fields)
-    intro = pick(WRITE_INTROS, *key, "intro").format(
-        **{**fields, "others": f", combined with {', '.join(f'`{o}`' for o in others)}" if others else ""})
+    combined = f", combined with {', '.join(f'`{o}`' for o in others)}" if others else ""
+    intro = pick(WRITE_INTROS, *key, "intro").format(**{**fields, "others": combined})
     output = f"{intro}\n\n{fence(example.code)}\n\n{after_note(example, render)}"
     return {"instruction": prompt, "input": "", "output": output,
             "meta": meta(example, "write", group=example.group, opcode=page.name,
@@ -206,7 +207,8 @@ def explain_text(code: str, block: csdcode.Instrument, pages: dict[str, OpcodePa
                  known: set[str]) -> str:
     sts = csdcode.statements(code, known, block)
     lines = [f"This is instrument {block.name}."]
-    pfields = sorted(set(re.findall(r"\bp([4-9]|\d\d)\b", csdcode.block_text(code, block))), key=int)
+    pfields = sorted(set(re.findall(r"\bp([4-9]|\d\d)\b", csdcode.block_text(code, block))),
+                     key=int)
     if pfields:
         lines[0] += " It reads " + ", ".join(f"p{p}" for p in pfields) + " from the score."
     lines.append("")
@@ -222,7 +224,8 @@ def explain_text(code: str, block: csdcode.Instrument, pages: dict[str, OpcodePa
             what += f"; the result goes to `{', '.join(st.outputs)}`"
         lines.append(what + ".")
         described += 1
-    outs = [st for st in sts if st.opcode.startswith("out") or st.opcode in ("fout", "zaw", "chnset")]
+    outs = [st for st in sts
+            if st.opcode.startswith("out") or st.opcode in ("fout", "zaw", "chnset")]
     lines.append("")
     if outs:
         lines.append(f"The instrument sends its signal out with `{outs[-1].opcode}`.")
@@ -276,7 +279,8 @@ def syntax_row(page: OpcodePage, group: str) -> dict | None:
     forms = "\n".join(f"- `{line}`" for line in page.synopsis[:8] if "\n" not in line)
     if not forms:
         return None
-    optional = " Arguments in square brackets are optional." if any("[" in s for s in page.synopsis) else ""
+    optional = (" Arguments in square brackets are optional."
+                if any("[" in s for s in page.synopsis) else "")
     output = f"`{page.name}` ({lower_first(page.summary)}) is called like this:\n\n{forms}\n\n" \
              f"The first letter of each name gives its rate: i (init), k (control), a (audio), " \
              f"S (string), f (spectral).{optional}"

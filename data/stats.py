@@ -75,7 +75,8 @@ def markdown(stats: dict) -> str:
         lines.append("")
     cov = stats.get("opcode_coverage")
     lines.append(f"Opcodes covered: {stats['opcodes']}"
-                 + (f" of {cov['known']} in the manual ({cov['fraction']:.0%})" if cov else "") + ".")
+                 + (f" of {cov['known']} in the manual ({cov['fraction']:.0%})" if cov else "")
+                 + ".")
     tok = stats["tokens"]
     lines += ["", f"Token lengths ({tok['counter']}): min {tok['min']}, median {tok['p50']}, "
                   f"p95 {tok['p95']}, max {tok['max']}, mean {tok['mean']}.", "",

@@ -109,7 +109,8 @@ def _check_messages(messages, where: str) -> list[str]:
     for i, m in enumerate(messages):
         at = f"{where}: messages[{i}]"
         if not isinstance(m, dict):
-            problems.append(f"{at} must be an object with 'role' and 'content', got {type(m).__name__}")
+            problems.append(f"{at} must be an object with 'role' and 'content', "
+                            f"got {type(m).__name__}")
             continue
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:

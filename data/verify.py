@@ -40,7 +40,8 @@ def first_error(result) -> str:
     refused = getattr(result, "refused", None)
     if refused:
         return "refused: " + ", ".join(refused)
-    lines = [ln for ln in (getattr(result, "stderr", "") or "").splitlines() if "error" in ln.lower()]
+    lines = [ln for ln in (getattr(result, "stderr", "") or "").splitlines()
+             if "error" in ln.lower()]
     return lines[0].strip() if lines else getattr(result, "category", "")
 
 
@@ -163,7 +164,8 @@ class Verifier:
 
 
 def _assets_key(assets: dict) -> str:
-    names = "\n".join(f"{name}\t{Path(str(path)).stat().st_size}" for name, path in sorted(assets.items()))
+    names = "\n".join(f"{name}\t{Path(str(path)).stat().st_size}"
+                      for name, path in sorted(assets.items()))
     return hashlib.sha256(names.encode()).hexdigest()[:12]
 
 

@@ -83,7 +83,8 @@ async def show(request: Request):
                    ({svc.prompts.eos_text} if svc.prompts.eos_text else set()))
     parameters = "\n".join(f'stop "{s}"' for s in stops)
     modelfile = f"FROM {d['path']}\n" + (f"ADAPTER {d['lora']}\n" if d["lora"] else "") + \
-        f'TEMPLATE """{template}"""\n' + "".join(f"PARAMETER {p}\n" for p in parameters.splitlines())
+        f'TEMPLATE """{template}"""\n' + \
+        "".join(f"PARAMETER {p}\n" for p in parameters.splitlines())
     arch = d["architecture"]
     capabilities = ["completion"] + (["insert"] if svc.prompts.fim else [])
     return JSONResponse({

@@ -66,7 +66,8 @@ class PromptBuilder:
             self.add_bos = False  # the format spells its BOS in the text
             self.fim = FimTokens(*(self._special_id(t) for t in (
                 self.format.fim_prefix, self.format.fim_suffix, self.format.fim_middle)))
-            self.stop_ids = {self._special_id(self.format.eos), self._special_id(self.format.fim_end)}
+            self.stop_ids = {self._special_id(self.format.eos),
+                             self._special_id(self.format.fim_end)}
             self.fim_source = f"prompt format {self.format.name}"
         else:
             self.template = meta.get(GGUF_CHAT_TEMPLATE)

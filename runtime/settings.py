@@ -36,7 +36,8 @@ class Settings:
     n_threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
     n_gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1 all)"})
     max_queue: int = field(default=16, metadata={"help": "requests waiting beyond the running one"})
-    request_timeout: float = field(default=120.0, metadata={"help": "seconds per request, queue included"})
+    request_timeout: float = field(default=120.0,
+                                   metadata={"help": "seconds per request, queue included"})
     max_tokens_limit: int = field(default=2048, metadata={"help": "largest max_tokens accepted"})
     default_max_tokens: int = field(default=256, metadata={"help": "max_tokens when not given"})
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "request body limit (413)"})

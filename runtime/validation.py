@@ -69,7 +69,8 @@ class Fields:
         }[kind]
         if not ok:
             label = KIND_NAMES[kind]
-            self.problems.append(f"'{self._name(name)}' must be {label}, got {json.dumps(value)[:60]}")
+            self.problems.append(f"'{self._name(name)}' must be {label}, "
+                                 f"got {json.dumps(value)[:60]}")
             return default
         if kind is float:
             value = float(value)

@@ -99,7 +99,8 @@ def choose_backend(cfg: TrainConfig) -> Backend:
     has_liger = importlib.util.find_spec("liger_kernel") is not None
     liger = _flag(cfg.liger, device == "cuda" and has_liger)
     if liger and (device != "cuda" or not has_liger):
-        raise ConfigError("liger=true needs CUDA and liger-kernel (pip install liger-kernel==0.8.5)")
+        raise ConfigError("liger=true needs CUDA and liger-kernel "
+                          "(pip install liger-kernel==0.8.5)")
     return Backend(
         device=device, method=method, dtype=dtype, packing=packing,
         gradient_checkpointing=_flag(cfg.gradient_checkpointing, device == "cuda"),

@@ -92,7 +92,8 @@ def config_command(config_path, overrides, explain):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write it [default: train/starter, the one the package ships].")
 @click.option("--eval-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="An `eval run` report.json of this adapter to quote in the record.")
+              default=None,
+              help="An `eval run` report.json of this adapter to quote in the record.")
 @force_option
 def make_starter_command(adapter_dir, splits_dir, out_dir, eval_report, force):
     """Turn a trained adapter into a starter that `init_adapter` runs continue from.

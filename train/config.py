@@ -98,7 +98,8 @@ class TrainConfig:
         for name, choices in (("method", METHODS), ("device", DEVICES), ("packing", PACKING),
                               ("schedule", SCHEDULES)):
             if getattr(self, name) not in choices:
-                problems.append(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
+                problems.append(f"{name}={getattr(self, name)!r}: "
+                                f"choose one of {', '.join(choices)}")
         for name in ("gradient_checkpointing", "liger"):
             value = str(getattr(self, name)).lower()
             if value not in ("auto", "true", "false"):
@@ -188,14 +189,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of config keys, "
+                              f"got {type(loaded).__name__}")
         for key, value in loaded.items():
             if key not in known:
                 problems.append(f"{path}: unknown key {key!r}")
             else:
                 values[key] = _coerce(key, value, str(path))
     if isinstance(overrides, dict):
-        overrides = [f"{k}={v}" if not isinstance(v, list) else (k, v) for k, v in overrides.items()]
+        overrides = [f"{k}={v}" if not isinstance(v, list) else (k, v)
+                     for k, v in overrides.items()]
     for item in overrides or []:
         if isinstance(item, tuple):
             key, value = item

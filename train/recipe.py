@@ -107,7 +107,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     # --- 3. model, optimizer, schedule -----------------------------------------------------
     model = load_model(base_dir, cfg, backend, init)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in model.parameters())
     say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if backend.device == "cuda" else {}))
