@@ -99,6 +99,21 @@ def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_pa
         starter.check(starter.load(str(made)), load_config(None, FAST), leaked / "base",
                       leaked / "splits", **SILENT)
 
+    again = [{"instruction": "Make a noise.", "input": "",
+              "output": "instr 8\n out rand(.1)\nendin"}]
+    work2 = make_work(tmp_path / "w2", tiny_model_dir, again * 2, again)
+    adapter2 = train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={adapter}"]), work2,
+                     **QUIET)  # a second link: continued from a plain adapter folder
+    made2 = starter.make_starter(adapter2, work2 / "splits", tmp_path / "s4", {})
+    with gzip.open(made2 / starter.ROW_HASHES, "rt") as f:
+        assert set(f.read().split()) == {starter.row_hash(r) for r in [*ROWS, *fresh, *again]}
+    split = work / "splits" / "train.jsonl"
+    kept = split.read_text()
+    split.write_text(json.dumps(again[0]) + "\n")
+    with pytest.raises(ConfigError, match="gone or changed"):
+        starter.make_starter(adapter2, work2 / "splits", tmp_path / "s5", {})
+    split.write_text(kept)
+
     (init / starter.WEIGHTS).write_bytes(b"another adapter now")  # the chain can't be listed
     with pytest.raises(ConfigError, match="no longer there"):
         starter.make_starter(adapter, work / "splits", tmp_path / "s3", {})

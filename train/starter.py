@@ -170,22 +170,27 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
 
 
 def _inherited_hashes(record: dict) -> set[str]:
-    """The rows an adapter's ``init_adapter`` saw: a continued adapter has seen those too, and
-    a starter listing only its last split's rows would let a leak through the check."""
+    """The rows an adapter's ``init_adapter`` saw, and so on up the chain: a continued adapter
+    has seen those too, and a starter listing only its last split's rows would let a leak
+    through the check."""
     init = record.get("init_adapter")
     if not init:
         return set()
     folder = Path(init["dir"])
-    hashes = folder / ROW_HASHES
     if not (folder / WEIGHTS).is_file() or sha256_file(folder / WEIGHTS) != init["sha256"]:
         raise ConfigError(f"the adapter continued {folder} (weights sha256 {init['sha256'][:12]}),"
                           " which is no longer there: the rows it saw cannot be listed; make "
                           "the starter where that adapter is")
-    if not hashes.is_file():
-        raise ConfigError(f"the adapter continued {folder}, which lists no training rows "
-                          f"({ROW_HASHES}): the starter could not be checked for leaks")
-    with gzip.open(hashes, "rt") as f:
-        return {line.strip() for line in f if line.strip()}
+    if (folder / ROW_HASHES).is_file():  # a starter: its list covers its own chain
+        with gzip.open(folder / ROW_HASHES, "rt") as f:
+            return {line.strip() for line in f if line.strip()}
+    parent = read_record(folder) if (folder / "record.json").is_file() else {}
+    train_rows = Path(parent.get("splits_dir") or "/nonexistent") / "train.jsonl"
+    if not train_rows.is_file() or sha256_file(train_rows) != parent.get("splits", {}).get("train"):
+        raise ConfigError(f"the adapter continued {folder}, whose train split is gone or changed "
+                          f"({train_rows}) and which lists no training rows ({ROW_HASHES}): the "
+                          "starter could not be checked for leaks")
+    return _split_hashes(train_rows) | _inherited_hashes(parent)
 
 
 def _data_settings(splits_dir: Path) -> dict:
