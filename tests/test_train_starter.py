@@ -79,6 +79,17 @@ def test_training_starts_from_the_starter_with_its_shape(tmp_path, tiny_starter,
     assert record["init_adapter"]["sha256"] == starter.fingerprint(str(tiny_starter))
 
 
+def _continue_and_make_starter(tmp, tiny_model_dir, rows, init):
+    """One step of training that continues ``init`` on ``rows``, made into a starter; the
+    adapter, its work folder and the starter's listed row hashes."""
+    work = make_work(tmp, tiny_model_dir, rows * 2, rows)
+    adapter = train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={init}"]), work,
+                    **QUIET)
+    made = starter.make_starter(adapter, work / "splits", tmp / "starter", {})
+    with gzip.open(made / starter.ROW_HASHES, "rt") as f:
+        return adapter, work, set(f.read().split())
+
+
 def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_path, tiny_starter,
                                                                          tiny_model_dir):
     """A continued adapter saw its init adapter's rows too (the shipped starter's chain:
@@ -88,25 +99,19 @@ def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_pa
     shutil.copytree(tiny_starter, init)
     fresh = [{"instruction": "Make a tone.", "input": "",
               "output": "instr 9\n out oscili(.1, 99)\nendin"}]
-    work = make_work(tmp_path / "w", tiny_model_dir, fresh * 2, fresh)
-    adapter = train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={init}"]), work,
-                    **QUIET)
-    made = starter.make_starter(adapter, work / "splits", tmp_path / "s2", {})
-    with gzip.open(made / starter.ROW_HASHES, "rt") as f:
-        assert set(f.read().split()) == {starter.row_hash(r) for r in [*ROWS, *fresh]}
+    adapter, work, seen = _continue_and_make_starter(tmp_path / "w", tiny_model_dir, fresh, init)
+    assert seen == {starter.row_hash(r) for r in [*ROWS, *fresh]}
     leaked = make_work(tmp_path / "leak", tiny_model_dir, fresh, [ROWS[2]])
     with pytest.raises(ConfigError, match="1 rows of this run's validation split"):
-        starter.check(starter.load(str(made)), load_config(None, FAST), leaked / "base",
-                      leaked / "splits", **SILENT)
+        starter.check(starter.load(str(tmp_path / "w" / "starter")), load_config(None, FAST),
+                      leaked / "base", leaked / "splits", **SILENT)
 
+    # a second link, continued from a plain adapter folder: its rows come from its record
     again = [{"instruction": "Make a noise.", "input": "",
               "output": "instr 8\n out rand(.1)\nendin"}]
-    work2 = make_work(tmp_path / "w2", tiny_model_dir, again * 2, again)
-    adapter2 = train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={adapter}"]), work2,
-                     **QUIET)  # a second link: continued from a plain adapter folder
-    made2 = starter.make_starter(adapter2, work2 / "splits", tmp_path / "s4", {})
-    with gzip.open(made2 / starter.ROW_HASHES, "rt") as f:
-        assert set(f.read().split()) == {starter.row_hash(r) for r in [*ROWS, *fresh, *again]}
+    adapter2, work2, seen = _continue_and_make_starter(tmp_path / "w2", tiny_model_dir, again,
+                                                       adapter)
+    assert seen == {starter.row_hash(r) for r in [*ROWS, *fresh, *again]}
     split = work / "splits" / "train.jsonl"
     kept = split.read_text()
     split.write_text(json.dumps(again[0]) + "\n")
