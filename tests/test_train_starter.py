@@ -112,6 +112,8 @@ def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_pa
     adapter2, work2, seen = _continue_and_make_starter(tmp_path / "w2", tiny_model_dir, again,
                                                        adapter)
     assert seen == {starter.row_hash(r) for r in [*ROWS, *fresh, *again]}
+    card = (tmp_path / "w2" / "starter" / "README.md").read_text()
+    assert card.count("- continues ") == 2 and f"`{adapter}`" in card, card
     split = work / "splits" / "train.jsonl"
     kept = split.read_text()
     split.write_text(json.dumps(again[0]) + "\n")
@@ -166,7 +168,10 @@ def test_the_shipped_starter_fits_the_embedded_base_and_the_main_job(base_dir):
         assert len(f.read().split()) > 9000
     cfg = load_config("cpu-smollm2-starter")
     assert cfg.init_adapter == "starter" and cfg.opcode_reference and cfg.fim_reference
-    assert read_record(init.dir)["metrics"]["val_loss_end"] < 0.5
+    # the bare base starts at 2.25 on the validation answers; self-training on the model's own
+    # answers that play moved it from 0.55 to 0.58 while the test split played more
+    record = read_record(init.dir)
+    assert record["metrics"]["val_loss_end"] < 0.6 and record["eval"]["summary"]
     starter.check(init, cfg, base_dir, base_dir, say=lambda *a: None)  # no splits: no leaks
 
 

@@ -235,7 +235,8 @@ def _card(record: dict, note: dict) -> str:
         f"epochs, {m.get('tokens_seen'):,} tokens, validation loss "
         f"{m.get('val_loss_start', 0):.3f} -> {m.get('val_loss_end', 0):.3f}",
         f"- train split sha256 {record.get('splits', {}).get('train', '?')[:12]}; the hash of "
-        f"every train row is in {ROW_HASHES}",
+        f"every train row it and the adapters it continues saw is in {ROW_HASHES}",
+        *_chain_lines(record),
     ]
     if line := _data_line(note.get("data") or {}):
         lines.append(line)
@@ -245,3 +246,21 @@ def _card(record: dict, note: dict) -> str:
     lines += ["", "License: Apache-2.0, like SmolLM2-135M-Instruct and the Csound manual "
               "examples it learned from.", ""]
     return "\n".join(lines)
+
+
+def _chain_lines(record: dict) -> list[str]:
+    """One line per adapter this one continues (its ``init_adapter``, and so on): where it was,
+    how it was trained."""
+    lines, init = [], record.get("init_adapter")
+    while init:
+        folder = Path(init["dir"])
+        parent = read_record(folder) if (folder / "record.json").is_file() else {}
+        m = parent.get("metrics", {})
+        trained = (f"{parent.get('backend', '?').split(':')[0]}; {m.get('steps')} steps, "
+                   f"{m.get('epochs')} epochs, {m.get('tokens_seen') or 0:,} tokens"
+                   if m else "no record")
+        lines.append(f"- continues `{parent.get('adapter', folder)}` (weights sha256 "
+                     f"{init['sha256'][:12]}): {trained}")
+        init = parent.get("init_adapter")
+    return lines
+
