@@ -42,6 +42,14 @@ def _split_hashes(path: Path) -> set[str]:
         return {row_hash(json.loads(line)) for line in f if line.strip()}
 
 
+def _listed_hashes(folder: Path) -> set[str] | None:
+    """The row hashes a starter lists (``ROW_HASHES``); None for a folder without the list."""
+    if not (folder / ROW_HASHES).is_file():
+        return None
+    with gzip.open(folder / ROW_HASHES, "rt") as f:
+        return {line.strip() for line in f if line.strip()}
+
+
 def resolve(spec: str) -> Path:
     """``starter`` (the shipped adapter) or a folder holding a peft adapter."""
     folder = STARTER_DIR if spec == "starter" else Path(spec).expanduser()
@@ -103,10 +111,8 @@ def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
             want = str(getattr(init, flag)).lower()
             problems.append(f"{init.dir} was trained with {flag}: {want}; set {flag}: {want} "
                             "so its requests keep the shape it learned")
-    hashes = init.dir / ROW_HASHES
-    if hashes.is_file():
-        with gzip.open(hashes, "rt") as f:
-            seen = {line.strip() for line in f if line.strip()}
+    seen = _listed_hashes(init.dir)
+    if seen is not None:
         for name in ("validation", "test"):
             path = splits_dir / f"{name}.jsonl"
             leaked = len(_split_hashes(path) & seen) if path.is_file() else 0
@@ -169,28 +175,40 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
     return out_dir
 
 
-def _inherited_hashes(record: dict) -> set[str]:
-    """The rows an adapter's ``init_adapter`` saw, and so on up the chain: a continued adapter
-    has seen those too, and a starter listing only its last split's rows would let a leak
-    through the check."""
+def _ancestors(record: dict):
+    """(folder, init_adapter entry, that folder's record or {}) for each adapter an adapter's
+    record says it continued, and so on up the chain."""
     init = record.get("init_adapter")
-    if not init:
-        return set()
-    folder = Path(init["dir"])
-    if not (folder / WEIGHTS).is_file() or sha256_file(folder / WEIGHTS) != init["sha256"]:
-        raise ConfigError(f"the adapter continued {folder} (weights sha256 {init['sha256'][:12]}),"
-                          " which is no longer there: the rows it saw cannot be listed; make "
-                          "the starter where that adapter is")
-    if (folder / ROW_HASHES).is_file():  # a starter: its list covers its own chain
-        with gzip.open(folder / ROW_HASHES, "rt") as f:
-            return {line.strip() for line in f if line.strip()}
-    parent = read_record(folder) if (folder / "record.json").is_file() else {}
-    train_rows = Path(parent.get("splits_dir") or "/nonexistent") / "train.jsonl"
-    if not train_rows.is_file() or sha256_file(train_rows) != parent.get("splits", {}).get("train"):
-        raise ConfigError(f"the adapter continued {folder}, whose train split is gone or changed "
-                          f"({train_rows}) and which lists no training rows ({ROW_HASHES}): the "
-                          "starter could not be checked for leaks")
-    return _split_hashes(train_rows) | _inherited_hashes(parent)
+    while init:
+        folder = Path(init["dir"])
+        parent = read_record(folder) if (folder / "record.json").is_file() else {}
+        yield folder, init, parent
+        init = parent.get("init_adapter")
+
+
+def _inherited_hashes(record: dict) -> set[str]:
+    """The rows the adapters up an adapter's ``init_adapter`` chain saw: a continued adapter
+    has seen those too, and a starter listing only its last split's rows would let a leak
+    through the check. A starter's list covers its own chain, so the walk ends there."""
+    seen: set[str] = set()
+    for folder, init, parent in _ancestors(record):
+        if not (folder / WEIGHTS).is_file() or sha256_file(folder / WEIGHTS) != init["sha256"]:
+            raise ConfigError(f"the adapter continued {folder} (weights sha256 "
+                              f"{init['sha256'][:12]}), which is no longer there: the rows it "
+                              "saw cannot be listed; make the starter where that adapter is")
+        listed = _listed_hashes(folder)
+        if listed is not None:
+            return seen | listed
+        splits_dir = parent.get("splits_dir")
+        train_rows = Path(splits_dir) / "train.jsonl" if splits_dir else None
+        if (train_rows is None or not train_rows.is_file()
+                or sha256_file(train_rows) != parent.get("splits", {}).get("train")):
+            raise ConfigError(f"the adapter continued {folder}, whose train split is gone or "
+                              f"changed ({train_rows or 'none recorded'}) and which lists no "
+                              f"training rows ({ROW_HASHES}): the starter could not be checked "
+                              "for leaks")
+        seen |= _split_hashes(train_rows)
+    return seen
 
 
 def _data_settings(splits_dir: Path) -> dict:
@@ -249,18 +267,14 @@ def _card(record: dict, note: dict) -> str:
 
 
 def _chain_lines(record: dict) -> list[str]:
-    """One line per adapter this one continues (its ``init_adapter``, and so on): where it was,
-    how it was trained."""
-    lines, init = [], record.get("init_adapter")
-    while init:
-        folder = Path(init["dir"])
-        parent = read_record(folder) if (folder / "record.json").is_file() else {}
+    """One line per adapter this one continues (see _ancestors): where it was, how it was
+    trained."""
+    lines = []
+    for folder, init, parent in _ancestors(record):
         m = parent.get("metrics", {})
         trained = (f"{parent.get('backend', '?').split(':')[0]}; {m.get('steps')} steps, "
                    f"{m.get('epochs')} epochs, {m.get('tokens_seen') or 0:,} tokens"
                    if m else "no record")
         lines.append(f"- continues `{parent.get('adapter', folder)}` (weights sha256 "
                      f"{init['sha256'][:12]}): {trained}")
-        init = parent.get("init_adapter")
     return lines
-
