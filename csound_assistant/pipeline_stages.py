@@ -115,9 +115,8 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
 
         from csound_assistant.modelfiles.render import read_export
 
-        # the packaged GGUF is the one the eval scores: the first quant type
         write_modelfile(root / "export", out, name=cfg.package["name"],
-                        quant=cfg.export["quant_types"][0], force=stale)
+                        quant=_packaged_quant(cfg), force=stale)
         write_continue_config(out / "config.yaml", force=True, ollama_model=cfg.package["name"],
                               prompt_format=read_export(root / "export").prompt_format)
 
@@ -127,7 +126,7 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         def base_gguf(out, stale):
             _convert_base(root, cfg, out, stale)
 
-        p.stage("base-gguf", "base-gguf", cfg.export["quant_types"][0], ["base"], base_gguf)
+        p.stage("base-gguf", "base-gguf", _packaged_quant(cfg), ["base"], base_gguf)
 
     def evaluate(out, stale):
         from csound_assistant.eval.runner import run_eval
@@ -141,12 +140,18 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     p.stage("eval", "eval", cfg.eval, after, evaluate)
 
 
+def _packaged_quant(cfg: PipelineConfig) -> str:
+    """The first quant type: the GGUF the package ships and the eval scores (the base's
+    comparison GGUF too)."""
+    return cfg.export["quant_types"][0]
+
+
 def _export_gguf(root: Path, cfg: PipelineConfig, quant: str) -> Path:
     return root / "export" / f"{cfg.package['name']}.{quant}.gguf"
 
 
 def _final_gguf(root: Path, cfg: PipelineConfig) -> Path:
-    return _export_gguf(root, cfg, cfg.export["quant_types"][0])
+    return _export_gguf(root, cfg, _packaged_quant(cfg))
 
 
 def _base_is_hf_folder(cfg: PipelineConfig) -> bool:
@@ -162,7 +167,7 @@ def _base_gguf(root: Path, cfg: PipelineConfig) -> Path:
         return embedded_gguf()
     if not _base_is_hf_folder(cfg):
         return Path(cfg.base).expanduser()
-    return root / "base-gguf" / f"base.{cfg.export['quant_types'][0]}.gguf"
+    return root / "base-gguf" / f"base.{_packaged_quant(cfg)}.gguf"
 
 
 def _convert_base(root: Path, cfg: PipelineConfig, out: Path, stale: bool) -> None:
@@ -173,7 +178,7 @@ def _convert_base(root: Path, cfg: PipelineConfig, out: Path, stale: bool) -> No
     from csound_assistant.convert.quantize import quantize
     from csound_assistant.prompt_format import get_format
 
-    quant = cfg.export["quant_types"][0]
+    quant = _packaged_quant(cfg)
     fmt = get_format(read_record(root / "base")["prompt_format"])
     with stage_output(out, force=stale) as tmp:
         f16 = tmp / "base.F16.gguf"
