@@ -119,6 +119,24 @@ def test_batch_order_is_a_function_of_seed_and_step(tiny):
     assert [[len(e) for e in m] for m in a.step(5, 2)] == [[len(e) for e in m] for m in b.step(5, 2)]
 
 
+def test_rows_listed_first_open_every_epoch_in_both_layouts():
+    """A continuation's new rows (feedback corrections) lead each epoch, so a run its time
+    budget ends a few steps in still trains on them; every row is still seen once an epoch."""
+    from csound_assistant.train.encode import Encoded
+
+    lengths = [5, 300, 40, 200, 120, 60, 500, 10] * 30
+    docs = [Encoded([1] * n, [1] * n, "chat", row=i) for i, n in enumerate(lengths)]
+    first = frozenset({7, 100, 201})
+    for packed in (True, False):
+        plan = BatchPlan(docs, packed, 512, 2, seed=0, first=first)
+        for epoch in range(2):
+            batches = plan.epoch(epoch)
+            assert set(batches[0]) | set(batches[1]) == first
+            assert sorted(i for b in batches for i in b) == list(range(len(docs)))
+        plain = BatchPlan(docs, packed, 512, 2, seed=0)
+        assert not first <= set(plain.epoch(0)[0]) | set(plain.epoch(0)[1])
+
+
 def _tree(adapter: Path):
     from safetensors.torch import load_file
 

@@ -79,6 +79,22 @@ def test_training_starts_from_the_starter_with_its_shape(tmp_path, tiny_starter,
     assert record["init_adapter"]["sha256"] == starter.fingerprint(str(tiny_starter))
 
 
+def test_rows_new_to_the_starter_are_trained_first(tmp_path, tiny_starter, tiny_model_dir):
+    """A correction added to rows the starter already learned (what `data from-feedback`
+    does) opens the epoch, so the main job's few budgeted steps train on it."""
+    fix = {"instruction": "Make a tone.", "input": "",
+           "output": "instr 9\n out oscili(.1, 99)\nendin"}
+    held_out = {"instruction": "Make a noise.", "input": "",
+                "output": "instr 8\n out rand(.1)\nendin"}
+    work = make_work(tmp_path, tiny_model_dir, [*ROWS, fix], [held_out])
+    lines = []
+    train(load_config(None, [*FAST, "max_steps=1", f"init_adapter={tiny_starter}"]), work,
+          log=lines.append)
+    assert any("1 train rows are new to starter" in line for line in lines), lines
+    init = starter.load(str(tiny_starter))
+    assert starter.unseen_rows(init, [*ROWS, fix]) == {len(ROWS)}
+
+
 def _continue_and_make_starter(tmp, tiny_model_dir, rows, init):
     """One step of training that continues ``init`` on ``rows``, made into a starter; the
     adapter, its work folder and the starter's listed row hashes."""

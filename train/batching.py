@@ -10,6 +10,9 @@ Two layouts, the same rows and the same loss:
   pad token, label -100, attention mask 0): little padding without any special kernel.
 
 The order is a pure function of (seed, epoch), so a resumed run sees the same batches.
+Rows listed in ``first`` open every epoch (shuffled among themselves): a continued adapter's
+new rows, such as feedback corrections, are trained even when a time budget ends the run a few
+steps into its first epoch.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class BatchPlan:
     max_rows: int
     seed: int
     shuffle: bool = True
+    first: frozenset[int] = frozenset()  # example indices that open each epoch
 
     def __post_init__(self):
         self._lengths = [len(e) for e in self.examples]
@@ -79,7 +83,11 @@ class BatchPlan:
                 rng.shuffle(order)
             plan = plan_packed if self.packed else (
                 lambda *a: plan_grouped(*a, rng=rng))
-            self._epochs[n] = plan(self._lengths, order, self.batch_tokens, self.max_rows)
+            head = [i for i in order if i in self.first]
+            tail = [i for i in order if i not in self.first] if head else order
+            self._epochs[n] = [
+                *(plan(self._lengths, head, self.batch_tokens, self.max_rows) if head else []),
+                *plan(self._lengths, tail, self.batch_tokens, self.max_rows)]
         return self._epochs[n]
 
     def micro_batches_per_epoch(self) -> int:

@@ -24,6 +24,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     kind: str
+    row: int = -1  # index of the row it came from in the list given to encode_split
 
     def __len__(self):
         return len(self.input_ids)
@@ -159,7 +160,7 @@ def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int
     problems = []
     for i, row in enumerate(rows, 1):
         example = encode_row(tokenizer, fmt, with_reference(row, lookups) if lookups else row)
-        example.kind = row_kind(row)
+        example.kind, example.row = row_kind(row), i - 1
         if problem := check_stop(example, stop_ids, f"{name} row {i}"):
             problems.append(problem)
             continue

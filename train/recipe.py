@@ -88,14 +88,19 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)
+            fresh = starter.unseen_rows(init, rows) if init else set()
         splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
             + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"
                if s.dropped_too_long else ""))
     packed = backend.packing == "packed"
+    first = frozenset(k for k, e in enumerate(splits["train"].examples) if e.row in fresh)
+    if first:
+        say(f"train: {len(first)} train rows are new to {init.dir.name} (not in its row "
+            "list, e.g. feedback corrections): each epoch starts with them")
     train_plan = BatchPlan(splits["train"].examples, packed, cfg.batch_tokens,
-                           cfg.max_batch_rows, cfg.seed)
+                           cfg.max_batch_rows, cfg.seed, first=first)
     val_plan = BatchPlan(splits["validation"].examples, packed, cfg.batch_tokens,
                          cfg.max_batch_rows, cfg.seed, shuffle=False)
     steps = cfg.max_steps or total_steps(train_plan, cfg.epochs, cfg.grad_accum,

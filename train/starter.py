@@ -50,6 +50,15 @@ def _listed_hashes(folder: Path) -> set[str] | None:
         return {line.strip() for line in f if line.strip()}
 
 
+def unseen_rows(init: "InitAdapter", rows: list[dict]) -> set[int]:
+    """Indices of ``rows`` the adapter never trained on (empty when it lists no rows): what a
+    continuation is for, so training puts them first (batching.BatchPlan.first)."""
+    seen = _listed_hashes(init.dir)
+    if seen is None:
+        return set()
+    return {i for i, row in enumerate(rows) if row_hash(row) not in seen}
+
+
 def resolve(spec: str) -> Path:
     """``starter`` (the shipped adapter) or a folder holding a peft adapter."""
     folder = STARTER_DIR if spec == "starter" else Path(spec).expanduser()
