@@ -143,6 +143,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
         record_fields = dict(
             name=name, adapter=str(adapter.dir.resolve()), base=str(adapter.base_dir),
             merged=str(Path(merged_dir).resolve()), merged_reused=reused,
+            # in the order asked for: the first is what `modelfile` and `eval run` pick
+            quant_types=quant_types,
             prompt_format=fmt.to_record(), metadata=meta, files=files, imatrix=imatrix_info,
             gate=gate_info, timings_s=timings, llama_cpp_tools=str(tools.root),
             logits_check=read_record(merged_dir).get("logits_check"),

@@ -89,6 +89,18 @@ def _parse_models(model, compare) -> dict[str, str]:
     return models
 
 
+def _exported_gguf(work: Path) -> Path:
+    """The GGUF ``modelfile`` would package from the run's export folder."""
+    from csound_assistant.errors import ArtifactError
+    from csound_assistant.modelfiles.render import read_export
+
+    try:
+        return read_export(work / "export").gguf
+    except ArtifactError as exc:
+        raise click.UsageError(f"no MODEL given and no usable export in {work / 'export'} "
+                               f"({exc}); name a .gguf, `embedded` or a URL") from exc
+
+
 @cli.command("run")
 @click.argument("model", required=False)
 @click.option("--compare", multiple=True, metavar="[LABEL=]MODEL",
@@ -134,8 +146,8 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
     """Score models on Csound: compile@1, sound@1, required-opcode coverage, latency (and
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
     .gguf file, `embedded` (the embedded SmolLM2 base) or an OpenAI-compatible URL, each
-    optionally as LABEL=MODEL. Without MODEL: the run's exported Q4_K_M GGUF compared with the
-    embedded base. Writes report.json, report.md and report.png.
+    optionally as LABEL=MODEL. Without MODEL: the run's exported GGUF (the first quant type the
+    export was asked for: the pipeline's Q8_0) compared with the embedded base. Writes report.json, report.md and report.png.
 
     \b
     Examples:
@@ -151,11 +163,7 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
     work = _work(work_dir, run)
     with domain_errors():
         if model is None:
-            found = sorted((work / "export").glob("*.Q4_K_M.gguf"))
-            if not found:
-                raise click.UsageError(f"no MODEL given and no {work / 'export'}/*.Q4_K_M.gguf; "
-                                       "name a .gguf, `embedded` or a URL")
-            model, compare = f"fine-tuned={found[0]}", compare or ("base=embedded",)
+            model, compare = f"fine-tuned={_exported_gguf(work)}", compare or ("base=embedded",)
         models = _parse_models(model, compare)
         if test_path is None and not no_test and (work / "splits" / "test.jsonl").is_file():
             test_path = work / "splits" / "test.jsonl"

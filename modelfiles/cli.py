@@ -19,8 +19,10 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME, DEFAULT_QUANT, QUANT_
               help="FROM the base model plus ADAPTER <name>.lora.gguf instead of the merged GGUF.")
 @click.option("--base", default=None,
               help="With --adapter: an Ollama model name (codellama:7b-code) or the base GGUF.")
-@click.option("--quant", type=click.Choice(list(QUANT_TYPES)), default=DEFAULT_QUANT,
-              show_default=True, help="Which quantized GGUF of the export folder to use.")
+@click.option("--quant", type=click.Choice(list(QUANT_TYPES)), default=None,
+              help="Which quantized GGUF of the export folder to use [default: the first type "
+                   f"the export was asked for (the pipeline's Q8_0); {DEFAULT_QUANT} for an "
+                   "older export].")
 @click.option("--link", type=click.Choice(["symlink", "copy", "path"]), default="symlink",
               show_default=True,
               help="symlink: FROM ./x.gguf linked into the export folder; copy: a self-contained "

@@ -70,11 +70,18 @@ def _format_name(value) -> str | None:
     return value
 
 
-def read_export(export_dir: str | os.PathLike, *, quant: str = DEFAULT_QUANT,
+def first_quant(record: dict) -> str:
+    """The quant type an export was asked for first (the pipeline packages and scores it);
+    Q4_K_M for an export whose record predates ``quant_types``."""
+    return (record.get("quant_types") or [DEFAULT_QUANT])[0]
+
+
+def read_export(export_dir: str | os.PathLike, *, quant: str | None = None,
                 prompt_format: str | None = None) -> ExportedModel:
-    """Find the GGUF files and the prompt format of a finished export folder."""
+    """Find the GGUF files and the prompt format of a finished export folder; ``quant``
+    None means the export's first quant type (``first_quant``)."""
     export_dir = Path(export_dir)
-    if quant not in QUANT_TYPES:
+    if quant is not None and quant not in QUANT_TYPES:
         raise ConfigError(f"unknown quant type {quant!r}; choose one of: {', '.join(QUANT_TYPES)}")
     if not export_dir.is_dir():
         raise ArtifactError(
@@ -82,6 +89,7 @@ def read_export(export_dir: str | os.PathLike, *, quant: str = DEFAULT_QUANT,
             "or pass --export-dir"
         )
     record = read_record(export_dir)
+    quant = quant or first_quant(record)
     ggufs = sorted(export_dir.glob(f"*.{quant}.gguf"))
     stem = record.get("name")
     if stem and (export_dir / f"{stem}.{quant}.gguf").is_file():
@@ -232,7 +240,7 @@ def _gguf_digest(model: ExportedModel, path: Path) -> str:
 
 def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     name: str = DEFAULT_MODEL_NAME, use_adapter: bool = False,
-                    force: bool = False, base: str | None = None, quant: str = DEFAULT_QUANT,
+                    force: bool = False, base: str | None = None, quant: str | None = None,
                     link: str = "symlink", prompt_format: str | None = None,
                     parameters: dict | None = None, license_text: str | None = None) -> Path:
     """Write ``<out_dir>/Modelfile`` (+ record.json) for the model in ``export_dir``.
@@ -241,8 +249,8 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     relative link into the export folder), ``copy`` (a self-contained folder) or ``path``
     (``FROM ../export/x.gguf``). With ``use_adapter`` it writes ``FROM <base>`` +
     ``ADAPTER ./<name>.lora.gguf``; ``base`` is an Ollama model name or the base GGUF file the
-    adapter was trained on (default: the export record's full-precision base folder). Returns
-    the Modelfile's path.
+    adapter was trained on (default: the export record's full-precision base folder). ``quant``
+    None uses the export's first quant type. Returns the Modelfile's path.
     """
     if link not in LINK_MODES:
         raise ConfigError(f"unknown link mode {link!r}; choose one of: {', '.join(LINK_MODES)}")

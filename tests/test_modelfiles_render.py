@@ -241,6 +241,30 @@ def test_bad_exports_give_clear_errors(embedded_gguf, tmp_path):
     assert not (tmp_path / "p4").exists() and not (tmp_path / "p5").exists()
 
 
+def test_the_first_quant_type_the_export_was_asked_for_is_packaged(embedded_gguf, tmp_path):
+    """The pipeline exports Q8_0 first and scores it; `modelfile` and `eval run` without a
+    type take that one, not Q4_K_M; an export from before the field still gives Q4_K_M."""
+    from csound_assistant.cli import main
+    from csound_assistant.modelfiles.render import read_export
+
+    export = fake_export(tmp_path / "r" / "export", embedded_gguf,
+                         record={"quant_types": ["Q8_0", "Q4_K_M"]})
+    (export / "csound-assistant.Q8_0.gguf").symlink_to(embedded_gguf)
+    assert read_export(export).gguf.name == "csound-assistant.Q8_0.gguf"
+    assert "FROM ./csound-assistant.Q8_0.gguf" in write_modelfile(
+        export, tmp_path / "p1").read_text()
+    assert "FROM ./csound-assistant.Q4_K_M.gguf" in write_modelfile(
+        export, tmp_path / "p2", quant="Q4_K_M").read_text()
+    old = fake_export(tmp_path / "old", embedded_gguf)
+    assert read_export(old).gguf.name == "csound-assistant.Q4_K_M.gguf"
+
+    (export / "csound-assistant.Q8_0.gguf").unlink()
+    result = CliRunner().invoke(main, ["eval", "run", "--work-dir", str(tmp_path),
+                                       "--run", "r", "--no-test", "--limit", "1"])
+    assert result.exit_code != 0 and "no MODEL given" in result.output
+    assert "<name>.Q8_0.gguf" in result.output  # it looked for the first type
+
+
 def test_trained_system_prompt_reaches_the_modelfile(go, embedded_gguf, tmp_path):
     """A format saved with a custom system prompt (PromptFormat.to_record()) is kept."""
     fmt = get_format("chatml")
