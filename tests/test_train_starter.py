@@ -36,8 +36,10 @@ def tiny_starter(tmp_path_factory, tiny_model_dir):
 def test_make_starter_keeps_what_a_continuing_run_needs(tiny_starter, tiny_model_dir):
     names = {p.name for p in tiny_starter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "prompt_format.json",
-            "train_config.yaml", "metrics.json", starter.ROW_HASHES, "record.json",
-            "README.md"} <= names
+            "train_config.yaml", "metrics.json", starter.ROW_HASHES, starter.REPLAY,
+            "record.json", "README.md"} <= names
+    with gzip.open(tiny_starter / starter.REPLAY, "rt") as f:  # its last training's rows
+        assert [json.loads(line) for line in f] == ROWS * 4
     assert "r8, alpha 16" in (tiny_starter / "README.md").read_text()
     weights = load_file(tiny_starter / starter.WEIGHTS)
     assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
@@ -93,6 +95,28 @@ def test_rows_new_to_the_starter_are_trained_first(tmp_path, tiny_starter, tiny_
     assert any("1 train rows are new to starter" in line for line in lines), lines
     init = starter.load(str(tiny_starter))
     assert starter.unseen_rows(init, [*ROWS, fix]) == {len(ROWS)}
+
+
+def test_replay_mixes_the_starters_last_rows_into_a_continuation(tmp_path, tiny_starter,
+                                                                  tiny_model_dir):
+    """replay=0.5: as many of the starter's last training rows as the split has rows, so a
+    continuation on new rows keeps rehearsing what the starter learned."""
+    new = [{"instruction": f"Make tone {k}.", "input": "",
+            "output": f"instr {k}\n out oscili(.1, {100 + k})\nendin"} for k in range(1, 4)]
+    held_out = {"instruction": "Make a noise.", "input": "",
+                "output": "instr 8\n out rand(.1)\nendin"}
+    work = make_work(tmp_path, tiny_model_dir, new, [held_out])
+    lines = []
+    train(load_config(None, [*FAST, "max_steps=1", "replay=0.5",
+                             f"init_adapter={tiny_starter}"]), work, log=lines.append)
+    assert any("3 replayed rows of starter" in line for line in lines), lines
+    assert any("train: train: 6 rows" in line for line in lines), lines
+    init = starter.load(str(tiny_starter))
+    rows = starter.replay_rows(init, 0.75, 3, seed=0, tasks=[])
+    assert len(rows) == 9 and all(r in ROWS for r in rows)
+    assert starter.replay_rows(init, 0.0, 3, seed=0, tasks=[]) == []
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        starter.replay_rows(init, 1.0, 3, seed=0, tasks=[])
 
 
 def _continue_and_make_starter(tmp, tiny_model_dir, rows, init):

@@ -89,6 +89,12 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)
             fresh = starter.unseen_rows(init, rows) if init else set()
+            replay = starter.replay_rows(init, cfg.replay, len(rows), cfg.seed,
+                                         cfg.tasks) if init else []
+            if replay:
+                say(f"train: {len(replay)} replayed rows of {init.dir.name}'s last training "
+                    f"(replay={cfg.replay})")
+            rows = rows + replay
         splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"

@@ -26,6 +26,7 @@ from csound_assistant.errors import ArtifactError, ConfigError
 
 STARTER_DIR = Path(__file__).parent / "starter"
 ROW_HASHES = "train_rows.sha1.txt.gz"  # one 16-hex row hash per line: what the adapter saw
+REPLAY = "replay.jsonl.gz"  # the rows of the adapter's last training, for `replay`
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -57,6 +58,30 @@ def unseen_rows(init: "InitAdapter", rows: list[dict]) -> set[int]:
     if seen is None:
         return set()
     return {i for i, row in enumerate(rows) if row_hash(row) not in seen}
+
+
+def replay_rows(init: "InitAdapter", share: float, n_train: int, seed: int,
+                tasks: list[str]) -> list[dict]:
+    """Rows from the adapter's ``REPLAY`` file (those of ``tasks``, as for the split), cycled
+    in a seeded order, as many as make ``share`` of ``n_train`` train rows plus them; [] when
+    the adapter ships none."""
+    import random
+
+    from .encode import select_tasks
+
+    if not share or not (init.dir / REPLAY).is_file():
+        return []
+    if not 0 < share < 1:
+        raise ConfigError(f"replay={share}: give a share of the train rows between 0 and 1")
+    with gzip.open(init.dir / REPLAY, "rt", encoding="utf-8") as f:
+        rows = select_tasks([json.loads(line) for line in f if line.strip()], tasks,
+                            str(init.dir / REPLAY))
+    want = round(n_train * share / (1 - share))
+    rng, out = random.Random(seed), []
+    while rows and len(out) < want:
+        rng.shuffle(rows)
+        out += rows[:want - len(out)]
+    return out
 
 
 def resolve(spec: str) -> Path:
@@ -176,6 +201,8 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
         hashes = "".join(f"{h}\n" for h in sorted(seen))
         with gzip.GzipFile(tmp / ROW_HASHES, "wb", mtime=0) as f:  # same rows, same bytes
             f.write(hashes.encode())
+        with gzip.GzipFile(tmp / REPLAY, "wb", mtime=0) as f:
+            f.write(train_rows.read_bytes())
         (tmp / "README.md").write_text(_card(record, note))
         write_record(tmp, "starter", adapter=str(adapter_dir.resolve()),
                      base=record.get("base"), splits=record.get("splits"),
@@ -262,7 +289,8 @@ def _card(record: dict, note: dict) -> str:
         f"epochs, {m.get('tokens_seen'):,} tokens, validation loss "
         f"{m.get('val_loss_start', 0):.3f} -> {m.get('val_loss_end', 0):.3f}",
         f"- train split sha256 {record.get('splits', {}).get('train', '?')[:12]}; the hash of "
-        f"every train row it and the adapters it continues saw is in {ROW_HASHES}",
+        f"every train row it and the adapters it continues saw is in {ROW_HASHES}; that split's "
+        f"rows are in {REPLAY} (what `replay` mixes into a continuation)",
         *_chain_lines(record),
     ]
     if line := _data_line(note.get("data") or {}):
