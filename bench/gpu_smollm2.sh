@@ -36,7 +36,7 @@ case "$1" in
     gguf=$(.venv/bin/python -c "from csound_assistant.base.importer import embedded_gguf as e; print(e())")
     grep -qxF '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
     rm -rf .gpu/p1 .gpu/p2 .gpu/w .gpu/splits && mkdir -p .gpu/p1 .gpu/p2 .gpu/w .gpu/splits
-    split -b 46M -d "$gguf" .gpu/gguf.part  # two calls, each with the 12 MiB checkout
+    split -n 2 -d "$gguf" .gpu/gguf.part  # 47 MiB halves, each beside the 15 MiB checkout
     mv .gpu/gguf.part00 .gpu/p1/ && mv .gpu/gguf.part0? .gpu/p2/
     (cd "$(dirname "$gguf")" && sha256sum "$GGUF") > .gpu/p2/gguf.sha256
     cp .whl/gguf-*.whl .gpu/w/
