@@ -171,6 +171,15 @@ def keep_adapter(adapter: Path, out: Path, name: str) -> None:
           f"{-(-len(data) // PART_BYTES)} parts", flush=True)
 
 
+def prompt_text(fmt, lookups, item: dict) -> str:
+    """The text training rendered before an item's answer (PromptFormat.segments, with the
+    adapter's manual lookups): a chat prompt, or BOS and a FIM prompt."""
+    prefix, suffix = item["prefix"], item["suffix"]
+    if prefix is None:
+        return fmt.chat_prompt(lookups.messages(item["messages"]))
+    return fmt.bos + fmt.fim_prompt(lookups.fim_prefix(prefix, suffix), suffix)
+
+
 def generate(base: Path, adapter: Path, items: list[dict], *, batch: int, samples: int = 1,
              temperature: float = 0.8, seed: int = 0,
              deadline: float | None = None) -> dict[str, str]:
@@ -195,11 +204,8 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int, sample
     stops = [special(fmt.eos), special(fmt.fim_end)]
     pad = special(fmt.pad)
 
-    def prompt(item):  # the text training rendered (PromptFormat.segments), tokenized alike
-        prefix, suffix = item["prefix"], item["suffix"]
-        text = (fmt.chat_prompt(lookups.messages(item["messages"])) if prefix is None else
-                fmt.bos + fmt.fim_prompt(lookups.fim_prefix(prefix, suffix), suffix))
-        return tok(text, add_special_tokens=False).input_ids
+    def prompt(item):
+        return tok(prompt_text(fmt, lookups, item), add_special_tokens=False).input_ids
 
     if samples > 1:
         torch.manual_seed(seed)

@@ -23,10 +23,11 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_sweep import _kept  # noqa: E402  (the one rule for a sample worth learning from)
+from budget_sweep import _kept, prompt_text  # noqa: E402  (as self-training samples and keeps)
 
 
 def make_pairs(verdict_paths: list[str], item_paths: list[str], n: int, seed: int) -> list[dict]:
@@ -93,13 +94,8 @@ def main() -> None:
 
     def encode(pair):
         item = pair["item"]
-        if item["prefix"] is None:
-            prompt, stop = fmt.chat_prompt(lookups.messages(item["messages"])), fmt.eos
-        else:
-            prompt = fmt.bos + fmt.fim_prompt(lookups.fim_prefix(item["prefix"], item["suffix"]),
-                                              item["suffix"])
-            stop = fmt.fim_end
-        ids = tok(prompt, add_special_tokens=False).input_ids
+        stop = fmt.eos if item["prefix"] is None else fmt.fim_end
+        ids = tok(prompt_text(fmt, lookups, item), add_special_tokens=False).input_ids
         return [(ids, tok(pair[k] + stop, add_special_tokens=False).input_ids)
                 for k in ("chosen", "rejected")]
 
@@ -166,12 +162,10 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(adapter, tmp)  # record, prompt format, tokenizer files: what export reads
     model.save_pretrained(tmp)
-    kinds: dict[str, int] = {}
-    for pair, _ in encoded:
-        kinds[pair["item"]["kind"]] = kinds.get(pair["item"]["kind"], 0) + 1
+    kinds = Counter(pair["item"]["kind"] for pair, _ in encoded)
     (tmp / "dpo.json").write_text(json.dumps(
-        {"settings": {k: v for k, v in vars(args).items()}, "pairs": len(encoded),
-         "kinds": kinds, "curve": curve, "seconds": round(time.time() - start)}, indent=1))
+        {"settings": vars(args), "pairs": len(encoded), "kinds": kinds, "curve": curve,
+         "seconds": round(time.time() - start)}, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"dpo: wrote {out}")

@@ -147,7 +147,8 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
     .gguf file, `embedded` (the embedded SmolLM2 base) or an OpenAI-compatible URL, each
     optionally as LABEL=MODEL. Without MODEL: the run's exported GGUF (the first quant type the
-    export was asked for: the pipeline's Q8_0) compared with the embedded base. Writes report.json, report.md and report.png.
+    export was asked for: the pipeline's Q8_0) compared with the embedded base. Writes
+    report.json, report.md and report.png.
 
     \b
     Examples:

@@ -83,11 +83,12 @@ class BatchPlan:
                 rng.shuffle(order)
             plan = plan_packed if self.packed else (
                 lambda *a: plan_grouped(*a, rng=rng))
+            # an empty head plans no batch and draws nothing from rng: without ``first`` the
+            # order is what it was before ``first`` existed
             head = [i for i in order if i in self.first]
-            tail = [i for i in order if i not in self.first] if head else order
-            self._epochs[n] = [
-                *(plan(self._lengths, head, self.batch_tokens, self.max_rows) if head else []),
-                *plan(self._lengths, tail, self.batch_tokens, self.max_rows)]
+            tail = [i for i in order if i not in self.first]
+            self._epochs[n] = (plan(self._lengths, head, self.batch_tokens, self.max_rows)
+                               + plan(self._lengths, tail, self.batch_tokens, self.max_rows))
         return self._epochs[n]
 
     def micro_batches_per_epoch(self) -> int:

@@ -43,21 +43,20 @@ def _split_hashes(path: Path) -> set[str]:
         return {row_hash(json.loads(line)) for line in f if line.strip()}
 
 
-def _listed_hashes(folder: Path) -> set[str] | None:
+def _listed_hashes(folder: Path) -> frozenset[str] | None:
     """The row hashes a starter lists (``ROW_HASHES``); None for a folder without the list."""
     if not (folder / ROW_HASHES).is_file():
         return None
     with gzip.open(folder / ROW_HASHES, "rt") as f:
-        return {line.strip() for line in f if line.strip()}
+        return frozenset(line.strip() for line in f if line.strip())
 
 
 def unseen_rows(init: "InitAdapter", rows: list[dict]) -> set[int]:
     """Indices of ``rows`` the adapter never trained on (empty when it lists no rows): what a
     continuation is for, so training puts them first (batching.BatchPlan.first)."""
-    seen = _listed_hashes(init.dir)
-    if seen is None:
+    if init.seen is None:
         return set()
-    return {i for i, row in enumerate(rows) if row_hash(row) not in seen}
+    return {i for i, row in enumerate(rows) if row_hash(row) not in init.seen}
 
 
 def replay_rows(init: "InitAdapter", share: float, n_train: int, seed: int,
@@ -107,6 +106,7 @@ class InitAdapter:
     opcode_reference: bool
     fim_reference: bool
     base_weights: str | None  # sha256 of the base's model.safetensors it was trained on
+    seen: frozenset[str] | None = None  # its ROW_HASHES list; None for a folder without one
 
     def describe(self) -> dict:
         return {"dir": str(self.dir.resolve()), "sha256": self.sha256, **self.lora,
@@ -128,6 +128,7 @@ def load(spec: str) -> InitAdapter:
         opcode_reference=bool(fmt.get("opcode_reference")),
         fim_reference=bool(fmt.get("fim_reference")),
         base_weights=record.get("base", {}).get("files", {}).get("model.safetensors"),
+        seen=_listed_hashes(folder),
     )
 
 
@@ -145,7 +146,7 @@ def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
             want = str(getattr(init, flag)).lower()
             problems.append(f"{init.dir} was trained with {flag}: {want}; set {flag}: {want} "
                             "so its requests keep the shape it learned")
-    seen = _listed_hashes(init.dir)
+    seen = init.seen
     if seen is not None:
         for name in ("validation", "test"):
             path = splits_dir / f"{name}.jsonl"
