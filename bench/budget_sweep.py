@@ -235,6 +235,32 @@ def generate(base: Path, adapter: Path, items: list[dict], *, batch: int, sample
     return answers
 
 
+def generate_gguf(gguf: Path, items: list[dict], *, samples: int = 1, temperature: float = 0.8,
+                  seed: int = 0, threads: int = 2, deadline: float | None = None) -> dict[str, str]:
+    """The same answers as ``generate`` from an exported GGUF, through the eval's llama.cpp
+    model (its prompt format and lookups come from the file's metadata): on a CPU this is the
+    fast path, one sequence at a time, cut early where greedy decoding loops or a CSD closes."""
+    from csound_assistant.eval.models import GGUFModel
+
+    model = GGUFModel(gguf, n_ctx=4096, n_threads=threads)
+    answers, order = {}, items  # in the file's order: a deadline cuts its end
+    temp = temperature if samples > 1 else 0.0
+    for n, item in enumerate(order):
+        if deadline and time.time() > deadline:
+            print(f"deadline: {len(order) - n} of {len(order)} items not started", flush=True)
+            break
+        for k in range(samples):
+            key = f"{item['id']}~{k}" if samples > 1 else item["id"]
+            kw = {"max_tokens": item["budget"], "temperature": temp, "seed": seed * 1000 + k}
+            gen = (model.chat(item["messages"], **kw) if item["prefix"] is None
+                   else model.fim(item["prefix"], item["suffix"], **kw))
+            answers[key] = gen.text
+        if n % 50 == 0:
+            print(f"{n}/{len(order)} items, {len(answers)} answers", flush=True)
+    model.close()
+    return answers
+
+
 def prompts_command(args) -> None:
     """Train-split rows of the given kinds as items to sample (ids ``train-LINE``); references
     are not rendered first (thousands of them): an item no sample plays simply adds nothing."""
@@ -291,10 +317,16 @@ def sample_command(args) -> None:
     k, n = map(int, (args.shard or "0/1").split("/"))
     items = json.loads(Path(args.items).read_text())[k::n]
     start = time.time()
-    answers = generate(Path(args.work) / "base", Path(folder), items, batch=args.batch,
-                       samples=args.samples, temperature=args.temperature, seed=k,
-                       deadline=args.started + args.seconds if args.seconds else None)
-    metrics = json.loads((Path(folder) / "metrics.json").read_text())
+    deadline = args.started + args.seconds if args.seconds else None
+    if folder.endswith(".gguf"):
+        answers = generate_gguf(Path(folder), items, samples=args.samples, seed=k,
+                                temperature=args.temperature, deadline=deadline)
+        metrics = {"gguf": folder}
+    else:
+        answers = generate(Path(args.work) / "base", Path(folder), items, batch=args.batch,
+                           samples=args.samples, temperature=args.temperature, seed=k,
+                           deadline=deadline)
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
     (out / f"{name}-{k}.json").write_text(json.dumps(
         {"variant": name, "overrides": [f"adapter={folder}", f"samples={args.samples}",
                                         f"temperature={args.temperature}"],
@@ -571,7 +603,9 @@ def main() -> None:
     p.add_argument("--work", required=True, help="holds base/")
     p.add_argument("--items", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--adapter", required=True, help="NAME=DIR")
+    p.add_argument("--adapter", required=True,
+                   help="NAME=DIR (transformers, merged) or NAME=FILE.gguf (llama.cpp; --work "
+                   "and --batch unused)")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--batch", type=int, default=96)

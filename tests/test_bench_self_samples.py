@@ -145,3 +145,31 @@ def test_only_new_answers_that_play_and_use_the_opcode_become_rows(tmp_path):
         split=str(split), kinds="write", no_cuts=False, max_new_tokens=256, max_budget=5,
         skip_kept=None, out=again))
     assert [p["budget"] for p in json.loads(again.read_text())] == [5]
+
+
+def test_a_gguf_samples_the_prompts_on_the_cpu_for_the_same_verdicts(tmp_path, embedded_gguf):
+    """``sample --adapter NAME=FILE.gguf``: answers through llama.cpp (the eval's model), one
+    per sample and prompt, in the file the verdicts step reads; a deadline already passed
+    starts none."""
+    sweep = _module()
+    split = _split(tmp_path / "train.jsonl")
+    items = tmp_path / "prompts.json"
+    sweep.prompts_command(argparse.Namespace(
+        split=str(split), kinds="write,fim-line", no_cuts=False, max_new_tokens=24,
+        max_budget=24, skip_kept=None, out=items))
+    out = tmp_path / "answers"
+    sweep.sample_command(argparse.Namespace(
+        adapter=f"base={embedded_gguf}", out=str(out), items=str(items), jobs=1, shard=None,
+        work=None, batch=1, samples=2, temperature=0.9, seconds=0, started=0))
+    answers = json.loads((out / "base-0.json").read_text())["answers"]
+    assert sorted(answers) == ["train-1~0", "train-1~1", "train-2~0", "train-2~1"]
+    assert all(isinstance(a, str) for a in answers.values())
+    assert answers["train-1~0"] != answers["train-1~1"]  # sampled, each with its own seed
+
+    verdicts = tmp_path / "verdicts.jsonl"
+    sweep.verdicts_command(argparse.Namespace(answers=str(out), items=str(items),
+                                              out=str(verdicts), workers=1))
+    assert len(verdicts.read_text().splitlines()) == 4
+
+    late = sweep.generate_gguf(embedded_gguf, json.loads(items.read_text()), deadline=1.0)
+    assert late == {}
