@@ -19,6 +19,11 @@ one GPU well; each writes NAME.log in the out folder).
 same greedy transformers path as the variants); ``--keep-adapters`` sends each variant's adapter
 back in parts that fit the device's return limits.
 
+``sample --adapter NAME=FILE.gguf`` answers with an exported GGUF through llama.cpp (the eval's
+model, which stops a greedy loop or a closed CSD early) instead of transformers: the CPU path.
+Round three's 492 greedy answers to long and fix prompts took 45 minutes on 2 cores; round two's
+batched transformers answered 832 prompts, mostly one-line FIM middles, in 57.
+
 ``items`` and ``score`` need Csound (this machine); ``train`` needs a CUDA GPU and the training
 stack. Answers are greedy, from the merged bf16 model with transformers, with the eval's token
 budget per item: close to, not the same as, the llama.cpp Q4_K_M answers of `eval run`, so the
