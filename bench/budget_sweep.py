@@ -248,11 +248,11 @@ def generate_gguf(gguf: Path, items: list[dict], *, samples: int = 1, temperatur
     from csound_assistant.eval.models import GGUFModel
 
     model = GGUFModel(gguf, n_ctx=4096, n_threads=threads)
-    answers, order = {}, items  # in the file's order: a deadline cuts its end
+    answers = {}
     temp = temperature if samples > 1 else 0.0
-    for n, item in enumerate(order):
+    for n, item in enumerate(items):  # in the file's order: a deadline cuts its end
         if deadline and time.time() > deadline:
-            print(f"deadline: {len(order) - n} of {len(order)} items not started", flush=True)
+            print(f"deadline: {len(items) - n} of {len(items)} items not started", flush=True)
             break
         for k in range(samples):
             key = f"{item['id']}~{k}" if samples > 1 else item["id"]
@@ -261,7 +261,7 @@ def generate_gguf(gguf: Path, items: list[dict], *, samples: int = 1, temperatur
                    else model.fim(item["prefix"], item["suffix"], **kw))
             answers[key] = gen.text
         if n % 50 == 0:
-            print(f"{n}/{len(order)} items, {len(answers)} answers", flush=True)
+            print(f"{n}/{len(items)} items, {len(answers)} answers", flush=True)
     model.close()
     return answers
 
@@ -304,6 +304,8 @@ def prompts_command(args) -> None:
 def sample_command(args) -> None:
     """``--samples`` sampled answers per item from one adapter; with ``--jobs`` N, N processes
     each answer every N-th item (a 135M model leaves the GPU mostly idle)."""
+    from csound_assistant.artifacts import atomic_write
+
     name, _, folder = args.adapter.partition("=")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,10 +334,11 @@ def sample_command(args) -> None:
                            samples=args.samples, temperature=args.temperature, seed=k,
                            deadline=deadline)
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
-    (out / f"{name}-{k}.json").write_text(json.dumps(
-        {"variant": name, "overrides": [f"adapter={folder}", f"samples={args.samples}",
-                                        f"temperature={args.temperature}"],
-         "train_seconds": None, "metrics": metrics, "answers": answers}))
+    with atomic_write(out / f"{name}-{k}.json") as fh:  # `verdicts` reads every NAME-K.json
+        fh.write(json.dumps(
+            {"variant": name, "overrides": [f"adapter={folder}", f"samples={args.samples}",
+                                            f"temperature={args.temperature}"],
+             "train_seconds": None, "metrics": metrics, "answers": answers}))
     print(f"== {name} shard {k}/{n}: {len(answers)} answers in {time.time() - start:.0f} s",
           flush=True)
 
