@@ -191,7 +191,8 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
               envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
               help="The server's --feedback-db [env CSOUND_ASSISTANT_FEEDBACK_DB; default: "
                    "<work-dir>/<run>/feedback.db].")
-@click.option("--show", is_flag=True, help="Print the completion before marking it.")
+@click.option("--show", is_flag=True,
+              help="Print the completion (its first 200 characters) before marking it.")
 @work_dir_option
 @run_option
 def feedback(completion_id, good, correction, db, show, work_dir, run):
@@ -203,6 +204,7 @@ def feedback(completion_id, good, correction, db, show, work_dir, run):
         csound-assistant eval feedback 12 --good
         csound-assistant eval feedback 13 --bad --correction fixed.csd
     """
+    from csound_assistant.logtext import shorten
     from csound_assistant.runtime.feedback import FeedbackStore
 
     db = db or _work(work_dir, run) / "feedback.db"
@@ -211,9 +213,9 @@ def feedback(completion_id, good, correction, db, show, work_dir, run):
                                    f"--feedback-db {db}, or pass --db")
     with FeedbackStore(db) as store:
         try:
-            if show:
+            if show:  # cut short: a prompt or output can be megabytes, or hold escape codes
                 row = store.get(completion_id)
-                click.echo(f"prompt: {row['prompt']}\noutput: {row['output']}")
+                click.echo(f"prompt: {shorten(row['prompt'])}\noutput: {shorten(row['output'])}")
             store.mark(completion_id, good, correction.read() if correction else None)
         except (KeyError, ValueError) as exc:
             raise click.ClickException(str(exc).strip("'\"")) from None
