@@ -7,7 +7,7 @@
 
 The export folder is built under a temporary name and renamed into place only when every file
 is written and the gate passed, so an interrupted or failed export leaves nothing that looks
-complete.
+complete; the next export removes what a killed one left (``artifacts.remove_stale_partials``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from csound_assistant.artifacts import (is_complete, read_record, sha256_file, stage_output,
-                                        write_record)
+from csound_assistant.artifacts import (is_complete, read_record, remove_stale_partials,
+                                        sha256_file, stage_output, write_record)
 from csound_assistant.constants import DEFAULT_MODEL_NAME
 from csound_assistant.errors import ArtifactError, ExportError
 
@@ -83,6 +83,8 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
                             "is kept until the new one is complete)")
     tools = find_tools()  # fail before the slow steps if the converter is missing
     merged_dir = Path(merged_dir) if merged_dir else out_dir.parent / "merged"
+    for stage_dir in (out_dir, merged_dir):  # a killed export's leftovers: free the disk first
+        remove_stale_partials(stage_dir.parent, stage_dir.name, log=log)
     splits_dir = Path(splits_dir or adapter.record.get("splits_dir")
                       or adapter.dir.parent / "splits")
     fmt, meta = adapter.prompt_format, provenance(adapter, name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,13 +144,11 @@ class Pipeline:
 
 
 def remove_partials(root: Path) -> None:
-    """Delete ``.<stage>.partial-*`` folders left by a killed run (they are never reused)."""
-    if root.is_dir():
-        for leftover in root.glob(".*.partial-*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink()
+    """Delete the ``.<stage>.partial-*`` folders that killed runs left in ``root`` (never
+    reused); a folder another live process is building stays."""
+    from .artifacts import remove_stale_partials
+
+    remove_stale_partials(root, log=click.echo)
 
 
 STAGES = ("base", "data", "split", "train", "export", "package", "base-gguf", "eval")

@@ -67,10 +67,12 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
         csound-assistant data build --limit 50 --out /tmp/data --force
         csound-assistant data build --strip-comments
     """
+    from csound_assistant.child_processes import children_die_with_us
+
     from .build import build_dataset
 
     out_dir = out_dir or _work(work_dir, run) / "data"
-    with domain_errors():
+    with domain_errors(), children_die_with_us():  # no Csound render outlives a stopped build
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
                                fixes_per_example=fixes_per_example, fim_cuts=fim_cuts,
@@ -242,9 +244,11 @@ def push(repo_id, splits_dir, token, public, work_dir, run):
 @run_option
 @force_option
 def from_feedback(db, out_dir, include_good, merge, workers, work_dir, run, force):
-    """Turn corrected completions from the feedback store into training rows, each checked by
-    Csound in the sandbox; kept rows go to <run>/feedback/rows.jsonl and (unless --no-merge)
-    into the train split, so retraining is one more command.
+    """Turn corrected completions from the feedback store into training rows. A row is kept
+    only if it is under 64 kB, the sandbox's scan refuses nothing anywhere in it (prompt
+    included) and Csound's check in the sandbox passes; record.json says why each other row
+    was dropped. Kept rows go to <run>/feedback/rows.jsonl and (unless --no-merge) into the
+    train split, so retraining is one more command.
 
     \b
     Example:

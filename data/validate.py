@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from csound_assistant.errors import DataError
 from csound_assistant.prompt_format import ROW_KINDS, get_format, row_kind
 
 ROLES = ("system", "user", "assistant")
+MAX_DEPTH = 64  # a row nests 3 levels; far deeper JSON is damage or an attack on the parser
 CHARS_PER_TOKEN = 2.5  # measured: the built set averages 2.5 characters per SmolLM2 token
 REQUIRED = {
     "instruction": {"instruction": True, "output": True, "input": False},
@@ -41,21 +43,31 @@ class Report:
 
 def read_rows(path: str | Path) -> tuple[list[tuple[int, object]], list[str]]:
     """``[(line, parsed)]`` from JSONL or a JSON array, plus parse problems (never raises on
-    bad content). A JSON array's elements get the line where each element starts."""
+    bad content). A JSON array's elements get the line where each element starts. Lines that
+    are not UTF-8 or nest deeper than ``MAX_DEPTH`` are problems, with their line numbers."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if text.lstrip().startswith("["):
-        return _read_array(text)
-    rows, problems = [], []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
+    lines, bad, problems = _decode_lines(path.read_bytes())
+    if next((line for line in lines if line.strip()), "").lstrip().startswith("["):
+        rows, array_problems = _read_array("\n".join(lines))
+        return rows, problems + array_problems
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if number in bad or not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            row = json.loads(line)
+            too_deep = _depth(row) > MAX_DEPTH
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:  # Python's parser gives up near 1,000 levels
+            too_deep = True
+        if too_deep:
+            problems.append(f"line {number}: {_too_deep(line)}")
+        else:
+            rows.append((number, row))
     return rows, problems
 
 
@@ -79,13 +91,62 @@ def _read_array(text: str) -> tuple[list[tuple[int, object]], list[str]]:
             break
         try:
             obj, end = decoder.raw_decode(text, pos)
+            too_deep = _depth(obj) > MAX_DEPTH
         except json.JSONDecodeError as exc:
             problems.append(f"line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
                             "the rest of the array was not read")
             break
-        rows.append((line_of(pos), obj))
+        except RecursionError:  # the element's end is unknown: the rest cannot be read
+            problems.append(f"line {line_of(pos)}: {_too_deep(text[pos:])}; the rest of the "
+                            "array was not read")
+            break
+        if too_deep:
+            problems.append(f"line {line_of(pos)}: {_too_deep(text[pos:end])}")
+        else:
+            rows.append((line_of(pos), obj))
         pos = end
     return rows, problems
+
+
+def _decode_lines(data: bytes) -> tuple[list[str], set[int], list[str]]:
+    """The file's lines, the numbers of those that are not UTF-8, and a problem for each of
+    those, naming the bad byte: never silently replaced. (An array file is still parsed with
+    the bad bytes replaced, to find its other problems.)"""
+    lines, bad, problems = [], set(), []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            lines.append(raw.decode("utf-8", errors="replace"))
+            bad.add(number)
+            problems.append(f"line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                            f"{exc.start + 1} of the line); save the file as UTF-8")
+    return lines, bad, problems
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in ``value`` (a string or number is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:  # deeper is reported anyway: no need to walk further
+            stack += [(child, level + 1) for child in item]
+    return deepest
+
+
+def _too_deep(text: str) -> str:
+    """The problem for JSON nested past ``MAX_DEPTH`` (counted on the text: it may be too deep
+    for Python's parser to read at all)."""
+    level = deepest = 0
+    for bracket in re.findall(r"[][{}]", re.sub(r'"(?:[^"\\]|\\.)*"', "", text)):
+        level += 1 if bracket in "[{" else -1
+        deepest = max(deepest, level)
+    return f"JSON nested {deepest} levels deep (at most {MAX_DEPTH} allowed; a row needs 3)"
 
 
 def _check_string(row: dict, key: str, required: bool, where: str) -> list[str]:
