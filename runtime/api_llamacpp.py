@@ -18,6 +18,8 @@ from .api_openai import SSE_HEADERS, sse
 from .engine import Result
 from .validation import ApiError, Fields, read_json
 
+MAX_RESPONSE_FIELDS = 64
+
 
 def _timings(result: Result) -> dict:
     prompt_n = result.prompt_tokens - result.cached_tokens
@@ -74,8 +76,11 @@ def _params(f: Fields, svc):
         sampling.time_limit = limit_ms / 1000
     if f.data.get("grammar") or f.data.get("json_schema"):
         f.problems.append("grammars and json_schema are not supported by this server")
-    return (sampling, f.get("stream", bool, False), f.get("cache_prompt", bool, True),
-            f.get("response_fields", list))
+    fields = f.get("response_fields", "strings")
+    if fields and len(fields) > MAX_RESPONSE_FIELDS:
+        f.problems.append(f"'response_fields' names {len(fields)} fields; at most "
+                          f"{MAX_RESPONSE_FIELDS} are allowed")
+    return sampling, f.get("stream", bool, False), f.get("cache_prompt", bool, True), fields
 
 
 async def infill(request: Request):

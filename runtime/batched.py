@@ -56,12 +56,16 @@ def make_sampler(s: Sampling, n_vocab: int):
 class BatchedEngine(Engine):
     def __init__(self, backend, *, parallel: int, **kw):
         super().__init__(backend, **kw)
-        self.parallel = parallel
+        self.parallel = self.slots = parallel
         self._n_active = 0
 
     @property
     def busy(self) -> bool:
         return self._n_active > 0
+
+    @property
+    def in_service(self) -> int:
+        return self._n_active
 
     def _work(self) -> None:
         import llama_cpp

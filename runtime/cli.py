@@ -26,7 +26,13 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
                    "except /health.")
 @click.option("--cors-origins", default=None, envvar="CSOUND_ASSISTANT_CORS_ORIGINS",
               help="Comma-separated web origins whose pages may call the API (a browser-based "
-                   "editor), or * [default: none].")
+                   "editor, e.g. https://ide.example.org; vscode-webview://* for any origin of "
+                   "a scheme), or *. Requests from other pages' origins get 403 [default: none].")
+@click.option("--allowed-hosts", default=None, envvar="CSOUND_ASSISTANT_ALLOWED_HOSTS",
+              help="Comma-separated names clients may use for this server in the Host header "
+                   "besides localhost, 127.0.0.1, [::1] and the bind address (*.example.org for "
+                   "subdomains, * for any); others get 403, a guard against DNS rebinding "
+                   "[default: none].")
 @click.option("--n-ctx", type=int, default=None, help="Context length in tokens [default: 4096].")
 @click.option("--threads", "n_threads", type=int, default=None, help="CPU threads.")
 @click.option("--n-gpu-layers", type=int, default=None, help="Layers on the GPU (-1: all).")
@@ -46,6 +52,9 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 @click.option("--feedback-db", type=click.Path(dir_okay=False), default=None,
               envvar="CSOUND_ASSISTANT_FEEDBACK_DB",
               help="Record every completion (SQLite) and accept POST /v1/feedback.")
+@click.option("--check-workers", type=int, default=None,
+              help="Csound sandbox checks (/v1/csound/check) run at a time; they share "
+                   "--max-queue and --timeout with generation [default: 2].")
 @click.option("--repair", type=int, default=None,
               help="Send a non-streamed chat answer whose Csound does not compile back to the "
                    "model with Csound's error, up to N times; a fix is used only if it "
@@ -86,6 +95,12 @@ def cli(model, log_level, **options):
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "
                    "reach this port can use the model", err=True)
+    if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        click.echo("note: clients on other machines must address this server by an IP address "
+                   "(Host header); to use a name, add it with --allowed-hosts", err=True)
+    if "*" in settings.allowed_host_list():
+        click.echo("warning: --allowed-hosts '*' turns off the DNS-rebinding guard: a web page "
+                   "whose name is re-pointed at this machine can use the model", err=True)
     if "*" in settings.allowed_origins() and not settings.api_key:
         click.echo("warning: --cors-origins '*' without --api-key: any web page you open can "
                    "use the model (and read its answers)", err=True)

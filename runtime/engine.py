@@ -12,6 +12,7 @@ import asyncio
 import codecs
 import collections
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ log = logging.getLogger("csound_assistant.serve")
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after: int):
-        super().__init__(f"the server is busy: the queue is full (retry after {retry_after} s)")
+    def __init__(self, retry_after: int, what: str = "the queue"):
+        super().__init__(f"the server is busy: {what} is full (retry after {retry_after} s)")
         self.retry_after = retry_after
 
 
@@ -105,6 +106,26 @@ class Job:
                 raise value
 
 
+class ServiceTimes:
+    """How long recent jobs held a slot, for an honest ``Retry-After``: the jobs ahead of a
+    newcomer drain at ``slots`` per mean service time. Before anything was measured a job is
+    assumed to take ``prior`` seconds."""
+
+    def __init__(self, window: int = 32, prior: float = 2.0):
+        self.recent = collections.deque(maxlen=window)
+        self.prior = prior
+
+    def add(self, seconds: float) -> None:
+        self.recent.append(max(0.0, seconds))
+
+    def mean(self) -> float:
+        return sum(self.recent) / len(self.recent) if self.recent else self.prior
+
+    def retry_after(self, ahead: int, slots: int = 1) -> int:
+        """Whole seconds until ``ahead`` jobs have left ``slots`` slots (at least 1)."""
+        return max(1, math.ceil(self.mean() * max(ahead, 1) / max(slots, 1)))
+
+
 class Metrics:
     """Counters and recent timings for /health and /metrics."""
 
@@ -112,9 +133,11 @@ class Metrics:
         self.counts = collections.Counter()
         self.ttft = collections.deque(maxlen=window)
         self.decode_tps = collections.deque(maxlen=window)
+        self.service = ServiceTimes()
         self.started = time.time()
 
     def record(self, result: Result) -> None:
+        self.service.add(result.prompt_s + result.decode_s)
         self.counts["requests_finished"] += 1
         self.counts[f"finish_{result.finish_reason}"] += 1
         self.counts["prompt_tokens"] += result.prompt_tokens
@@ -134,10 +157,13 @@ class Metrics:
                     "p95": s[min(len(s) - 1, int(len(s) * 0.95))]}
         return {"counts": dict(self.counts), "time_to_first_token_s": stats(self.ttft),
                 "decode_tokens_per_s": stats(self.decode_tps),
+                "service_s": {"mean": self.service.mean(), "n": len(self.service.recent)},
                 "uptime_s": time.time() - self.started}
 
 
 class Engine:
+    slots = 1  # jobs on the model at once
+
     def __init__(self, backend, *, max_queue: int = 16, request_timeout: float = 120.0):
         self.backend = backend
         self.max_queue = max_queue
@@ -177,6 +203,14 @@ class Engine:
     def busy(self) -> bool:
         return self._running is not None
 
+    @property
+    def in_service(self) -> int:
+        return int(self._running is not None)
+
+    def retry_after(self) -> int:
+        """Seconds until the jobs now waiting and running are done, from measured times."""
+        return self.metrics.service.retry_after(self.queue_depth + self.in_service, self.slots)
+
     def submit(self, tokens, sampling: Sampling, *, stop_ids=frozenset(), truncated=False,
                clear_cache=False, timeout: float | None = None) -> Job:
         job = Job(tokens=list(tokens), sampling=sampling, loop=asyncio.get_running_loop(),
@@ -186,16 +220,12 @@ class Engine:
             waiting = sum(1 for j in self._queue if not j.cancelled.is_set())
             if waiting >= self.max_queue:
                 self.metrics.counts["rejected_queue_full"] += 1
-                raise QueueFull(self._retry_after(waiting))
+                raise QueueFull(self.metrics.service.retry_after(
+                    waiting + self.in_service, self.slots))
             self._queue.append(job)
             self.metrics.counts["requests_submitted"] += 1
             self._cond.notify()
         return job
-
-    def _retry_after(self, waiting: int) -> int:
-        tps = self.metrics.decode_tps
-        per_job = 2.0 if not tps else 64 / (sum(tps) / len(tps))
-        return max(1, min(60, round(per_job * (waiting + 1))))
 
     # --- worker thread ---------------------------------------------------------------------
     def _work(self) -> None:

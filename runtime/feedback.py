@@ -29,6 +29,32 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
+MAX_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY
+
+
+def completion_key(completion_id) -> int:
+    """A completion id as the server returned it: an int, or a string of ASCII digits only
+    (no sign, spaces or other scripts' digits, which ``int()`` would quietly accept), from 1 to
+    2^63-1. ValueError otherwise."""
+    if isinstance(completion_id, int) and not isinstance(completion_id, bool):
+        key = completion_id
+    elif (isinstance(completion_id, str) and 0 < len(completion_id) <= 19
+          and completion_id.isascii() and completion_id.isdigit()):
+        key = int(completion_id)
+    else:
+        key = None
+    if key is None or not 1 <= key <= MAX_ID:
+        raise ValueError(f"a completion id is a whole number from 1 to {MAX_ID}, as an integer "
+                         f"or a string of the digits 0-9 (X-Completion-Id or completion_id), "
+                         f"got {_shown(completion_id)}")
+    return key
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class FeedbackStore:
     """``record_completion`` -> id; ``mark(id, good, correction)``; ``corrected_rows()``."""
 
@@ -59,11 +85,9 @@ class FeedbackStore:
     def mark(self, completion_id: int | str, good: bool, correction: str | None = None) -> None:
         """Mark a completion good or bad, optionally with a corrected answer.
 
-        Raises ValueError for an id that is not a number, KeyError for one not recorded."""
-        try:
-            key = int(completion_id)
-        except (TypeError, ValueError):
-            raise ValueError(f"completion ids are numbers, got {completion_id!r}") from None
+        Raises ValueError for an id that is not one (``completion_key``), KeyError for one
+        not recorded."""
+        key = completion_key(completion_id)
         with self.db:
             cursor = self.db.execute(
                 "UPDATE completions SET good = ?, correction = ?, marked = ? WHERE id = ?",
@@ -72,10 +96,10 @@ class FeedbackStore:
             raise KeyError(f"no completion with id {key} in {self.path}")
 
     def get(self, completion_id: int | str) -> dict:
-        row = self.db.execute("SELECT * FROM completions WHERE id = ?",
-                              (int(completion_id),)).fetchone()
+        key = completion_key(completion_id)
+        row = self.db.execute("SELECT * FROM completions WHERE id = ?", (key,)).fetchone()
         if row is None:
-            raise KeyError(f"no completion with id {completion_id} in {self.path}")
+            raise KeyError(f"no completion with id {key} in {self.path}")
         return dict(row)
 
     def corrected_rows(self, include_good: bool = False) -> list[dict]:

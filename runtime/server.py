@@ -2,16 +2,16 @@
 
 Run with ``csound-assistant serve MODEL.gguf``. The backend (a ``LlamaBackend`` unless a test
 injects a fake) is loaded once; routes come from ``api_openai``, ``api_ollama`` and
-``api_llamacpp``; this module holds what they share (``Service``), the safety middleware
-(API key, body limit) and the project routes (/health, /metrics, /complete, /v1/csound/check,
-/v1/feedback). Nothing here imports torch or transformers.
+``api_llamacpp``; this module holds what they share (``Service``) and the project routes
+(/health, /metrics, /complete, /v1/csound/check, /v1/feedback); ``guard`` holds the middleware
+(Host, Origin, API key, JSON content type, body limit) and ``checks`` the sandbox's admission.
+Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
@@ -27,13 +27,14 @@ from starlette.routing import Route
 from csound_assistant.errors import SandboxRefused
 
 from .backend import Sampling
+from .checks import CheckGate, CheckTimeout, default_timeout
 from .engine import Engine, QueueFull, QueueTimeout, Result
+from .guard import BodyTooLarge, GuardMiddleware, HostPolicy, OriginPolicy, SafetyMiddleware
 from .prompts import PromptBuilder, PromptError
 from .settings import Settings
-from .validation import ApiError, Fields, read_json, sampling_from
+from .validation import ApiError, Fields, error_response, read_json, sampling_from
 
 log = logging.getLogger("csound_assistant.serve")
-OPEN_PATHS = ("/health",)  # answered without an API key: load balancers and editors probe it
 MAX_CODE_CHARS = 200_000
 
 
@@ -53,13 +54,16 @@ class Service:
         else:
             self.engine = Engine(backend, max_queue=settings.max_queue,
                                  request_timeout=settings.request_timeout)
-        self.check_slots = asyncio.Semaphore(settings.check_workers)
+        self.checks = CheckGate(workers=settings.check_workers, max_queue=settings.max_queue,
+                                request_timeout=settings.request_timeout)
         self._feedback_pool = None
         self.feedback = None
         self.started = time.time()
 
     def start(self) -> None:
+        """Call in the serving event loop."""
         self.engine.start()
+        self.checks.start()
         if self.settings.feedback_db:
             from .feedback import FeedbackStore
 
@@ -102,7 +106,7 @@ class Service:
         try:
             job = self.engine.submit(tokens, sampling, stop_ids=self.prompts.stop_ids, **kw)
         except QueueFull as exc:
-            raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+            raise _busy(exc) from None
         job.watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             await job.wait_started()
@@ -110,7 +114,7 @@ class Service:
             job.watcher.cancel()
             self.engine.metrics.counts["timeout_while_queued"] += 1
             raise ApiError(503, f"{exc} (waited {self.settings.request_timeout:g} s)",
-                           headers={"Retry-After": "5"}) from None
+                           headers={"Retry-After": str(self.engine.retry_after())}) from None
         except BaseException:
             job.watcher.cancel()
             job.cancel()
@@ -185,6 +189,10 @@ class Service:
         return sampling_from(f, self.settings, **kw)
 
 
+def _busy(exc: QueueFull) -> ApiError:
+    return ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
 def _as_text(obj) -> str:
     import json
 
@@ -205,69 +213,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-# --- middleware -------------------------------------------------------------------------------
-class BodyTooLarge(Exception):
-    pass
-
-
-class SafetyMiddleware:
-    """API key on every route but /health, and a request body limit (413)."""
-
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
-            return await _error(scope, 401, "missing or wrong API key: send 'Authorization: "
-                                "Bearer KEY' or 'x-api-key: KEY'",
-                                {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await _error(scope, 413, f"the request body is larger than the limit of "
-                                f"{self.max_body} bytes")(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge()
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _authorized(self, headers: dict) -> bool:
-        given = headers.get("x-api-key") or ""
-        auth = headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
-
-
-def _error(scope, status: int, message: str, headers=None):
-    return error_response(scope.get("path", ""), ApiError(status, message, headers=headers))
-
-
-def error_response(path: str, exc: ApiError) -> JSONResponse:
-    if path.startswith("/api/"):  # Ollama's shape
-        body = {"error": exc.message}
-    else:  # OpenAI's shape (llama.cpp's server uses it too)
-        body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param,
-                          "code": exc.status}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
-
-
 # --- project routes ---------------------------------------------------------------------------
 async def health(request: Request):
     svc: Service = request.app.state.service
     return JSONResponse({
         "status": "ok", "model": svc.model_name, "queue_depth": svc.engine.queue_depth,
         "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
+        "retry_after_s": svc.engine.retry_after(), "checks": svc.checks.describe(),
         "opcode_reference": svc.prompts.lookups.describe(), "lookups": svc.prompts.lookups.names,
         **svc.engine.metrics.summary(),
     })
@@ -328,16 +280,22 @@ async def csound_check(request: Request):
         from csound_assistant import sandbox
     except ImportError:
         raise ApiError(501, "the Csound sandbox is not installed in this build") from None
-    async with svc.check_slots:
-        try:
-            if do_render:
-                result = await run_in_threadpool(sandbox.render, code, seconds=seconds)
-            else:
-                result = await run_in_threadpool(sandbox.check, code)
-        except SandboxRefused as exc:
-            return JSONResponse({"ok": False, "category": "refused", "diagnostics": [],
-                                 "refused": [str(exc)], "rendered": False})
-    return JSONResponse(_check_json(result, do_render))
+    fn, kw = (sandbox.render, {"seconds": seconds}) if do_render else (sandbox.check, {})
+    try:
+        result, limit = await svc.checks.run(fn, code, **kw)
+    except SandboxRefused as exc:
+        return JSONResponse({"ok": False, "category": "refused", "diagnostics": [],
+                             "refused": [str(exc)], "rendered": False})
+    except QueueFull as exc:
+        raise _busy(exc) from None
+    except CheckTimeout as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        raise ApiError(exc.status, str(exc), headers=headers) from None
+    body = _check_json(result, do_render)
+    if result.category == "timeout" and limit < default_timeout(fn):
+        body["notes"].append(f"stopped at {limit:.1f} s by the server's --timeout of "
+                             f"{svc.settings.request_timeout:g} s (waiting included)")
+    return JSONResponse(body)
 
 
 def _check_json(result, rendered: bool) -> dict:
@@ -358,23 +316,28 @@ async def feedback(request: Request):
     svc: Service = request.app.state.service
     if svc.feedback is None:
         raise ApiError(501, "feedback is off: start the server with --feedback-db PATH")
+    from .feedback import completion_key
+
     f = Fields(await read_json(request))
-    completion_id = f.data.get("id")
-    if isinstance(completion_id, bool) or not isinstance(completion_id, (str, int)):
+    key = None
+    if f.data.get("id") is None:
         f.problems.append("'id' is required: the completion id the server returned "
                           "(X-Completion-Id or completion_id)")
+    else:
+        try:
+            key = completion_key(f.data["id"])
+        except ValueError as exc:
+            f.problems.append(f"'id': {exc}")
     good = f.get("good", bool, required=True)
     correction = f.get("correction", str)
     f.check()
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(svc._feedback_pool,
-                                   lambda: svc.feedback.mark(completion_id, good, correction))
+                                   lambda: svc.feedback.mark(key, good, correction))
     except KeyError:
-        raise ApiError(404, f"no completion with id {completion_id!r}", param="id") from None
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="id") from None
-    return JSONResponse({"id": str(completion_id), "good": good, "recorded": True})
+        raise ApiError(404, f"no completion with id {key}", param="id") from None
+    return JSONResponse({"id": str(key), "good": good, "recorded": True})
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -398,7 +361,6 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                 parallel=settings.parallel)
             holder["service"] = Service(settings, loaded)
         service = holder["service"]
-        service.check_slots = asyncio.Semaphore(settings.check_workers)
         app.state.service = service
         service.start()
         log.info("serving %s as %r (chat template: %s, FIM: %s)", settings.model_path,
@@ -447,12 +409,19 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                             Exception: internal},
     )
     app.state.settings = settings
+    # add_middleware wraps: the last added runs first. Guard -> CORS -> key, type, size -> app.
     app.add_middleware(SafetyMiddleware, api_key=settings.api_key,
                        max_body_bytes=settings.max_body_bytes)
+    origins = OriginPolicy.from_settings(settings.allowed_origins())
     if settings.allowed_origins():
         # Outside the key check: a browser's preflight (OPTIONS) never carries the key.
-        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins(),
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(origins.exact) + (
+                               ["*"] if origins.any else []),
+                           allow_origin_regex=origins.cors_regex(),
                            allow_methods=["GET", "POST"], max_age=600,
                            allow_headers=["Authorization", "Content-Type", "x-api-key"],
                            expose_headers=["Retry-After", "X-Csound-Repairs"])
+    app.add_middleware(GuardMiddleware, origins=origins, port=settings.port,
+                       hosts=HostPolicy.from_settings(settings.allowed_host_list(),
+                                                      settings.host))
     return app

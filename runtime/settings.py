@@ -7,6 +7,7 @@ Every field can be set from the environment as ``CSOUND_ASSISTANT_<FIELD>`` (upp
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -31,7 +32,12 @@ class Settings:
     api_key: str | None = field(default=None, metadata={"help": "require this key (Bearer)"})
     cors_origins: str | None = field(default=None, metadata={
         "help": "comma-separated web origins whose pages may call the API (browser editors, "
-                "e.g. https://ide.example.org), or *; default none: no CORS headers"})
+                "e.g. https://ide.example.org; vscode-webview://* for every origin of a "
+                "scheme), or *; default none: pages of other origins are refused (403)"})
+    allowed_hosts: str | None = field(default=None, metadata={
+        "help": "comma-separated host names (beyond localhost, 127.0.0.1, [::1] and the bind "
+                "address) requests may address in their Host header, *.example.org for its "
+                "subdomains, or * for any; default none (guards against DNS rebinding)"})
     n_ctx: int = field(default=4096, metadata={"help": "context length in tokens"})
     n_threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
     n_gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1 all)"})
@@ -74,14 +80,26 @@ class Settings:
             problems.append(f"default_max_tokens ({self.default_max_tokens}) exceeds "
                             f"max_tokens_limit ({self.max_tokens_limit})")
         for origin in self.allowed_origins():
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            if origin.lower() == "null":
+                problems.append("cors_origins: 'null' cannot be allowed: it is also the origin "
+                                "of sandboxed iframes any web page can create")
+            elif origin != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s*]+|"
+                                                    r"[a-zA-Z][a-zA-Z0-9+.-]*://\*", origin):
                 problems.append(f"cors_origins: {origin!r} is not an origin (scheme://host[:port], "
-                                "no path) or *")
+                                "no path), scheme://* or *")
+        for host in self.allowed_host_list():
+            if host != "*" and not _is_host(host):
+                problems.append(f"allowed_hosts: {host!r} is not a host name (no scheme, port "
+                                "or path), *.domain or *")
         if problems:
             raise ConfigError("bad server settings: " + "; ".join(problems))
 
     def allowed_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip().strip("[]") if h.strip().startswith("[") else h.strip()
+                for h in (self.allowed_hosts or "").split(",") if h.strip()]
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:
@@ -104,6 +122,15 @@ class Settings:
         out = dataclasses.asdict(self)
         out["api_key"] = bool(self.api_key)
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def _is_host(host: str) -> bool:
+    """A host name, an IP address, or ``*.`` and a domain."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"(\*\.)?[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*\.?", host))
 
 
 def _parse(f: dataclasses.Field, raw: str):

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+
+from starlette.responses import JSONResponse
 
 from .backend import Sampling
 
 MISSING = object()
 MAX_STOP_STRINGS = 16
+MAX_JSON_DEPTH = 64  # real requests nest 4 deep (messages -> content parts -> object)
 KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-              list: "a list", dict: "an object", "stop": "a string or a list of strings"}
+              list: "a list", dict: "an object", "stop": "a string or a list of strings",
+              "strings": "a list of strings"}
+# A string, or an unterminated one up to the end: once started a match never fails, and the
+# possessive quantifiers never backtrack, so stripping strings is one linear pass.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [0] * 256
+_DEPTH_STEP[ord("[")] = _DEPTH_STEP[ord("{")] = 1
+_DEPTH_STEP[ord("]")] = _DEPTH_STEP[ord("}")] = -1
 
 
 class ApiError(Exception):
@@ -21,8 +34,32 @@ class ApiError(Exception):
         self.status, self.message, self.param = status, message, param
         self.headers = headers or {}
         self.kind = kind or {400: "invalid_request_error", 401: "authentication_error",
-                             404: "not_found_error", 413: "request_too_large",
-                             501: "not_implemented_error"}.get(status, "server_busy_error")
+                             403: "permission_error", 404: "not_found_error",
+                             413: "request_too_large", 415: "invalid_request_error",
+                             501: "not_implemented_error", 504: "timeout_error",
+                             }.get(status, "server_busy_error")
+
+
+def error_response(path: str, exc: ApiError) -> JSONResponse:
+    """``exc`` in the error shape of the API ``path`` belongs to."""
+    if path.startswith("/api/"):  # Ollama's shape
+        body = {"error": exc.message}
+    else:  # OpenAI's shape (llama.cpp's server uses it too)
+        body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param,
+                          "code": exc.status}}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in the JSON text ``raw``, counted on its brackets
+    outside strings without parsing it: a hostile body cannot exhaust the parser's recursion
+    (Python's json raises RecursionError near 1,000 levels)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _no_constant(name: str):
+    raise ApiError(400, f"the request body is not valid JSON: {name} is not a JSON number")
 
 
 async def read_json(request) -> dict:
@@ -30,12 +67,23 @@ async def read_json(request) -> dict:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 text") from None
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests arrays and objects more than "
+                            f"{MAX_JSON_DEPTH} levels deep (the limit); flatten it")
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line "
                             f"{exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # the depth count above should make this unreachable
+        raise ApiError(400, f"the request body nests more than {MAX_JSON_DEPTH} levels deep "
+                            "(the limit)") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise ApiError(400, "the request body has an integer too long to read (over 4,300 "
+                            "digits); no field takes numbers that long") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
     return data
@@ -66,6 +114,7 @@ class Fields:
             dict: isinstance(value, dict),
             "stop": isinstance(value, str) or (isinstance(value, list)
                                                and all(isinstance(x, str) for x in value)),
+            "strings": isinstance(value, list) and all(isinstance(x, str) for x in value),
         }[kind]
         if not ok:
             label = KIND_NAMES[kind]
@@ -109,9 +158,9 @@ def sampling_from(f: Fields, settings, *, max_tokens_keys=("max_tokens",),
             f.problems.append(f"'{f._name(key)}' must be between 1 and {limit}, got {value}")
             value = None
         max_tokens = value if max_tokens is None else max_tokens
-    seed = f.get("seed", int)
-    if seed is not None and seed < 0:
-        seed = None  # llama.cpp and Ollama use -1 for "random"
+    seed = f.get("seed", int, high=2**64 - 1)
+    if seed is not None:  # llama.cpp and Ollama use -1 for "random"; llama.cpp seeds are 32-bit
+        seed = None if seed < 0 else seed % 2**32
     return Sampling(
         max_tokens=max_tokens or settings.default_max_tokens,
         temperature=f.get("temperature", float, default_temperature, low=0.0, high=5.0),
