@@ -58,12 +58,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="csound-assistant")
-def main():
+@click.pass_context
+def main(ctx):
     """Turn Csound knowledge into a local code assistant shipped as one GGUF file.
 
     \b
     Example (the whole pipeline on the embedded SmolLM2-135M model):
         csound-assistant pipeline
     """
+    from .child_processes import children_die_with_us
+
+    # every command: a stopped run (SIGTERM, SIGHUP, Ctrl-C) leaves no Csound or tool running
+    ctx.with_resource(children_die_with_us())
 if __name__ == "__main__":
     main()

@@ -30,6 +30,10 @@ class SandboxRefused(CsoundAssistantError):
     """Csound code was refused before running (shell, file-writing or Python opcodes)."""
 
 
+class IsolationUnavailable(CsoundAssistantError):
+    """No operating-system confinement for Csound works here, and the user has not opted in."""
+
+
 class ExportError(CsoundAssistantError):
     """Merging, converting or quantizing a model failed, or llama.cpp's tools are missing."""
 

@@ -24,10 +24,10 @@ def data_code_sha() -> str:
 
     import csound_assistant.data as data_package
 
-    from . import sandbox, sandbox_plugins
+    from . import isolation, sandbox, sandbox_plugins
 
     files = sorted(Path(data_package.__file__).parent.glob("*.py"))
-    files += [Path(sandbox.__file__), Path(sandbox_plugins.__file__)]
+    files += [Path(m.__file__) for m in (sandbox, sandbox_plugins, isolation)]
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -3,17 +3,21 @@
 Used by ``data`` (validating manual examples and derived rows), ``eval`` (compile@1, sound@1),
 the server and ``csound-assistant eval check FILE``.
 
-Layers of containment, each on its own:
+Isolation is the guarantee (``csound_assistant.isolation``): every Csound run happens under
+bubblewrap with no network, a read-only view of the system libraries and of its own temp dir
+(only the WAV it renders is writable), its own PID namespace killed whole, resource limits and a
+non-root user; without isolation nothing runs unless the user opts in (SECURITY.md).
+On top of it, as a courtesy that gives a clear answer instead of a contained failure:
 1. A static scan refuses, before anything runs, code that names an opcode that runs shell
    commands, writes files, runs Python or other foreign code, talks to the network or compiles
-   code at run time (which would slip past the scan); ``#include`` / embedded-file paths and
-   string literals that point outside the temp dir; ``<CsScore bin=...>`` (runs a program).
-2. Csound runs as a subprocess in a fresh temp dir (its cwd), stdin from /dev/null, with
-   RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE (caps the WAV), a wall-clock timeout that kills
-   the whole process group, ``<CsOptions>`` blanked (no -odac/-iadc/-M: null audio and MIDI
-   drivers), a stop event that ends the score after ``seconds``, no network (``unshare -rn``;
-   when that is unavailable the result says ``network_isolated=False``) and, when we are root,
-   the unprivileged ``nobody`` user.
+   code at run time; macros (with arguments) are expanded and ``{{ }}`` strings read as Csound
+   reads them first; ``#include`` / embedded-file paths and string literals that point outside
+   the temp dir; ``<CsScore bin=...>``; ``--opcode-lib``, ``--opcode-dir``, ``--env`` and ``-U``
+   in any ``<CsOptions>``.
+2. Every ``<CsOptions>`` block is blanked (Csound reads all of them, ``-+ignore_csopts``
+   only the first): null audio and MIDI drivers, no option from the document. Embedded files
+   (``<CsFile>``, ``<CsFileB>``, ``<CsSampleB>``) are written into the temp dir by us, not by
+   Csound, under plain names. A stop event ends the score after ``seconds``.
 ``check`` runs ``--syntax-check-only`` (parse and type check, executes nothing; never ``-I``).
 ``render`` writes a float WAV (16-bit would turn NaN into full scale) and measures it.
 """
@@ -29,21 +33,19 @@ import gzip
 import html
 import os
 import re
-import resource
 import shutil
 import signal
 import struct
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import isolation
 from .constants import CSOUND_HEADER
-from .sandbox_plugins import folder_for, list_opcodes
+from .sandbox_plugins import folder_for, full_folder, list_opcodes
 
 CSOUND = os.environ.get("CSOUND_ASSISTANT_CSOUND", "csound")
 MANUAL_DIR = Path("/usr/share/doc/csound-doc/html")
@@ -78,11 +80,11 @@ RAN_CATEGORIES = ("ok", "silent", "clipping")
 # system.html, "Network" / "OSC" / "Remote" (Network.html, OSC.html, Remote.html), "Serial",
 # plugin hosts (dssi*, vst*), Lua, Faust, compilestr.html / compileorc.html / evalstr.html.
 REFUSED_OPCODES: dict[str, str] = {
-    **dict.fromkeys(["system", "system_i"], "runs a shell command"),
+    **dict.fromkeys(["system", "system_i", "FLexecButton"], "runs a shell command"),
     **dict.fromkeys(
         ["fout", "fouti", "foutir", "foutk", "ftsave", "ftsavek", "dumpk", "dumpk2", "dumpk3",
          "dumpk4", "fprints", "fprintks", "soundout", "soundouts", "fiopen", "pvsfwrite",
-         "ftaudio", "hdf5write", "mp3out"],
+         "ftaudio", "hdf5write", "mp3out", "imagesave"],
         "writes files",
     ),
     **dict.fromkeys(["compilestr", "compileorc", "compilecsd", "evalstr"],
@@ -175,12 +177,20 @@ class _Prepared:
     line_map: list[int | None]  # 0-based line of `text` -> 1-based line of the submitted code
     options: str  # the submitted <CsOptions>, for classification only (never used)
     refused: list[str]
+    files: dict[str, bytes] = field(default_factory=dict)  # embedded files, by plain name
 
 
 # Csound reads a .csd whose opening <CsoundSynthesizer> is missing, but not one without the
 # closing tag ("Reading CSD failed"): either tag makes the code a CSD, passed on as it is.
 _CSD_RE = re.compile(r"</?CsoundSynthesizer\b", re.I)
-_OPTIONS_RE = re.compile(r"(<CsOptions>)(.*?)(</CsOptions>)", re.I | re.S)
+# An options block runs from its tag to the next <Cs...> or </Cs...> tag (its own closing tag
+# when well formed); an unclosed one is blanked to that point too
+_OPTIONS_RE = re.compile(r"(<CsOptions\b[^>]*>?)(.*?)(?=</?Cs|\Z)", re.I | re.S)
+_EMBEDDED_RE = re.compile(r"<(CsFile|CsFileB|CsSampleB)\b([^>]*)>(.*?)</\1\s*>", re.I | re.S)
+_FLAG_REFUSALS = {
+    r"--opcode-lib\b": "loads a native library", r"--opcode-dir\b": "loads native libraries",
+    r"--env:": "changes Csound's search paths", r"(?<!\S)-U\s*\S+": "runs a Csound utility",
+}
 _INSTR_RE = re.compile(r"^[ \t]*instr[ \t]+([^;\n/]+)", re.M)
 _HEADER_VARS = {"sr": r"sr", "ksmps": r"(?:ksmps|kr)", "nchnls": r"nchnls", "0dbfs": r"0dbfs"}
 
@@ -261,12 +271,13 @@ def _prepare(code: str, *, render_seconds: float | None) -> _Prepared:
         text, line_map = code, list(range(1, code.count("\n") + 2))
     else:
         text, line_map = _wrap(code, render_seconds or 2.0)
-    options = ""
-    match = _OPTIONS_RE.search(text)
-    if match:  # blank the options, keeping their line count so line numbers stay put
-        options = match.group(2)
-        blank = "\n" * options.count("\n")
-        text = text[: match.start(2)] + blank + text[match.end(2):]
+    # Csound reads every <CsOptions> block: blank them all, keeping their line counts so line
+    # numbers stay put
+    options = "\n".join(m.group(2) for m in _OPTIONS_RE.finditer(text))
+    text = _OPTIONS_RE.sub(lambda m: m.group(1) + "\n" * m.group(2).count("\n"), text)
+    files, problems = _embedded_files(text)
+    refused += problems
+    text = _EMBEDDED_RE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     if render_seconds is not None:
         close = re.search(r"</CsInstruments>", text, re.I)
         if close:
@@ -275,12 +286,33 @@ def _prepare(code: str, *, render_seconds: float | None) -> _Prepared:
             before = text[: close.start()].count("\n")
             line_map = line_map[: before + 1] + [None] * stop.count("\n") + line_map[before + 1:]
             text = text[: close.start()] + stop + text[close.start():]
-    return _Prepared(text, line_map, options, refused)
+    return _Prepared(text, line_map, options, refused, files)
+
+
+def _embedded_files(text: str) -> tuple[dict[str, bytes], list[str]]:
+    """The files a CSD embeds, by name, decoded as Csound would (we write them, not Csound)."""
+    files, problems = {}, []
+    for m in _EMBEDDED_RE.finditer(text):
+        tag, attrs, body = m.group(1).lower(), m.group(2), m.group(3)
+        found = re.search(r"filename\s*=\s*\"?([^\">\s]+)", attrs)
+        name = found.group(1) if found else ""
+        if not re.fullmatch(r"[\w][\w.+-]{0,99}", name):
+            problems.append(f"embedded file name {name!r} (a plain file name is required)")
+            continue
+        if tag == "csfile":
+            files[name] = body.lstrip("\n").encode("utf-8")
+            continue
+        try:
+            files[name] = base64.b64decode(re.sub(r"\s", "", body), validate=True)
+        except (binascii.Error, ValueError):
+            problems.append(f"embedded file {name!r} is not valid base64")
+    return files, problems
 
 
 # --- the static scan --------------------------------------------------------------------------
 
-_STRING_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+# Csound strings: "..." on one line, and {{ ... }} across lines (a /* inside one is text)
+_STRING_RE = re.compile(r'"(?:[^"\\\n]|\\.)*"|\{\{.*?\}\}', re.S)
 _OUTSIDE_PATH = re.compile(r"(?:~|\.\.)?/[^\s\"]*|[A-Za-z][\w+.-]*://\S*|(?:.*/)?\.\.(?:/.*)?")
 
 
@@ -289,7 +321,7 @@ def _strip_comments(code: str) -> str:
     out, i, n = [], 0, len(code)
     while i < n:
         c = code[i]
-        if c == '"':
+        if c == '"' or code.startswith("{{", i):
             m = _STRING_RE.match(code, i)
             if m:
                 out.append(m.group())
@@ -310,14 +342,30 @@ def _strip_comments(code: str) -> str:
     return "".join(out)
 
 
+_DEFINE_RE = re.compile(r"#define\s+(\w+)\s*(?:\(([^)]*)\))?\s*#((?:[^#\\]|\\.)*)#")
+_USE_RE = re.compile(r"\$(\w+)\.?(?:\(([^)]*)\))?")
+
+
 def _expand_macros(code: str) -> str:
-    """Substitute #define bodies for $NAME uses, so a macro cannot assemble a refused name."""
-    bodies = {m.group(1): m.group(2) for m in
-              re.finditer(r"#define\s+(\w+)\s*(?:\([^)]*\))?\s*#((?:[^#\\]|\\.)*)#", code)}
-    for _ in range(5):
-        new = re.sub(r"\$(\w+)\.?(?:\([^)]*\))?",
-                     lambda m: bodies.get(m.group(1), m.group(0)), code)
-        if new == code:
+    """Substitute #define bodies (arguments too) for $NAME uses, as Csound's preprocessor does,
+    so that a macro cannot assemble a refused name. Macros whose uses cannot be resolved are
+    left as they are; the text is also scanned with every macro use removed, which joins
+    fragments the way an unresolved concatenation would."""
+    macros = {m.group(1): ([a.strip() for a in re.split(r"['#]", m.group(2))] if m.group(2)
+                           else [], m.group(3)) for m in _DEFINE_RE.finditer(code)}
+
+    def use(m: re.Match) -> str:
+        if m.group(1) not in macros:
+            return m.group(0)
+        names, body = macros[m.group(1)]
+        values = re.split(r"['#]", m.group(2)) if m.group(2) is not None else []
+        for name, value in sorted(zip(names, values), key=lambda p: -len(p[0])):
+            body = re.sub(rf"\${re.escape(name)}\.?", lambda _: value, body)
+        return body
+
+    for _ in range(8):
+        new = _USE_RE.sub(use, code)
+        if new == code or len(new) > 4 * len(code) + 100_000:
             break
         code = new
     return code
@@ -335,21 +383,31 @@ def _refusal(name: str) -> str | None:
 def scan(code: str) -> list[str]:
     """Reasons to refuse ``code`` without running it (empty when it may run)."""
     problems: list[str] = []
+    for m in _OPTIONS_RE.finditer(code):
+        flags = re.sub(r";[^\n]*|/\*.*?\*/", " ", m.group(2), flags=re.S)
+        problems += [f"<CsOptions> flag {re.search(flag, flags).group().strip()!r} ({why})"
+                     for flag, why in _FLAG_REFUSALS.items() if re.search(flag, flags)]
     texts = [code]
     for m in re.finditer(r"<CsFileB\b[^>]*>(.*?)</CsFileB>", code, re.S | re.I):
         with contextlib.suppress(binascii.Error, ValueError, UnicodeDecodeError):
             texts.append(base64.b64decode(re.sub(r"\s", "", m.group(1))).decode("utf-8"))
     for text in texts:
-        plain = _strip_comments(_expand_macros(text))
-        for name in dict.fromkeys(re.findall(r"[A-Za-z_]\w*", _STRING_RE.sub(" ", plain))):
+        expanded = _expand_macros(text)
+        plain = _strip_comments(expanded)
+        # also with macro uses and their punctuation removed: "$A$B" may join into one name
+        joined = _USE_RE.sub("", _strip_comments(re.sub(r"\$\w+\.?", "", expanded)))
+        words = re.findall(r"[A-Za-z_]\w*", _STRING_RE.sub(" ", plain) + "\n" +
+                           _STRING_RE.sub(" ", joined))
+        for name in dict.fromkeys(words):
             reason = _refusal(name)
             if reason:
                 problems.append(f"opcode {name} ({reason})")
         for m in re.finditer(r"#include\s+([\"|])(.*?)\1", plain):
             if _OUTSIDE_PATH.fullmatch(m.group(2).strip()):
                 problems.append(f"#include {m.group(2)!r} (outside the sandbox directory)")
-        for m in _STRING_RE.finditer(plain):
-            value = m.group()[1:-1].strip()
+        literals = [_literal(m.group()) for m in _STRING_RE.finditer(plain)]
+        for value in literals + _built_strings(plain):
+            value = value.strip()
             if len(value) > 1 and _OUTSIDE_PATH.fullmatch(value):
                 problems.append(f"path {value!r} (outside the sandbox directory)")
     for m in re.finditer(r"<Cs(?:File|FileB|SampleB|MidifileB)\b([^>]*)>", code, re.I):
@@ -361,13 +419,44 @@ def scan(code: str) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+def _literal(token: str) -> str:
+    return token[2:-2] if token.startswith("{{") else token[1:-1]
+
+
+_STRING_OP = re.compile(r"^\s*(S\w+|gS\w+)\s*(=|init|strcpyk?|strcatk?|sprintfk?)\s*(.*)$", re.M)
+
+
+def _built_strings(code: str) -> list[str]:
+    """The values of string variables built from literals with strcat/sprintf/=, followed line
+    by line, so that a path assembled at run time ("/" + "etc" + "/passwd") is seen whole."""
+    values: dict[str, str] = {}
+    built = []
+    for target, op, rest in _STRING_OP.findall(code):
+        parts = [p.strip() for p in re.findall(r'"(?:[^"\\]|\\.)*"|\{\{.*?\}\}|[^,]+', rest)]
+        known = [_literal(p) if p[:1] in '"{' else values.get(p) for p in parts if p]
+        if not known or None in known:
+            continue
+        if op.startswith("strcat"):
+            value = "".join(known[:2])
+        elif op.startswith("sprintf"):
+            value = known[0]
+            for arg in known[1:]:
+                value = re.sub(r"%[-+ #0-9.]*[sdfiegc]", lambda _: arg, value, count=1)
+        else:
+            value = known[0]
+        values[target] = value
+        built.append(value)
+    return built
+
+
 # --- opcode vocabularies (for telling a misspelling from a missing plugin) -------------------
 
 @functools.lru_cache(maxsize=1)
 def installed_opcodes() -> frozenset[str]:
-    """Opcodes this Csound build has (``csound -z`` with its whole plugin folder)."""
+    """Opcodes the sandbox's Csound can have (``csound -z`` with every plugin it may load)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return list_opcodes(CSOUND, COMMON_FLAGS)
+        folder = full_folder(CSOUND, COMMON_FLAGS)
+        return list_opcodes(CSOUND, COMMON_FLAGS, Path(folder) if folder else None)
     return frozenset()
 
 
@@ -389,95 +478,17 @@ def manual_opcodes() -> frozenset[str]:
 
 # --- running Csound ---------------------------------------------------------------------------
 
-@dataclass
-class _Limits:
-    timeout: float
-    cpu_seconds: int
-    memory_bytes: int
-    file_bytes: int
+def _run(args: list[str], cwd: Path, limits: isolation.Limits, plugins: str | None = None,
+         writable: tuple[str, ...] = ()) -> tuple[int | None, str, bool, float]:
+    """Run Csound confined (``isolation.run``); (returncode, output, timed_out, seconds)."""
+    out = isolation.run(CSOUND, args, cwd, limits, plugins=plugins, writable=writable)
+    return out.returncode, out.output, out.timed_out, out.elapsed
 
 
-def _drop_privileges() -> bool:
-    return os.geteuid() == 0
-
-
-def _preexec(limits: _Limits, drop: bool):
-    def setup():
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if drop:  # as root, run as nobody: no writing to the project or the system
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-    return setup
-
-
-@functools.lru_cache(maxsize=1)
-def _isolation_prefix() -> tuple[str, ...] | None:
-    """``unshare`` arguments that cut the network off, or None when none work here."""
-    if not shutil.which("unshare"):
-        return None
-    limits = _Limits(5, 5, 1 << 30, 1 << 20)
-    for prefix in (("unshare", "-rn"), ("unshare", "-n")):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            proc = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=10,
-                                  preexec_fn=_preexec(limits, _drop_privileges()))
-            if proc.returncode == 0:
-                return prefix
-    return None
-
-
-def _drain(stream, chunks: list[bytes], limit: int):
-    """Keep the first ``limit`` bytes (and the last 64 KiB) of a possibly endless stream."""
-    kept, tail = 0, b""
-    while block := stream.read(65536):
-        if kept < limit:
-            chunks.append(block[: limit - kept])
-            kept += min(len(block), limit - kept)
-        else:
-            tail = (tail + block)[-65536:]
-    if tail:
-        chunks.append(b"\n[... output truncated ...]\n" + tail)
-
-
-def _run(args: list[str], cwd: Path, limits: _Limits,
-         plugins: str | None = None) -> tuple[int | None, str, bool, float]:
-    """Run Csound contained; (returncode, output, timed_out, seconds). Negative rc = signal.
-    ``plugins``: the plugin folder to load (``sandbox_plugins.folder_for``)."""
-    prefix = _isolation_prefix() or ()
-    drop = _drop_privileges()
-    if drop:
-        os.chown(cwd, 65534, 65534)
-        for path in cwd.iterdir():
-            os.chown(path, 65534, 65534)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "LANG": "C.UTF-8",
-           "SFDIR": str(cwd), "SSDIR": str(cwd), "SADIR": str(cwd), "INCDIR": str(cwd)}
-    if plugins or "OPCODE6DIR64" in os.environ:
-        env["OPCODE6DIR64"] = plugins or os.environ["OPCODE6DIR64"]
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [*prefix, CSOUND, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=_preexec(limits, drop),
-    )
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(proc.stdout, chunks, 1 << 20), daemon=True)
-    reader.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=limits.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the group: nothing it started survives
-        proc.wait()
-        reader.join(5)
-    output = b"".join(chunks).decode("utf-8", errors="replace").replace("\x00", "")
-    return (None if timed_out else proc.returncode), output, timed_out, time.monotonic() - start
+def isolation_status() -> str:
+    """How Csound runs here: "bubblewrap", or "none (...)" when the user opted out; raises
+    ``IsolationUnavailable`` when nothing confines Csound and the user has not opted out."""
+    return isolation.status(CSOUND)
 
 
 # --- reading Csound's messages ----------------------------------------------------------------
@@ -691,19 +702,23 @@ def measure(samples, rate: int) -> dict:
 
 # --- the API ----------------------------------------------------------------------------------
 
-def _limits(timeout: float, memory_mb: int, file_bytes: int) -> _Limits:
-    return _Limits(timeout=timeout, cpu_seconds=max(1, int(timeout) + 1),
-                   memory_bytes=memory_mb << 20, file_bytes=file_bytes)
+def _limits(timeout: float, memory_mb: int, file_bytes: int) -> isolation.Limits:
+    return isolation.Limits(timeout=timeout, cpu_seconds=max(1, int(timeout) + 1),
+                            memory_bytes=memory_mb << 20, file_bytes=file_bytes)
 
 
 def _refused_result(cls, prep: _Prepared, **extra):
     diags = [Diagnostic(None, "error", f"refused: {r}") for r in prep.refused]
     return cls(ok=False, category="refused", diagnostics=diags, refused=prep.refused, stderr="",
-               network_isolated=_isolation_prefix() is not None, **extra)
+               network_isolated=_isolated(), **extra)
+
+
+def _isolated() -> bool:
+    return isolation.probe(CSOUND) is None
 
 
 def _notes_common() -> list[str]:
-    return [] if _isolation_prefix() else ["network not isolated: unshare is unavailable here"]
+    return [] if _isolated() else [f"not isolated: {isolation_status()}"]
 
 
 Assets = Mapping[str, "str | os.PathLike | bytes"]
@@ -719,8 +734,10 @@ def manual_assets(examples_dir: str | os.PathLike = MANUAL_DIR / "examples") -> 
     return out
 
 
-def _stage_assets(cwd: Path, code: str, assets: Assets | None) -> None:
-    """Copy into the sandbox the assets whose names the code mentions."""
+def _stage_assets(cwd: Path, code: str, assets: Assets | None, embedded: dict[str, bytes]) -> None:
+    """Copy into the sandbox the assets whose names the code mentions, and its embedded files."""
+    for name, data in embedded.items():
+        (cwd / name).write_bytes(data)
     for name, source in (assets or {}).items():
         if "/" in name or name.startswith(".") or name not in code:
             continue
@@ -741,9 +758,10 @@ def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024,
     prep = _prepare(code, render_seconds=None)
     if prep.refused:
         return _refused_result(CheckResult, prep)
+    isolation_status()  # refuse before writing anything when nothing can confine Csound
     with tempfile.TemporaryDirectory(prefix="csound-check-") as tmp:
         (Path(tmp) / "input.csd").write_text(prep.text)
-        _stage_assets(Path(tmp), code, assets)
+        _stage_assets(Path(tmp), code, assets, prep.files)
         rc, output, timed_out, elapsed = _run(
             ["--syntax-check-only", *COMMON_FLAGS, "input.csd"], Path(tmp),
             _limits(timeout, memory_mb, 8 << 20), folder_for(prep.text, CSOUND, COMMON_FLAGS))
@@ -755,8 +773,7 @@ def check(code: str, *, timeout: float = 10.0, memory_mb: int = 1024,
         diags.append(Diagnostic(None, "error", _summary(category, rc, timeout)))
     return CheckResult(ok=category == "ok", category=category, diagnostics=diags, refused=[],
                        stderr=output, returncode=rc, elapsed=elapsed,
-                       network_isolated=_isolation_prefix() is not None,
-                       notes=_notes_common() + notes)
+                       network_isolated=_isolated(), notes=_notes_common() + notes)
 
 
 def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb: int = 1024,
@@ -771,13 +788,16 @@ def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb:
     if prep.refused:
         return _refused_result(RenderResult, prep)
     cap = int((seconds + 1) * max_sample_rate * max_channels * 4) + (1 << 16)
+    isolation_status()
     with tempfile.TemporaryDirectory(prefix="csound-render-") as tmp:
         cwd = Path(tmp)
         (cwd / "input.csd").write_text(prep.text)
-        _stage_assets(cwd, code, assets)
+        _stage_assets(cwd, code, assets, prep.files)
+        (cwd / "output.wav").touch()  # the one file the run may write
         rc, output, timed_out, elapsed = _run(
             [*COMMON_FLAGS, "-W", "-f", "-o", "output.wav", "input.csd"], cwd,
-            _limits(timeout, memory_mb, cap), folder_for(prep.text, CSOUND, COMMON_FLAGS))
+            _limits(timeout, memory_mb, cap), folder_for(prep.text, CSOUND, COMMON_FLAGS),
+            writable=("output.wav",))
         wav = cwd / "output.wav"
         metrics: dict = {}
         notes: list[str] = []
@@ -807,7 +827,7 @@ def render(code: str, *, seconds: float = 2.0, timeout: float = 30.0, memory_mb:
     return RenderResult(
         ok=category in RAN_CATEGORIES, category=category, diagnostics=diags, refused=[],
         stderr=output, returncode=rc, elapsed=elapsed,
-        network_isolated=_isolation_prefix() is not None, notes=_notes_common() + notes,
+        network_isolated=_isolated(), notes=_notes_common() + notes,
         **{k: metrics.get(k, v) for k, v in
            {"peak": None, "rms": None, "silent": not metrics, "clipping": False, "nan": False,
             "seconds": 0.0, "channels": 0, "sample_rate": 0}.items()},

@@ -6,7 +6,7 @@ a few heavy ones: Faust (LLVM), linear algebra, FluidSynth, PortMidi, the pvs ex
 Ableton Link, STK (``bench/sandbox_throughput.py``). The sandbox gives Csound a folder of links
 to every light library plus the heavy ones whose opcode names appear anywhere in the code's
 text (strings and comments included, so the choice errs towards loading). Code that includes
-other files gets the full folder. The verdicts stay those of the full folder (tested), and a
+other files gets every library but the never-loaded ones. The verdicts stay those of the full folder (tested), and a
 check or render costs far less. The realtime audio/MIDI modules are never needed: the sandbox
 runs with ``-+rtaudio=null -+rtmidi=null``.
 """
@@ -28,7 +28,9 @@ from pathlib import Path
 HEAVY = ("faustcsound", "linear_algebra", "fluidOpcodes", "pmidi", "pvsops", "hdf5ops",
          "ableton_link_opcodes", "stkops", "py", "websocketIO", "jacko", "jackTransport",
          "virtual", "dssi4cs", "ipmidi", "osc", "joystick", "widgets", "image", "mixer")
-NEVER = ("rtalsa", "rtjack", "rtpa", "rtpulse")  # realtime I/O modules: the sandbox has none
+# Never loaded: realtime I/O modules (the sandbox has no devices), and the Tcl/Tk control panel
+# (control, setctrl, button, checkbox), which starts the external program `wish`
+NEVER = ("rtalsa", "rtjack", "rtpa", "rtpulse", "control")
 _CANDIDATES = ("/usr/lib/x86_64-linux-gnu/csound/plugins64-6.0",
                "/usr/lib/aarch64-linux-gnu/csound/plugins64-6.0",
                "/usr/lib/csound/plugins64-6.0", "/usr/local/lib/csound/plugins64-6.0")
@@ -117,7 +119,15 @@ def folder_for(code: str, csound: str, flags: list[str]) -> str | None:
         heavy = heavy_opcodes(csound, tuple(flags))
         if not heavy:
             return None
-        if "#include" in code:
-            return str(plugin_folder())
+        if "#include" in code:  # the included text is not seen here: every library it may need
+            return str(_folder_for(tuple(heavy)))
         words = set(_WORD.findall(code))
         return str(_folder_for(tuple(lib for lib, names in heavy.items() if names & words)))
+
+
+def full_folder(csound: str, flags: list[str]) -> str | None:
+    """The folder of every library the sandbox may load (all but ``NEVER``); None when the
+    plugin folder is unknown (Csound's default is used)."""
+    with _LOCK:
+        heavy = heavy_opcodes(csound, tuple(flags))
+        return str(_folder_for(tuple(heavy))) if heavy else None

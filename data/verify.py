@@ -46,7 +46,7 @@ def first_error(result) -> str:
 
 
 def _environment_key() -> str:
-    from csound_assistant import sandbox, sandbox_plugins
+    from csound_assistant import isolation, sandbox, sandbox_plugins
 
     try:
         text = subprocess.run(["csound", "--version"], capture_output=True, text=True,
@@ -56,7 +56,8 @@ def _environment_key() -> str:
     except (OSError, subprocess.TimeoutExpired):
         version = "unknown"
     # the sandbox's verdicts depend on its code and on which plugins it loads
-    source = b"".join(Path(m.__file__).read_bytes() for m in (sandbox, sandbox_plugins))
+    source = b"".join(Path(m.__file__).read_bytes() for m in (sandbox, sandbox_plugins,
+                                                                         isolation))
     return hashlib.sha256(CACHE_VERSION.encode() + version.encode() + source).hexdigest()[:16]
 
 

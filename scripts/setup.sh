@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(csound csound-doc csound-utils golang-go nodejs npm git)
+APT_PACKAGES=(csound csound-doc csound-utils bubblewrap golang-go nodejs npm git)
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
@@ -42,4 +42,7 @@ if [[ "$(cat $stamp 2>/dev/null)" != "$want" ]]; then
   echo "$want" > $stamp
 fi
 .venv/bin/python -m csound_assistant.convert.llama_cpp_tools ensure
+# Csound runs on untrusted code only inside bubblewrap (SECURITY.md): say now if it cannot.
+.venv/bin/python -c "from csound_assistant import sandbox; print('setup: Csound sandbox:', sandbox.isolation_status())" \
+  || echo "setup: warning: the Csound sandbox cannot isolate Csound here (see above and SECURITY.md)" >&2
 echo "setup: ready (.venv/bin/csound-assistant)"
