@@ -1,256 +1,386 @@
-"""QLoRA training throughput at CodeLlama-7B shape: the seed's settings vs the project's.
+"""QLoRA training throughput at CodeLlama-7B shape: the seed's own script vs the project's
+recipe and its speed variants, every row in its own process, one table.
 
-Run on an NVIDIA GPU (H100 in bench/NOTES.md):
+Run on an NVIDIA GPU (`bash bench/gpu_session.sh bench`, results in bench/NOTES.md):
 
-    python bench/train_throughput.py --out results.json [--lengths lengths.json]
+    python bench/train_throughput.py --out-dir results/ [--rows seed-sft,default,...]
+        [--lengths bench/results/train-lengths-smollm2.json]
 
-It builds a random-init CodeLlama-7B-shaped Llama (vocab 32016, hidden 4096, 32 layers;
-throughput does not depend on the weights' values), saves it to local disk, and for each
-configuration loads it in 4-bit NF4 with double quantization and bf16 compute, adds LoRA,
-turns on gradient checkpointing and times optimizer steps on documents whose lengths follow
-the real dataset (``--lengths``: a JSON list of token counts and answer fractions from
-``data stats``; default: a log-normal with the measured mean of 446 tokens). Reported:
-tokens/s of real (non-pad) tokens, and peak GPU memory.
+It builds a random-init CodeLlama-7B-shaped Llama (`random_base.py`; throughput does not depend
+on the weights' values), then runs each row as a child process (this script with ``--row``,
+or `seed_sft.py` for the seed) so that no row's peak memory holds another's model:
 
-  (a) seed: r=16 on q/k/v/o, micro-batch 4 x accumulation 4, padded to the longest row,
-      peft's prepare_model_for_kbit_training (fp32 norms and head), SDPA attention.
-  (b) project: the same adapter, padding-free packing (one row of documents per micro-batch,
-      varlen flash attention, per-document positions), Liger fused kernels, fused AdamW.
+  gemm-peak  a bf16 matrix product at the layers' shapes: the FLOP/s the utilisation is of
+  seed-sft   the seed: trl's SFTTrainer with the seed guide's arguments (`seed_sft.py`)
+  default    the project's recipe as shipped (train/configs/codellama-7b-qlora.yaml: packed
+             8,192-token micro-batches, varlen attention, Liger, gradient checkpointing), its
+             model loaded by the recipe's own `load_model`; also checks that packing keeps
+             documents apart and profiles one step
+  others     the same with one or more knobs changed (ROWS below); ``probe-T`` rows measure
+             peak memory against the number of un-checkpointed layers at T tokens per
+             micro-batch, and the parent then times ``T-keepK`` with the largest K that stays
+             under the seed's peak (linear in K, 0.15 GiB margin)
 
-Also checks that packing keeps documents apart: the packed-varlen loss of a batch equals the
-padded loss of the same documents; and that (a) and (b) give the same loss per step when fed
-the same documents (same function, different speed).
+Every row trains on documents with the real dataset's lengths (``--lengths``; random ids, the
+first part of each masked as prompt) and reports real (non-pad) tokens/s after 2 untimed steps,
+peak GPU memory of its whole process, and useful FLOP/s over the measured bf16 GEMM rate.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
+import os
 import random
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # random_base, seed_sft
+SHIPPED = HERE.parent / "train" / "configs" / "codellama-7b-qlora.yaml"
+LENGTHS = HERE / "results" / "train-lengths-smollm2.json"
+SHAPE = dict(hidden=4096, intermediate=11008, layers=32, vocab=32016)
+MARGIN_GIB = 0.15
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # random_base
-
-SEED_RUN = {"baseline_tokens_s": 1839, "baseline_peak_gib": 9.25}
-
-
-def sample_docs(n: int, lengths_file: str | None, seed: int = 0):
-    """(length, prompt_length) pairs like the dataset's."""
-    rng = random.Random(seed)
-    if lengths_file:
-        table = json.loads(Path(lengths_file).read_text())
-        return [tuple(rng.choice(table)) for _ in range(n)]
-    docs = []
-    sigma = 0.6
-    mu = math.log(446) - sigma ** 2 / 2
-    for _ in range(n):
-        length = int(min(2048, max(48, rng.lognormvariate(mu, sigma))))
-        docs.append((length, int(length * rng.uniform(0.15, 0.5))))
-    return docs
-
-
-def make_doc(length: int, prompt: int, gen: torch.Generator):
-    ids = torch.randint(3, 32000, (length,), generator=gen).tolist()
-    ids[-1] = 2  # EOS ends the answer
-    labels = [-100] * prompt + ids[prompt:]
-    return ids, labels
+# name -> overrides of the shipped config, plus bench-only knobs: keep (layers not
+# checkpointed), compile (torch.compile each decoder layer), probe (keep values to measure).
+ROWS = {
+    "default": {"profile": True},
+    "dropout0": {"lora_dropout": 0.0},
+    "12288": {"lora_dropout": 0.0, "batch_tokens": 12288},
+    "16384": {"lora_dropout": 0.0, "batch_tokens": 16384},
+    "probe-8192": {"lora_dropout": 0.0, "probe": [0, 4]},
+    "probe-4096": {"lora_dropout": 0.0, "batch_tokens": 4096, "probe": [0, 8]},
+    "probe-2048": {"lora_dropout": 0.0, "batch_tokens": 2048, "probe": [0, 16]},
+    "compile": {"lora_dropout": 0.0, "compile": True},
+    "no-liger": {"lora_dropout": 0.0, "liger": "false"},
+}
+DEFAULT_ROWS = "gemm-peak,seed-sft,default,dropout0,12288,probe-4096,probe-2048"
 
 
-def load(path: Path, seed_style: bool, liger: bool, targets: list[str], r: int):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+def versions() -> dict:
+    import importlib.metadata as md
 
-    from csound_assistant.train import attention
+    import torch
 
-    if liger:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
-
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True,
-                                    fused_linear_cross_entropy=True, cross_entropy=False)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16,
-                               bnb_4bit_quant_storage=torch.bfloat16)
-    attn = "sdpa" if seed_style else attention.register()
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant,
-                                                 dtype=torch.bfloat16, device_map={"": 0},
-                                                 attn_implementation=attn)
-    model.config.use_cache = False
-    if seed_style:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                                             target_modules=targets, task_type="CAUSAL_LM"))
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return model
-
-
-def padded(batch):
-    width = max(len(i) for i, _ in batch)
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, (i, l) in enumerate(batch):
-        ids[r, :len(i)], labels[r, :len(l)], mask[r, :len(i)] = torch.tensor(i), torch.tensor(l), 1
-    return {"input_ids": ids.cuda(), "labels": labels.cuda(), "attention_mask": mask.cuda()}
-
-
-def packed(batch):
-    from csound_assistant.train.batching import collate_packed
-    from csound_assistant.train.encode import Encoded
-
-    out = collate_packed([Encoded(i, l, "chat") for i, l in batch])
-    return {k: v.cuda() if hasattr(v, "cuda") else v for k, v in out.items()}
-
-
-def n_labels(batch):
-    return sum(sum(x != -100 for x in l[1:]) for _, l in batch)
-
-
-def run_steps(model, steps_docs, layout, per_micro_norm: bool, liger: bool):
-    """Train on ``steps_docs`` (a list of steps, each a list of micro-batches); per-step
-    losses, real tokens/s after the first 2 steps, peak memory."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, fused=True)
-    extra = {"skip_logits": True} if liger else {}
-    losses, t0, tokens, peaks = [], None, 0, []
-    torch.cuda.reset_peak_memory_stats()
-    model.train()
-    for s, micro in enumerate(steps_docs):
-        if s == 2:
-            torch.cuda.synchronize()
-            t0, tokens = time.perf_counter(), 0
-        total = sum(n_labels(b) for b in micro)
-        step_loss = 0.0
-        for batch in micro:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                if per_micro_norm:  # the HF Trainer's seed behaviour: mean per micro-batch
-                    out = model(**layout(batch), **extra)
-                    loss = out.loss / len(micro)
-                else:
-                    out = model(**layout(batch), num_items_in_batch=total, **extra)
-                    loss = out.loss
-            loss.backward()
-            step_loss += loss.item()
-            tokens += sum(len(i) for i, _ in batch)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        peaks.append(round(torch.cuda.max_memory_allocated() / 2**30, 2))
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"tokens_s": tokens / seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "losses": losses, "peak_after_step": peaks,
-            "tokens_per_step": [sum(len(i) for b in m for i, _ in b) for m in steps_docs], "timed_steps": len(steps_docs) - 2, "seconds": seconds}
-
-
-def pack_steps(docs, batch_tokens, steps):
-    out, i = [], 0
-    for _ in range(steps):
-        batch, used = [], 0
-        while i < len(docs) and used + len(docs[i][0]) <= batch_tokens:
-            batch.append(docs[i])
-            used += len(docs[i][0])
-            i += 1
-        out.append([batch])
+    out = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "cuda": torch.version.cuda}
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes",
+                 "liger-kernel", "datasets", "huggingface-hub"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
     return out
 
 
-def free(model):
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
+def docs_for_bench(n: int, lengths: str | None = None, seed: int = 0):
+    """``n`` (input_ids, labels) documents of random ids whose lengths and prompt lengths are
+    drawn from ``lengths`` (the real dataset's), each ending in EOS (2)."""
+    import torch
+
+    rng = random.Random(seed)
+    table = json.loads(Path(lengths or LENGTHS).read_text())
+    gen = torch.Generator().manual_seed(seed)
+    docs = []
+    for length, prompt in (rng.choice(table) for _ in range(n)):
+        ids = torch.randint(3, 32000, (length,), generator=gen).tolist()
+        ids[-1] = 2
+        docs.append((ids, [-100] * prompt + ids[prompt:]))
+    return docs
+
+
+def flops_per_token(docs, recompute: float) -> float:
+    """Forward + input-gradient backward + the checkpointed re-forward (``recompute``: the
+    share of layers re-run) per real token; attention over each document's causal context.
+    LoRA's own products are ~0.3% and left out."""
+    h, i, n_layers, vocab = (SHAPE[k] for k in ("hidden", "intermediate", "layers", "vocab"))
+    n = [len(ids) for ids, _ in docs]
+    context = sum(x * (x + 1) / 2 for x in n) / sum(n)  # keys per query, token-weighted
+    linear = n_layers * (4 * h * h + 3 * h * i)
+    attention = n_layers * 4 * h * context
+    head = 2 * h * vocab
+    return (2 * linear + head + attention) + (2 * linear + head + 2 * attention) \
+        + recompute * (2 * linear + attention)
+
+
+# --- child: one project row -------------------------------------------------------------------
+
+def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: str | None,
+                keep: int, out_dir: Path) -> dict:
+    import torch
+
+    from csound_assistant.train.backend import choose_backend, load_model
+    from csound_assistant.train.batching import BatchPlan, collate_packed, trained_tokens
+    from csound_assistant.train.config import load_config
+    from csound_assistant.train.encode import Encoded
+
+    spec = dict(ROWS.get(name.split("-keep")[0], {}))
+    if "-keep" in name:
+        spec["batch_tokens"] = int(name.split("-keep")[0])
+        spec["lora_dropout"] = 0.0
+    bench_only = {k: spec.pop(k) for k in ("profile", "probe", "compile") if k in spec}
+    cfg = load_config(SHIPPED, {**spec, "progress": False})
+    backend = choose_backend(cfg)
+    model = load_model(model_dir, cfg, backend)
+    layers = model.get_base_model().model.layers
+    for layer in layers[len(layers) - keep:] if keep else []:
+        layer.gradient_checkpointing = False
+    if bench_only.get("compile"):
+        for layer in layers:
+            layer.compile(dynamic=True)
+    docs = docs_for_bench(max(2000, steps * cfg.batch_tokens // 400), lengths)
+    examples = [Encoded(ids, labels, "chat") for ids, labels in docs]
+    plan = BatchPlan(examples, True, cfg.batch_tokens, cfg.max_batch_rows, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            fused=True)
+    extra = {"skip_logits": True} if backend.liger else {}
+    result = {"config": {**spec, **bench_only, "keep_layers": keep,
+                         "batch_tokens": cfg.batch_tokens, "lora_dropout": cfg.lora_dropout,
+                         "liger": backend.liger}, "backend": backend.describe()}
+
+    def step(s: int) -> int:
+        micro = plan.step(s, cfg.grad_accum)
+        total = sum(trained_tokens(b) for b in micro)
+        for batch in micro:
+            inputs = {k: v.cuda(non_blocking=True) if hasattr(v, "cuda") else v
+                      for k, v in collate_packed(batch).items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                if backend.liger:
+                    loss = model(**inputs, num_items_in_batch=total, **extra).loss
+                else:
+                    from csound_assistant.train.recipe import _trained_positions_loss
+                    loss = _trained_positions_loss(model, inputs, total)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        return sum(len(e) for b in micro for e in b)
+
+    model.train()
+    losses = []
+    if "probe" in bench_only:  # peak memory against un-checkpointed layers, 2 steps each
+        peaks = {}
+        for k in bench_only["probe"]:
+            for i, layer in enumerate(layers):
+                layer.gradient_checkpointing = i < len(layers) - k
+            torch.cuda.reset_peak_memory_stats()
+            for s in range(2):
+                step(s)
+            peaks[k] = torch.cuda.max_memory_allocated() / 2**30
+        return {**result, "probe_peaks_gib": peaks}
+
+    tokens, peaks = 0, []
+    for s in range(steps):
+        if s == warmup:
+            torch.cuda.synchronize()
+            t0, tokens = time.perf_counter(), 0
+        tokens += step(s)
+        peaks.append(round(torch.cuda.max_memory_allocated() / 2**30, 3))
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    result.update(tokens_s=tokens / seconds, seconds=seconds, timed_steps=steps - warmup,
+                  peak_gib=torch.cuda.max_memory_allocated() / 2**30, peak_after_step=peaks,
+                  losses=[x.item() for x in losses], flops_per_token=flops_per_token(
+                      docs, (len(layers) - keep) / len(layers)))
+    if bench_only.get("profile"):
+        result["checks"] = packing_check(model, examples[:6], extra)
+        result["profile"] = profile_step(lambda: step(steps), out_dir / f"profile-{name}.txt")
+    return result
+
+
+def packing_check(model, examples, extra) -> dict:
+    """The packed-varlen loss of 6 documents against the same documents one at a time and as a
+    padded batch: equal (to bf16 noise) only if no document attends to another."""
+    import torch
+
+    from csound_assistant.train.batching import collate_grouped, collate_packed, trained_tokens
+
+    n = trained_tokens(examples)
+
+    def loss(batch):
+        batch = {k: v.cuda() if hasattr(v, "cuda") else v for k, v in batch.items()}
+        return model(**batch, num_items_in_batch=n, **extra).loss.item()
+
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        packed = loss(collate_packed(examples))
+        one_by_one = sum(loss(collate_grouped([e], 0)) for e in examples)
+        padded = loss(collate_grouped(examples, 0))
+    model.train()
+    return {"packed_varlen": packed, "one_by_one": one_by_one, "padded_batch": padded,
+            "rel_diff": abs(packed - one_by_one) / abs(one_by_one)}
+
+
+KERNEL_KINDS = [("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+                ("nf4 dequant", ("dequant",)), ("attention", ("flash", "fmha", "attn")),
+                ("liger / triton", ("triton", "liger", "_rms_norm", "_swiglu", "_rope",
+                                    "cross_entropy", "element_mul")),
+                ("torch elementwise", ("elementwise", "reduce", "copy", "cat", "fill")),
+                ("other", ("",))]
+
+
+def profile_step(run_step, path: Path) -> dict:
+    """CUDA time of one optimizer step by kernel kind; the top kernels go to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run_step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    try:
+        path.write_text(events.table(sort_by="self_device_time_total", row_limit=40))
+    except (AttributeError, KeyError):
+        path.write_text(events.table(sort_by="self_cuda_time_total", row_limit=40))
+    kinds: dict[str, float] = {}
+    for e in events:
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        key = e.key.lower()
+        kind = next(k for k, words in KERNEL_KINDS if any(w in key for w in words))
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1e3
+    return {"ms_by_kind": {k: round(v, 1) for k, v in kinds.items()}}
+
+
+def gemm_peak() -> dict:
+    """Median bf16 TFLOP/s of the layers' products at 8,192 tokens (CUDA events)."""
+    import torch
+
+    rates = {}
+    for n, k in ((11008, 4096), (4096, 4096), (4096, 11008)):
+        a = torch.randn(8192, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        times = []
+        for i in range(60):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            if i >= 10:
+                times.append(start.elapsed_time(end) / 1e3)
+        times.sort()
+        rates[f"8192x{k}x{n}"] = 2 * 8192 * k * n / times[len(times) // 2] / 1e12
+    return {"tflops": rates, "tflops_mean": sum(rates.values()) / len(rates)}
+
+
+# --- parent: every row in its own process, one table --------------------------------------
+
+def run_child(name: str, args, out_dir: Path, keep: int = 0) -> dict:
+    path = out_dir / f"row-{name}.json"
+    path.unlink(missing_ok=True)
+    if name == "seed-sft":
+        cmd = [sys.executable, str(HERE / "seed_sft.py"), str(args.model_dir), "--out", str(path),
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd += ["--lengths", args.lengths] if args.lengths else []
+    else:
+        cmd = [sys.executable, __file__, "--row", name, "--keep", str(keep), "--out-dir",
+               str(out_dir), "--model-dir", str(args.model_dir), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)] + (["--lengths", args.lengths] if args.lengths else [])
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, timeout=args.row_timeout, capture_output=True, text=True)
+        log = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        log = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {args.row_timeout} s"
+    (out_dir / f"row-{name}.log").write_text(log if isinstance(log, str) else log.decode())
+    wall = round(time.perf_counter() - started, 1)
+    if not path.is_file():
+        tail = "\n".join(str(log).strip().splitlines()[-6:])
+        print(f"{name}: failed after {wall} s\n{tail}", flush=True)
+        return {"failed": tail, "wall_s": wall}
+    result = {**json.loads(path.read_text()), "wall_s": wall}
+    brief = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()
+             if k in ("tokens_s", "peak_gib", "probe_peaks_gib", "tflops_mean", "wall_s")}
+    print(f"{name}: {brief}", flush=True)
+    return result
+
+
+def keep_under(probe: dict, bar_gib: float, n_layers: int) -> int:
+    """The most un-checkpointed layers whose peak, linear between the probed points, stays
+    ``MARGIN_GIB`` under ``bar_gib``."""
+    (k0, p0), (k1, p1) = sorted((int(k), v) for k, v in probe.items())[:2]
+    slope = (p1 - p0) / (k1 - k0)
+    return max(0, min(n_layers, math.floor((bar_gib - MARGIN_GIB - p0) / slope)))
+
+
+def table(results: dict, docs) -> str:
+    seed = results.get("seed-sft", {})
+    gemm = results.get("gemm-peak", {}).get("tflops_mean")
+    lines = ["| row | real tokens/s | vs seed | peak GiB | <= seed's peak | useful TFLOP/s "
+             "| of measured GEMM rate |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "tokens_s" not in r:
+            continue
+        flops = r.get("flops_per_token") or flops_per_token(docs, 1.0)
+        tflops = r["tokens_s"] * flops / 1e12
+        ratio = f"{r['tokens_s'] / seed['tokens_s']:.2f}x" if "tokens_s" in seed else "-"
+        fits = ("yes" if r["peak_gib"] <= seed["peak_gib"] else "no") if "peak_gib" in seed else "-"
+        util = f"{tflops / gemm:.0%}" if gemm else "-"
+        lines.append(f"| {name} | {r['tokens_s']:,.0f} | {ratio} | {r['peak_gib']:.2f} | {fits} "
+                     f"| {tflops:.0f} | {util} |")
+    if gemm:
+        floor = gemm * 1e12 / flops_per_token(docs, 1.0)
+        lines.append(f"\nmeasured bf16 GEMM rate {gemm:.0f} TFLOP/s; "
+                     f"{flops_per_token(docs, 1.0) / 1e9:.1f} GFLOP per real token with full "
+                     f"checkpointing: floor {floor:,.0f} tokens/s (no dequantisation, no overhead)")
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model-dir", default="/tmp/codellama-7b-random")
-    ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--lengths", default=None)
-    ap.add_argument("--steps", type=int, default=14, help="optimizer steps (first 2 untimed)")
-    ap.add_argument("--batch-tokens", default="8192,16384", help="packed micro-batch sizes (b)")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--skip-seed", action="store_true")
-    ap.add_argument("--skip-same", action="store_true", help="skip (b) on (a)'s documents")
+    ap.add_argument("--out-dir", type=Path, default=Path("bench-out"))
+    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/codellama-7b-random"))
+    ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated: seed-sft, gemm-peak, "
+                    f"{', '.join(ROWS)}, or T-keepK")
+    ap.add_argument("--lengths", default=None, help=f"default: {LENGTHS.relative_to(HERE.parent)}")
+    ap.add_argument("--steps", type=int, default=14, help="optimizer steps per row")
+    ap.add_argument("--warmup", type=int, default=2, help="of which untimed")
+    ap.add_argument("--row-timeout", type=int, default=240, help="seconds per child")
+    ap.add_argument("--budget", type=int, default=0, help="seconds: start no row after this")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--keep", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    path = Path(args.model_dir)
-    from random_base import build
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.row:
+        result = (gemm_peak() if args.row == "gemm-peak" else
+                  project_row(args.row, args.model_dir, args.steps, args.warmup, args.lengths,
+                              args.keep, args.out_dir))
+        result["versions"] = versions()
+        (args.out_dir / f"row-{args.row}.json").write_text(json.dumps(result, indent=1))
+        return
 
-    build(path, args.layers)
-    gen = torch.Generator().manual_seed(0)
-    docs = [make_doc(n, p, gen) for n, p in sample_docs(4000, args.lengths)]
-    print(f"documents: mean {sum(len(d[0]) for d in docs) / len(docs):.0f} tokens", flush=True)
-    qkvo = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    results, checks = {}, {}
-
-    def attempt(name, fn):
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "random_base.py"), str(args.model_dir)], check=True)
+    docs = docs_for_bench(2000, args.lengths)
+    results: dict = {}
+    summary = args.out_dir / "train_throughput.json"
+    queue = [r.strip() for r in args.rows.split(",") if r.strip()]
+    while queue:
+        name = queue.pop(0)
+        if args.budget and time.perf_counter() - started > args.budget:
+            print(f"{name}: skipped, past the --budget of {args.budget} s", flush=True)
+            continue
         try:
-            results[name] = fn()
-            print(name, {k: v for k, v in results[name].items() if k != "losses"}, flush=True)
-            if args.out:  # keep what was measured even if a later configuration dies
-                Path(args.out).write_text(json.dumps({"results": results}, indent=1))
-        except Exception:  # one failed configuration must not lose the others' numbers
-            traceback.print_exc()
-            torch.cuda.empty_cache()
-
-    # (a) the seed: 4 padded rows x 4 accumulation, per-micro-batch mean loss
-    if not args.skip_seed:
-        model = load(path, seed_style=True, liger=False, targets=qkvo, r=16)
-        steps = [[docs[s * 16 + m * 4: s * 16 + m * 4 + 4] for m in range(4)]
-                 for s in range(args.steps)]
-        attempt("a seed", lambda: run_steps(model, steps, padded, True, False))
-        free(model)
-
-    # (b) packed + varlen + Liger; first the correctness checks on this model
-    model = load(path, seed_style=False, liger=True, targets=qkvo, r=16)
-    batch = docs[:6]
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            n = n_labels(batch)
-            lp = model(**packed(batch), num_items_in_batch=n, skip_logits=True).loss.item()
-            lu = sum(model(**padded([d]), num_items_in_batch=n, skip_logits=True).loss.item()
-                     for d in batch)
-            lg = model(**padded(batch), num_items_in_batch=n, skip_logits=True).loss.item()
-        checks["packed_vs_unpacked_loss"] = {"packed_varlen": lp, "one_by_one": lu,
-                                             "padded_batch": lg, "rel_diff": abs(lp - lu) / abs(lu)}
-    except Exception:
-        traceback.print_exc()
-    print("check", checks, flush=True)
-    # same documents, same per-step normalisation: (b) layout must track (a)'s losses
-    same = [[docs[s * 16: s * 16 + 16]] for s in range(args.steps)]
-    if not args.skip_same:
-        attempt("b same docs as a (16/step)", lambda: run_steps(model, same, packed, False, True))
-    for bt in [int(x) for x in args.batch_tokens.split(",")]:
-        attempt(f"b packed {bt} tok/micro-batch",
-                lambda: run_steps(model, pack_steps(docs, bt, args.steps), packed, False, True))
-    free(model)
-
-    print("\n| config | real tokens/s | vs seed 1,839 | peak GiB |\n|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['tokens_s']:,.0f} | {r['tokens_s'] / 1839:.1f}x | "
-              f"{r['peak_gib']:.2f} |")
-    if "a seed" in results and "b same docs as a (16/step)" in results:
-        a, b = results["a seed"]["losses"], results["b same docs as a (16/step)"]["losses"]
-        print("per-step loss a vs b (same docs):",
-              " ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(a, b)))
-    info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if args.out:
-        Path(args.out).write_text(json.dumps({"results": results, "checks": checks,
-                                              "info": info, **SEED_RUN}, indent=1))
+            results[name] = run_child(name, args, args.out_dir,
+                                      keep=int(name.split("-keep")[1]) if "-keep" in name else 0)
+        except Exception:  # one row's failure must not lose the others
+            results[name] = {"failed": traceback.format_exc()}
+        probe = results[name].get("probe_peaks_gib")
+        bar = results.get("seed-sft", {}).get("peak_gib")
+        if probe and bar:
+            k = keep_under(probe, bar, SHAPE["layers"])
+            queue.insert(0, f"{name.split('-')[1]}-keep{k}")
+        summary.write_text(json.dumps({"results": results, "command": sys.argv,
+                                       "lengths": args.lengths or str(LENGTHS)}, indent=1))
+    print("\n" + table(results, docs))
+    (args.out_dir / "table.md").write_text(table(results, docs) + "\n")
 
 
 if __name__ == "__main__":
