@@ -89,6 +89,11 @@ async def read_json(request) -> dict:
     return data
 
 
+def _shown(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 class Fields:
     """Read typed fields from a JSON object, collecting every problem before failing."""
 
@@ -127,8 +132,9 @@ class Fields:
                 self.problems.append(f"'{self._name(name)}' must be a finite number")
                 return default
         if (low is not None and value < low) or (high is not None and value > high):
-            self.problems.append(f"'{self._name(name)}' must be between {low} and {high}, "
-                                 f"got {value}")
+            bounds = (f"at most {high}" if low is None else f"at least {low}" if high is None
+                      else f"between {low} and {high}")
+            self.problems.append(f"'{self._name(name)}' must be {bounds}, got {_shown(value)}")
             return default
         if kind == "stop":
             value = [value] if isinstance(value, str) else value
