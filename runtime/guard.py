@@ -8,7 +8,9 @@ browser only hides the answer, the request still runs). ``SafetyMiddleware`` (in
 checks the API key, that POST bodies are JSON, and the body size.
 
 Clients that are not browsers (curl, the openai/ollama Python clients, node's fetch in the
-VS Code extension host) send no ``Origin`` and pass.
+VS Code extension host) send no ``Origin`` and pass. Refusals are 403, as Ollama's: 421
+(misdirected) invites HTTP/2 clients to retry on another connection, and 400 would blame the
+syntax.
 """
 
 from __future__ import annotations
