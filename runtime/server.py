@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from csound_assistant.errors import SandboxRefused
+from csound_assistant.errors import IsolationUnavailable, SandboxRefused
 
 from .backend import Sampling
 from .checks import CheckGate, CheckTimeout, default_timeout
@@ -286,6 +286,8 @@ async def csound_check(request: Request):
     except SandboxRefused as exc:
         return JSONResponse({"ok": False, "category": "refused", "diagnostics": [],
                              "refused": [str(exc)], "rendered": False})
+    except IsolationUnavailable as exc:  # nothing confines Csound here: run nothing
+        raise ApiError(503, str(exc)) from None
     except QueueFull as exc:
         raise _busy(exc) from None
     except CheckTimeout as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,25 @@ def test_realtime_options_do_not_run():
     result = sandbox.render(code, seconds=1)
     assert result.category == "realtime"
     assert result.seconds == pytest.approx(1.0, abs=0.05)
+
+
+def test_without_isolation_nothing_runs_unless_the_user_opts_in(monkeypatch, tmp_path):
+    from csound_assistant import isolation
+    from csound_assistant.errors import IsolationUnavailable
+
+    monkeypatch.setattr(isolation, "probe", lambda csound: "bubblewrap is not installed")
+    monkeypatch.delenv(isolation.ENV_OPT_IN, raising=False)
+    before = set(Path(tempfile.gettempdir()).glob("csound-render-*"))
+    with pytest.raises(IsolationUnavailable, match="bubblewrap is not installed"):
+        sandbox.render(SINE, seconds=0.5)
+    with pytest.raises(IsolationUnavailable, match=isolation.ENV_OPT_IN):
+        sandbox.check(SINE)
+    assert set(Path(tempfile.gettempdir()).glob("csound-render-*")) == before  # nothing written
+    assert sandbox.check('instr 1\n  system_i 1, "id"\nendin\n').category == "refused"
+    monkeypatch.setenv(isolation.ENV_OPT_IN, "1")  # the user trusts the code
+    result = sandbox.render(SINE, seconds=0.5)
+    assert result.ok and not result.network_isolated
+    assert any("not isolated" in note for note in result.notes)
 
 
 def test_runs_isolated():

@@ -463,6 +463,20 @@ def test_ignore_eos_generates_exactly_max_tokens():
 
 
 # --- the Csound sandbox route (real Csound) -----------------------------------------------------
+def test_csound_check_without_isolation_runs_nothing(client, monkeypatch, tmp_path):
+    from csound_assistant import isolation
+
+    monkeypatch.setattr(isolation, "probe", lambda csound: "bubblewrap is not installed")
+    monkeypatch.delenv(isolation.ENV_OPT_IN, raising=False)
+    marker = tmp_path / "ran"
+    code = f'instr 1\n  prints "hi"\nendin\n; {marker}'
+    r = client.post("/v1/csound/check", json={"code": code, "render": True, "seconds": 0.2})
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    assert "without isolation" in message and isolation.ENV_OPT_IN in message
+    assert not marker.exists()
+
+
 def test_csound_check_returns_diagnostics_with_line_numbers(client):
     code = "instr 1\n  aout oscilx 0.5, 440\n  outs aout, aout\nendin\n"
     body = client.post("/v1/csound/check", json={"code": code}).json()
