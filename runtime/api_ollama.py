@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from csound_assistant.constants import GGUF_FILE_TYPES
 
+from . import verify
 from .engine import Result
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
@@ -145,7 +146,8 @@ async def generate(request: Request):
         tokens, record_prompt = svc.prompts.chat_tokens(messages), messages
     return await _respond(request, svc, tokens, sampling, stream, truncated, head,
                           record_prompt, "/api/generate",
-                          lambda text: {"response": text}, checked=not raw and suffix is None)
+                          lambda text: {"response": text}, checked=not raw and suffix is None,
+                          fim=(prompt, suffix) if suffix is not None else None)
 
 
 async def chat(request: Request):
@@ -166,33 +168,41 @@ async def chat(request: Request):
 
 
 async def _respond(request, svc, tokens, sampling, stream, truncated, head, record_prompt,
-                   endpoint, body, checked=False):
+                   endpoint, body, checked=False, fim=None):
+    answer = None
+    if checked and (svc.settings.verify or not stream):  # a chat answer: --verify, --repair
+        answer = await svc.complete_checked(request, tokens, sampling, truncated=truncated)
+    elif fim and svc.settings.verify:  # a FIM middle, compiled when the file is whole
+        answer = await svc.complete_fim_checked(request, tokens, sampling, *fim,
+                                                truncated=truncated)
+    headers = svc.answer_headers(answer) if answer else {}
+    verified = {"csound_verified": answer.path} if answer and answer.path else {}
     if not stream:
-        if checked:  # a chat answer: repaired with --repair N
-            result, _ = await svc.complete_checked(request, tokens, sampling, truncated=truncated)
-        else:
-            result = await svc.complete(request, tokens, sampling, truncated=truncated)
+        result = answer.result if answer else \
+            await svc.complete(request, tokens, sampling, truncated=truncated)
         completion_id = await svc.record(record_prompt, result.text, endpoint)
         extra = {"completion_id": completion_id} if completion_id else {}
         return JSONResponse(
             {**head, "created_at": _now(), **body(result.text), "done": True,
-             "done_reason": DONE_REASON[result.finish_reason], **_counts(result), **extra},
-            headers={"X-Completion-Id": completion_id} if completion_id else {})
-    job = await svc.start_job(request, tokens, sampling, truncated=truncated)
+             "done_reason": DONE_REASON[result.finish_reason], **_counts(result), **extra,
+             **verified},
+            headers={**headers, **({"X-Completion-Id": completion_id} if completion_id else {})})
+    # --verify: the answer is checked first, then streamed
+    job = None if answer else await svc.start_job(request, tokens, sampling, truncated=truncated)
 
     async def lines():
         text = []
-        async for piece in svc.pieces(job):
+        async for piece in (verify.pieces(answer) if answer else svc.pieces(job)):
             text.append(piece)
             yield _line({**head, "created_at": _now(), **body(piece), "done": False})
-        result = job.result
+        result = answer.result if answer else job.result
         completion_id = await svc.record(record_prompt, "".join(text), endpoint)
         extra = {"completion_id": completion_id} if completion_id else {}
         yield _line({**head, "created_at": _now(), **body(""), "done": True,
                      "done_reason": DONE_REASON[result.finish_reason], **_counts(result),
-                     **extra})
+                     **extra, **verified})
 
-    return StreamingResponse(lines(), media_type=NDJSON)
+    return StreamingResponse(lines(), media_type=NDJSON, headers=headers)
 
 
 routes = [

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from . import verify
 from .engine import Result
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
@@ -73,15 +74,19 @@ async def chat_completions(request: Request):
     ident, created = _ident("chatcmpl"), int(time.time())
     head = {"id": ident, "created": created, "model": svc.model_name}
     if not stream:
-        result, repairs = await svc.complete_checked(request, tokens, sampling)
+        answer = await svc.complete_checked(request, tokens, sampling)
+        result = answer.result
         completion_id = await svc.record(messages, result.text, "/v1/chat/completions")
         return JSONResponse({
             **head, "object": "chat.completion", "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                          "logprobs": None, "finish_reason": FINISH[result.finish_reason]}],
             "usage": usage(result), **_cid(completion_id)},
-            headers={**_hdr(completion_id), **_repairs(svc, repairs)})
-    job = await svc.start_job(request, tokens, sampling)
+            headers={**_hdr(completion_id), **svc.answer_headers(answer)})
+    # --verify: the answer is checked first, then streamed
+    answer = await svc.complete_checked(request, tokens, sampling) if svc.settings.verify \
+        else None
+    job = None if answer else await svc.start_job(request, tokens, sampling)
 
     async def events():
         chunk = {**head, "object": "chat.completion.chunk", "system_fingerprint": None}
@@ -89,11 +94,11 @@ async def chat_completions(request: Request):
                                                                "content": ""},
                                          "logprobs": None, "finish_reason": None}]})
         text = []
-        async for piece in svc.pieces(job):
+        async for piece in (verify.pieces(answer) if answer else svc.pieces(job)):
             text.append(piece)
             yield sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece},
                                              "logprobs": None, "finish_reason": None}]})
-        result = job.result
+        result = answer.result if answer else job.result
         completion_id = await svc.record(messages, "".join(text), "/v1/chat/completions")
         yield sse({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                          "finish_reason": FINISH[result.finish_reason]}],
@@ -102,11 +107,12 @@ async def chat_completions(request: Request):
             yield sse({**chunk, "choices": [], "usage": usage(result)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **_verified(svc, answer)})
 
 
-def _repairs(svc, made: int) -> dict:
-    return {"X-Csound-Repairs": str(made)} if svc.settings.repair else {}
+def _verified(svc, answer) -> dict:
+    return svc.answer_headers(answer) if answer else {}
 
 
 async def completions(request: Request):
@@ -132,25 +138,31 @@ async def completions(request: Request):
             "model": svc.model_name}
     lead = prompt if echo else ""
     record_prompt = prompt if suffix is None else {"prefix": prompt, "suffix": suffix}
+    # --verify: a FIM middle that completes a whole CSD or orchestra is compiled first
+    answer = await svc.complete_fim_checked(request, tokens, sampling, prompt, suffix,
+                                            truncated=truncated) \
+        if suffix is not None and svc.settings.verify else None
     if not stream:
-        result = await svc.complete(request, tokens, sampling, truncated=truncated)
+        result = answer.result if answer else \
+            await svc.complete(request, tokens, sampling, truncated=truncated)
         completion_id = await svc.record(record_prompt, result.text, "/v1/completions")
         return JSONResponse({
             **head, "choices": [{"text": lead + result.text, "index": 0, "logprobs": None,
                                  "finish_reason": FINISH[result.finish_reason]}],
-            "usage": usage(result), **_cid(completion_id)}, headers=_hdr(completion_id))
-    job = await svc.start_job(request, tokens, sampling, truncated=truncated)
+            "usage": usage(result), **_cid(completion_id)},
+            headers={**_hdr(completion_id), **_verified(svc, answer)})
+    job = None if answer else await svc.start_job(request, tokens, sampling, truncated=truncated)
 
     async def events():
         text = []
         if lead:
             yield sse({**head, "choices": [{"text": lead, "index": 0, "logprobs": None,
                                             "finish_reason": None}]})
-        async for piece in svc.pieces(job):
+        async for piece in (verify.pieces(answer) if answer else svc.pieces(job)):
             text.append(piece)
             yield sse({**head, "choices": [{"text": piece, "index": 0, "logprobs": None,
                                             "finish_reason": None}]})
-        result = job.result
+        result = answer.result if answer else job.result
         completion_id = await svc.record(record_prompt, "".join(text), "/v1/completions")
         yield sse({**head, "choices": [{"text": "", "index": 0, "logprobs": None,
                                         "finish_reason": FINISH[result.finish_reason]}],
@@ -159,7 +171,8 @@ async def completions(request: Request):
             yield sse({**head, "choices": [], "usage": usage(result)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **_verified(svc, answer)})
 
 
 def _ident(prefix: str) -> str:

@@ -59,6 +59,14 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
               help="Send a non-streamed chat answer whose Csound does not compile back to the "
                    "model with Csound's error, up to N times; a fix is used only if it "
                    "compiles [default: 0, off].")
+@click.option("--verify", type=int, default=None,
+              help="Make up to N candidates for a chat answer (batched with --parallel), render "
+                   "each in the sandbox and return the first that plays; else a repair, else "
+                   "the best, marked unverified (X-Csound-Verified header). Streamed answers "
+                   "arrive after the check [default: 0, off].")
+@click.option("--verify-seconds", type=float, default=None,
+              help="Seconds a verified request may take, generation and checks together; "
+                   "--timeout still applies [default: 60].")
 @click.option("--opcode-reference/--no-opcode-reference", default=None,
               help="Add the manual's synopses of the opcodes a chat request names, for a model "
                    "trained with them (its GGUF says so) [default: on].")

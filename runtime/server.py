@@ -33,6 +33,7 @@ from .guard import BodyTooLarge, GuardMiddleware, HostPolicy, OriginPolicy, Safe
 from .prompts import PromptBuilder, PromptError
 from .settings import Settings
 from .validation import ApiError, Fields, error_response, read_json, sampling_from
+from .verify import Answer
 
 log = logging.getLogger("csound_assistant.serve")
 MAX_CODE_CHARS = 200_000
@@ -101,13 +102,16 @@ class Service:
             raise ApiError(400, f"token id {max(tokens)} is outside the vocabulary "
                                 f"(0..{self.backend.n_vocab - 1})", param="prompt")
 
-    async def start_job(self, request: Request, tokens, sampling: Sampling, **kw):
+    async def start_job(self, request: Request | None, tokens, sampling: Sampling, **kw):
+        """Queue a generation; ``request`` (None for in-process callers such as the eval) is
+        watched so that a client that hangs up stops it."""
         self.fit(tokens, sampling)
         try:
             job = self.engine.submit(tokens, sampling, stop_ids=self.prompts.stop_ids, **kw)
         except QueueFull as exc:
             raise _busy(exc) from None
-        job.watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+        job.watcher = asyncio.create_task(_cancel_on_disconnect(request, job)) \
+            if request is not None else asyncio.create_task(asyncio.sleep(0))
         try:
             await job.wait_started()
         except QueueTimeout as exc:
@@ -121,7 +125,8 @@ class Service:
             raise
         return job
 
-    async def complete(self, request: Request, tokens, sampling: Sampling, **kw) -> Result:
+    async def complete(self, request: Request | None, tokens, sampling: Sampling,
+                       **kw) -> Result:
         job = await self.start_job(request, tokens, sampling, **kw)
         try:
             async for _ in job.pieces():
@@ -131,15 +136,20 @@ class Service:
             job.watcher.cancel()
         return job.result
 
-    async def complete_checked(self, request: Request, tokens, sampling: Sampling,
-                               **kw) -> tuple[Result, int]:
-        """A whole chat answer and how many repair requests it took: with ``--repair N``, an
-        answer whose Csound does not compile goes back to the model with Csound's first error
-        (csound_assistant.repair, as ``eval run --repair N``); a fix is returned only if it
-        compiles. Streamed answers cannot be taken back, so they are never repaired."""
+    async def complete_checked(self, request: Request | None, tokens, sampling: Sampling,
+                               **kw) -> Answer:
+        """A whole chat answer. With ``--verify N``: the first of up to N candidates that
+        plays, else a repair, else the best (``verify.verified_chat``). Otherwise, with
+        ``--repair N``, an answer whose Csound does not compile goes back to the model with
+        Csound's first error (csound_assistant.repair, as ``eval run --repair N``); a fix is
+        returned only if it compiles."""
+        if self.settings.verify:
+            from .verify import verified_chat
+
+            return await verified_chat(self, request, tokens, sampling, **kw)
         result = await self.complete(request, tokens, sampling, **kw)
         if not self.settings.repair:
-            return result, 0
+            return Answer(result, first=result, spent=[result])
         from anyio import from_thread
 
         from csound_assistant.repair import repaired
@@ -157,10 +167,25 @@ class Service:
 
         fix, made = await run_in_threadpool(repaired, result.text, self.settings.repair, chat)
         self.engine.metrics.counts["repair_requests"] += made
+        spent = [result, *attempts]
         if fix is None:
-            return result, made
+            return Answer(result, repairs=made, first=result, spent=spent)
         self.engine.metrics.counts["repaired_answers"] += 1
-        return attempts[-1], made
+        return Answer(attempts[-1], repairs=made, first=result, spent=spent)
+
+    async def complete_fim_checked(self, request: Request | None, tokens, sampling: Sampling,
+                                   prefix: str, suffix: str, **kw) -> Answer:
+        """A whole FIM middle; with ``--verify N`` and a prefix + suffix that make a whole CSD
+        or orchestra, the first of up to N candidates whose file compiles."""
+        if self.settings.verify:
+            from .verify import verified_fim
+
+            return await verified_fim(self, request, tokens, sampling, prefix, suffix, **kw)
+        result = await self.complete(request, tokens, sampling, **kw)
+        return Answer(result, first=result, spent=[result])
+
+    def answer_headers(self, answer: Answer) -> dict:
+        return answer.headers(repair=bool(self.settings.repair))
 
     async def pieces(self, job):
         """Text pieces of a started job; stops the job when the consumer goes away."""
@@ -422,7 +447,8 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                            allow_origin_regex=origins.cors_regex(),
                            allow_methods=["GET", "POST"], max_age=600,
                            allow_headers=["Authorization", "Content-Type", "x-api-key"],
-                           expose_headers=["Retry-After", "X-Csound-Repairs"])
+                           expose_headers=["Retry-After", "X-Csound-Repairs", "X-Csound-Verified",
+                                           "X-Csound-Verdict"])
     app.add_middleware(GuardMiddleware, origins=origins, port=settings.port,
                        hosts=HostPolicy.from_settings(settings.allowed_host_list(),
                                                       settings.host))

@@ -56,6 +56,11 @@ class Settings:
     repair: int = field(default=0, metadata={
         "help": "rounds of sending a non-streamed chat answer whose Csound does not compile "
                 "back to the model with Csound's error (0: off)"})
+    verify: int = field(default=0, metadata={
+        "help": "candidates made for a chat answer, the first whose Csound plays returned "
+                "(0: off; runtime/verify.py)"})
+    verify_seconds: float = field(default=60.0, metadata={
+        "help": "seconds one verified request may take, generation and checks together"})
     opcode_reference: bool = field(default=True, metadata={
         "help": "add the manual's synopses of the opcodes a chat request names, for a model "
                 "trained with them (its GGUF says so); false serves plain prompts"})
@@ -72,6 +77,10 @@ class Settings:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.repair <= 5:
             problems.append(f"repair must be 0 to 5 rounds, got {self.repair}")
+        if not 0 <= self.verify <= 8:
+            problems.append(f"verify must be 0 to 8 candidates, got {self.verify}")
+        if self.verify_seconds <= 0:
+            problems.append(f"verify_seconds must be > 0, got {self.verify_seconds}")
         if self.cache_slots < 0:
             problems.append(f"cache_slots must be >= 0, got {self.cache_slots}")
         if self.request_timeout <= 0:

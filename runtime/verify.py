@@ -1,0 +1,273 @@
+"""Verified answers: ``serve --verify N`` and ``eval run --verify N``.
+
+A chat request gets up to N candidate answers (the first with the request's own sampling, the
+rest sampled at ``CANDIDATE_TEMPERATURE`` or the request's, if higher, each with its own seed;
+with ``--parallel`` they are submitted together and decode in one batch). Each candidate's
+Csound is rendered in the sandbox, in order, and the first that plays (compiles, renders, not
+silent, no NaN, reads no missing file: the eval's sound@1) is returned. If none plays, the best
+fixable one goes back to the model with Csound's first error (``csound_assistant.repair``);
+then the best candidate is returned, marked unverified. An answer without code (an explanation)
+is returned as it is. ``--verify-seconds`` bounds the whole request (generation and checks) and
+so does ``--timeout``; sandbox runs go through the server's ``CheckGate`` (worker threads,
+its queue and limits).
+
+A fill-in-the-middle request is verified only where prefix + middle + suffix is a whole CSD or
+orchestra: then its candidates are compiled (not rendered) and the first that compiles wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+from csound_assistant.errors import IsolationUnavailable, SandboxRefused
+from csound_assistant.eval.extract import extract_code
+
+from .backend import Sampling, sampling_seed
+from .checks import CheckTimeout
+from .engine import QueueFull, Result
+from .prompts import PromptError
+from .validation import ApiError
+
+log = logging.getLogger("csound_assistant.serve")
+
+CANDIDATE_TEMPERATURE = 0.7  # issue 24: 4 samples at 0.7 played 54% against 31% for one
+RENDER_SECONDS = 2.0
+MIN_CHECK_S = 0.3  # less time left than this: judging cannot finish, return what there is
+NOT_COMPILED = {"syntax", "unknown-opcode", "plugin"}
+UNJUDGED = {"no-code", "unchecked", "refused", "timeout", "crash"}
+REPAIRABLE = NOT_COMPILED | {"runtime-error"}  # Csound printed an error a model can act on
+
+
+@dataclass
+class Verdict:
+    category: str  # the sandbox's, "no-code" or "unchecked" (no sandbox time was left)
+    passed: bool = False  # plays (chat) or compiles (FIM)
+    errors: tuple[str, ...] = ()
+    code: str | None = None
+
+    def rank(self) -> tuple:
+        """Higher is better: passed, then ran (compiled), then fewer errors, then judged."""
+        if self.passed:
+            return (3, 0)
+        if self.category in UNJUDGED:
+            return (0, 0)
+        if self.category in NOT_COMPILED:
+            return (1, -len(self.errors))
+        return (2, -len(self.errors))
+
+    def problem(self):
+        """What to ask a model to fix, or None."""
+        from csound_assistant.repair import Problem
+
+        if self.category in REPAIRABLE and self.code and self.errors:
+            return Problem(self.code, self.errors[0])
+        return None
+
+
+@dataclass
+class Answer:
+    """The answer a request gets and how it was made."""
+
+    result: Result
+    path: str | None = None  # first | candidate-K | repair | unverified; None: not verified
+    verdict: str | None = None  # "plays", "compiles" or the returned text's failing category
+    repairs: int = 0
+    spent: list[Result] = field(default_factory=list)  # every generation made for it
+    first: Result | None = None  # the first candidate: what an unverified server returns
+
+    def headers(self, *, repair: bool) -> dict:
+        out = {"X-Csound-Repairs": str(self.repairs)} if repair else {}
+        if self.path:
+            out.update({"X-Csound-Verified": self.path, "X-Csound-Verdict": self.verdict or ""})
+        return out
+
+
+def candidate_sampling(sampling: Sampling, k: int, base_seed: int) -> Sampling:
+    """Candidate ``k`` (1-based): the first is the request itself; the others sample."""
+    if k == 1:
+        return replace(sampling, seed=base_seed)
+    return replace(sampling, seed=(base_seed + k - 1) % 2**32,
+                   temperature=max(sampling.temperature, CANDIDATE_TEMPERATURE))
+
+
+def whole_program(prefix: str, suffix: str) -> bool:
+    """prefix + suffix (the middle goes between) is a whole CSD or a whole orchestra."""
+    text = (prefix + suffix).strip()
+    if re.match(r"<CsoundSynthesizer>", text, re.I):
+        return bool(re.search(r"</CsoundSynthesizer>\s*\Z", text, re.I))
+    if "<Cs" in text:
+        return False
+    opened = len(re.findall(r"^[ \t]*(?:instr|opcode)\b", text, re.M))
+    closed = len(re.findall(r"^[ \t]*(?:endin|endop)\b", text, re.M))
+    return opened > 0 and opened == closed and bool(re.search(r"(?:endin|endop)\s*\Z", text))
+
+
+def _render_verdict(code: str, timeout: float) -> Verdict:
+    from csound_assistant import sandbox
+
+    result = sandbox.render(code, seconds=RENDER_SECONDS, timeout=timeout)
+    return Verdict(result.category, result.audible, tuple(str(d) for d in result.errors), code)
+
+
+def _compile_verdict(code: str, timeout: float) -> Verdict:
+    from csound_assistant import sandbox
+
+    result = sandbox.check(code, timeout=timeout)
+    return Verdict(result.category, result.ok, tuple(str(d) for d in result.errors), code)
+
+
+def _bounded(fn, seconds: float):
+    """``fn`` whose default ``timeout`` is ``seconds``: CheckGate takes the smaller of that and
+    the time its own --timeout leaves."""
+    def run(code, timeout=seconds):
+        return fn(code, timeout)
+    return run
+
+
+class Verification:
+    """One request's verification against a ``Service`` (its engine, prompts and checks)."""
+
+    def __init__(self, svc, request, *, deadline: float):
+        self.svc, self.request, self.deadline = svc, request, deadline
+        self.counts = svc.engine.metrics.counts
+        self.spent: list[Result] = []
+        self.sandbox_ok = True
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    async def generate(self, tokens, sampling: Sampling, **kw) -> Result:
+        result = await self.svc.complete(self.request, tokens, sampling,
+                                         timeout=max(self.left(), 0.001), **kw)
+        self.spent.append(result)
+        return result
+
+    async def judge(self, code: str, fn) -> Verdict:
+        seconds = self.left()
+        if not self.sandbox_ok or seconds < MIN_CHECK_S:
+            return Verdict("unchecked", code=code)
+        self.counts["verify_checks"] += 1
+        try:
+            verdict, _ = await self.svc.checks.run(_bounded(fn, seconds), code)
+        except SandboxRefused:
+            return Verdict("refused", code=code)
+        except (QueueFull, CheckTimeout, IsolationUnavailable) as exc:
+            log.info("verification stopped: %s", exc)
+            self.sandbox_ok = False
+            return Verdict("unchecked", code=code)
+        return verdict
+
+    async def candidates(self, tokens, sampling: Sampling, n: int, judge, **kw):
+        """Yield (k, result, verdict) for candidates 1..n in order, until the caller stops;
+        keeps ``engine.slots`` + 1 in flight (batched when the engine decodes in parallel)."""
+        base = sampling_seed(sampling)
+        window = min(n, getattr(self.svc.engine, "slots", 1) + 1)
+        tasks: list[asyncio.Task] = []
+
+        def launch():
+            k = len(tasks) + 1
+            tasks.append(asyncio.ensure_future(
+                self.generate(tokens, candidate_sampling(sampling, k, base), **kw)))
+
+        try:
+            for _ in range(window):
+                launch()
+            for k in range(1, n + 1):
+                try:
+                    result = await tasks[k - 1]
+                except (ApiError, PromptError):
+                    if k == 1:
+                        raise  # nothing to return: the request fails as an unverified one would
+                    return
+                self.counts["verify_candidates"] += 1
+                if len(tasks) < n and self.left() > MIN_CHECK_S:
+                    launch()
+                yield k, result, await judge(result.text)
+                if self.left() < MIN_CHECK_S or not self.sandbox_ok:
+                    return
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answer:
+    """The first candidate that plays, else a repair that plays, else the best candidate."""
+    s = svc.settings
+    v = Verification(svc, request,
+                     deadline=time.monotonic() + min(s.verify_seconds, s.request_timeout))
+    seen: list[tuple[Result, Verdict]] = []
+
+    async def judge(text: str) -> Verdict:
+        code = extract_code(text)
+        return Verdict("no-code") if code is None else await v.judge(code, _render_verdict)
+
+    first = None
+    async with contextlib.aclosing(v.candidates(tokens, sampling, s.verify, judge, **kw)) as gen:
+        async for k, result, verdict in gen:
+            first = first or result
+            if verdict.passed:
+                return _done(v, result, "first" if k == 1 else f"candidate-{k}", "plays", first)
+            if k == 1 and verdict.category == "no-code":  # an explanation: nothing to verify
+                return _done(v, result, "unverified", "no-code", first)
+            seen.append((result, verdict))
+    repairs = 0
+    fixable = [verdict for _, verdict in seen if verdict.problem()]
+    todo = max(fixable, key=Verdict.rank).problem() if fixable else None
+    while todo is not None and repairs < max(s.repair, 1) and v.left() > MIN_CHECK_S:
+        try:
+            fix_tokens = svc.prompts.chat_tokens(todo.request())
+            result = await v.generate(fix_tokens, replace(sampling, seed=sampling_seed(sampling)))
+        except (ApiError, PromptError) as exc:  # e.g. code + error exceed the context
+            log.info("verification's repair skipped: %s", exc)
+            break
+        repairs += 1
+        svc.engine.metrics.counts["repair_requests"] += 1
+        verdict = await judge(result.text)
+        if verdict.passed:
+            return _done(v, result, "repair", "plays", first, repairs)
+        seen.append((result, verdict))
+        todo = verdict.problem()
+    result, verdict = max(seen, key=lambda rv: rv[1].rank())  # max keeps the earliest of ties
+    return _done(v, result, "unverified", verdict.category, first, repairs)
+
+
+async def verified_fim(svc, request, tokens, sampling: Sampling, prefix: str, suffix: str,
+                       **kw) -> Answer:
+    """For a whole CSD or orchestra: the first candidate whose file compiles, else the first."""
+    s = svc.settings
+    v = Verification(svc, request,
+                     deadline=time.monotonic() + min(s.verify_seconds, s.request_timeout))
+    if not whole_program(prefix, suffix):
+        result = await v.generate(tokens, sampling, **kw)
+        return _done(v, result, "unverified", "not-a-whole-program", result)
+
+    async def judge(middle: str) -> Verdict:
+        return await v.judge(prefix + middle + suffix, _compile_verdict)
+
+    first: tuple[Result, Verdict] | None = None
+    async with contextlib.aclosing(v.candidates(tokens, sampling, s.verify, judge, **kw)) as gen:
+        async for k, result, verdict in gen:
+            first = first or (result, verdict)
+            if verdict.passed:
+                return _done(v, result, "first" if k == 1 else f"candidate-{k}", "compiles",
+                             first[0])
+    return _done(v, first[0], "unverified", first[1].category, first[0])
+
+
+def _done(v: Verification, result: Result, path: str, verdict: str, first: Result | None,
+          repairs: int = 0) -> Answer:
+    v.counts["verified_" + path.replace("-", "_")] += 1
+    return Answer(result, path, verdict, repairs, list(v.spent), first)
+
+
+async def pieces(answer: Answer, size: int = 48):
+    """A finished answer's text in stream-sized pieces: a verified answer is streamed after
+    its check, in the shapes an unverified stream has."""
+    text = answer.result.text
+    for i in range(0, len(text), size):
+        yield text[i:i + size]
