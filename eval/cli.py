@@ -127,6 +127,13 @@ def _exported_gguf(work: Path) -> Path:
               help="Send a chat answer whose code does not compile back with Csound's error, "
                    "up to N times, as `serve --repair N` does; first_* columns keep the first "
                    "answer's verdict.")
+@click.option("--verify", type=click.IntRange(min=0, max=8), default=0, show_default=True,
+              help="Ask a GGUF through the server's own path (runtime/verify.py, as `serve "
+                   "--verify N`): up to N candidates per chat answer, decoded together, the "
+                   "first that plays returned, else a repair, else the best; first_* columns "
+                   "score the first candidate.")
+@click.option("--verify-seconds", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Seconds one verified answer may take (with --verify).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads [default: 1 on a busy machine, else up to 4].")
 @click.option("--n-ctx", type=click.IntRange(min=256), default=2048, show_default=True)
@@ -141,8 +148,8 @@ def _exported_gguf(work: Path) -> Path:
 @run_option
 @force_option
 def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit, samples,
-                temperature, max_new_tokens, repeat_penalty, repair, threads, n_ctx, prompt_format,
-                api_model, out_dir, work_dir, run, force):
+                temperature, max_new_tokens, repeat_penalty, repair, verify, verify_seconds,
+                threads, n_ctx, prompt_format, api_model, out_dir, work_dir, run, force):
     """Score models on Csound: compile@1, sound@1, required-opcode coverage, latency (and
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
     .gguf file, `embedded` (the embedded SmolLM2 base) or an OpenAI-compatible URL, each
@@ -158,6 +165,8 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
         csound-assistant eval run f16=runs/default/export/csound-assistant.F16.gguf \\
             --compare q4=runs/default/export/csound-assistant.Q4_K_M.gguf --out /tmp/quant
         csound-assistant eval run http://127.0.0.1:8080/v1 --samples 5
+        csound-assistant eval run embedded --tasks eval/natural/dev.jsonl --no-test \\
+            --limit 0 --verify 4 --verify-seconds 30
     """
     from .runner import run_eval
 
@@ -173,7 +182,7 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
             test_path=None if no_test else test_path, use_tasks=not no_tasks,
             max_new_tokens=max_new_tokens, limit=limit or None, samples=samples,
             temperature=temperature, repeat_penalty=repeat_penalty, repair=repair,
-            n_threads=threads,
+            verify=verify, verify_seconds=verify_seconds, n_threads=threads,
             n_ctx=n_ctx, prompt_format=prompt_format, api_model=api_model, force=force,
             log=lambda m: click.echo(m, err=True))
     from .report import markdown

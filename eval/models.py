@@ -30,6 +30,9 @@ class Generation:
     latency: float  # seconds for the whole answer
     tokens: int  # generated tokens (0 when the server does not say)
     prompt_tokens: int = 0
+    verified: str | None = None  # RuntimeModel with --verify: how the answer was chosen
+    first_text: str | None = None  # ... and the first candidate, what an unverified server says
+    repairs: int = 0
 
 
 def looping(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
@@ -83,10 +86,22 @@ def _idle_cores(seconds: float) -> float | None:
 
 
 def load_model(spec: str, *, prompt_format: str | None = None, n_ctx: int = 2048,
-               n_threads: int | None = None, api_model: str | None = None):
+               n_threads: int | None = None, api_model: str | None = None,
+               verify: int = 0, verify_seconds: float = 60.0):
+    """A model for ``spec``; with ``verify`` N, a GGUF answers through the server's own path
+    (``RuntimeModel``), N candidates checked per chat answer as ``serve --verify N`` does."""
     spec = resolve_spec(spec)
     if spec.startswith(("http://", "https://")):
+        if verify:
+            raise ConfigError(f"--verify needs a GGUF, not the server {spec}: start that "
+                              "server with `csound-assistant serve --verify N` instead")
         return OpenAIModel(spec, model=api_model)
+    if verify:
+        from .runtime_model import RuntimeModel
+
+        return RuntimeModel.from_gguf(Path(spec), prompt_format=prompt_format, n_ctx=n_ctx,
+                                      n_threads=n_threads or auto_threads(), verify=verify,
+                                      verify_seconds=verify_seconds)
     return GGUFModel(Path(spec), prompt_format=prompt_format, n_ctx=n_ctx,
                      n_threads=n_threads or auto_threads())
 

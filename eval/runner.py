@@ -82,6 +82,8 @@ def _summary(rows: list[dict], samples: int) -> dict:
         out["repair_requests"] = sum(r.get("repairs", 0) for r in rows)
         out["repaired"] = sum("first_answer" in r and r["answer"] != r["first_answer"]
                               for r in rows)
+    if any("verified" in r for r in rows):  # --verify: how each returned answer was chosen
+        out["verified"] = _count(r["verified"] for r in rows if "verified" in r)
     if samples > 1:
         out[f"compile@{samples}"] = statistics.mean(
             any(r["compiled"] for r in g) for g in by_item.values())
@@ -169,7 +171,9 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
                    progress: bool = True) -> list[dict]:
     """Each item's answers, scored. With ``repair`` N, a chat answer whose code does not
     compile goes back to the model with Csound's error up to N times (csound_assistant.repair,
-    as ``serve --repair N`` does); the row keeps the first answer's verdict as ``first_*``."""
+    as ``serve --repair N`` does); the row keeps the first answer's verdict as ``first_*``.
+    A model that verifies (``RuntimeModel``, ``eval run --verify N``) says how it chose each
+    answer (``verified``) and what its first candidate was: scored as ``first_*``."""
     temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
     rows = []
     jobs = [(item, k) for item in items for k in range(samples)]
@@ -189,7 +193,9 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
         row = {"model": label, "source": item.source, "id": item.id, "kind": item.kind,
                "sample": k, "answer": gen.text, "latency": gen.latency, "tokens": gen.tokens,
                "required_opcodes": item.required_opcodes, **score_answer(item, gen.text)}
-        if repair and not item.is_fim:
+        if gen.verified is not None:
+            row = _verified(item, row, gen)
+        elif repair and not item.is_fim:
             row = _repair(model, item, row, repair, kwargs)
         rows.append(row)
         if bar:
@@ -198,6 +204,14 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
     if bar:
         bar.close()
     return rows
+
+
+def _verified(item: Item, row: dict, gen) -> dict:
+    first = row if gen.first_text == gen.text else {"answer": gen.first_text,
+                                                     **score_answer(item, gen.first_text or "")}
+    return {**row, **{f"first_{key}": first[key]
+                      for key in ("answer", "category", "compiled", "sound")},
+            "verified": gen.verified, "repairs": gen.repairs}
 
 
 def _repair(model, item: Item, row: dict, rounds: int, kwargs: dict) -> dict:
@@ -241,7 +255,8 @@ def summarize(rows: list[dict], labels: list[str], samples: int) -> dict:
 def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, test_path=None,
              use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
              samples: int = 1, temperature: float | None = None, repeat_penalty: float = 1.0,
-             repair: int = 0, n_threads: int | None = None,
+             repair: int = 0, verify: int = 0, verify_seconds: float = 60.0,
+             n_threads: int | None = None,
              n_ctx: int = 2048, prompt_format: str | None = None,
              prompt_formats: dict[str, str] | None = None, api_model: str | None = None,
              force: bool = False, progress: bool = True, log=print) -> dict:
@@ -264,7 +279,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         for label, spec in models.items():
             fmt = (prompt_formats or {}).get(label, prompt_format)
             model = load_model(spec, prompt_format=fmt, n_ctx=n_ctx,
-                               n_threads=n_threads, api_model=api_model)
+                               n_threads=n_threads, api_model=api_model, verify=verify,
+                               verify_seconds=verify_seconds)
             try:
                 described[label] = {"spec": spec, **model.describe()}
                 rows += evaluate_model(model, items, label=label, samples=samples,
@@ -279,7 +295,8 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                                     f"{MIN_CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
                     "temperature": temperature if temperature is not None
                     else (0.0 if samples == 1 else 0.8),
-                    "repeat_penalty": repeat_penalty, "repair": repair,
+                    "repeat_penalty": repeat_penalty, "repair": repair, "verify": verify,
+                    "verify_seconds": verify_seconds if verify else None,
                     "n_threads": n_threads, "n_ctx": n_ctx,
                     "early_stop": "greedy token loops; a closed </CsoundSynthesizer>"}
         summary = summarize(rows, labels, samples)

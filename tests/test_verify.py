@@ -193,3 +193,41 @@ def test_verify_off_adds_no_header_and_one_generation():
 def test_settings_refuse_bad_values(bad):
     with pytest.raises(ConfigError, match="verify"):
         Settings(**bad)
+
+
+# --- eval run --verify N: the eval asks through the same Service ---------------------------------
+def test_the_eval_scores_what_the_server_returns():
+    from csound_assistant.eval.runner import evaluate_model
+    from csound_assistant.eval.runtime_model import RuntimeModel
+    from csound_assistant.eval.tasks import Item
+
+    item = Item("sine", "describe", "natural", messages=CHAT["messages"],
+                required_opcodes=["poscil"], seconds=1.0)
+    backend = ScriptedBackend(answer(BROKEN), answer(GOOD), answer(GOOD))
+    model = RuntimeModel(backend, Settings(prompt_format="chatml", verify=3))
+    try:
+        (row,) = evaluate_model(model, [item], label="m", max_new_tokens=600, progress=False)
+    finally:
+        model.close()
+    assert (row["answer"], row["sound"], row["verified"]) == (answer(GOOD), True, "candidate-2")
+    assert (row["first_answer"], row["first_sound"]) == (answer(BROKEN), False)
+    assert row["tokens"] >= 2 * len(answer(GOOD))  # both candidates' tokens are counted
+
+
+def test_the_embedded_gguf_through_the_runtime_path(embedded_gguf):
+    from csound_assistant.eval.models import GGUFModel
+    from csound_assistant.eval.runtime_model import RuntimeModel
+
+    messages = [{"role": "user", "content": "Write a Csound instrument that plays a sine."}]
+    model = RuntimeModel.from_gguf(embedded_gguf, prompt_format="chatml", n_ctx=512,
+                                   n_threads=1, verify=2, verify_seconds=20)
+    try:
+        gen = model.chat(messages, max_tokens=12)
+    finally:
+        model.close()
+    assert gen.verified in ("first", "candidate-2", "repair", "unverified")
+    plain = GGUFModel(embedded_gguf, prompt_format="chatml", n_ctx=512, n_threads=1)
+    try:  # the first candidate is the eval's own greedy answer: one way to ask the model
+        assert gen.first_text == plain.chat(messages, max_tokens=12).text
+    finally:
+        plain.close()
