@@ -80,9 +80,7 @@ async def show(request: Request):
     svc.check_model(name)
     d = svc.backend.describe()
     template = svc.prompts.ollama_template()
-    stops = sorted({svc.backend.token_text(t) for t in svc.prompts.stop_ids} |
-                   ({svc.prompts.eos_text} if svc.prompts.eos_text else set()))
-    parameters = "\n".join(f'stop "{s}"' for s in stops)
+    parameters = "\n".join(f'stop "{s}"' for s in svc.prompts.stop_words())
     modelfile = f"FROM {d['path']}\n" + (f"ADAPTER {d['lora']}\n" if d["lora"] else "") + \
         f'TEMPLATE """{template}"""\n' + \
         "".join(f"PARAMETER {p}\n" for p in parameters.splitlines())

@@ -10,6 +10,9 @@ FIM tokens the FIM endpoints answer 501 saying which option to pass.
 
 FIM text (prefix, suffix, extra chunks) is tokenized with special tokens NOT parsed, so code
 cannot inject a FIM marker; a rendered chat prompt is parsed with them, as llama.cpp does.
+Extra context chunks (llama.vscode's ``input_extra``) are laid out as llama.cpp's server lays
+them out, before the FIM prefix token: so a model served here sees what llama-server would show
+it. No training row has such chunks yet (runtime/README.md).
 """
 
 from __future__ import annotations
@@ -30,9 +33,16 @@ from csound_assistant.prompt_format import FORMATS, get_format
 GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
 GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
 GGUF_EOS_TOKEN_ID = "tokenizer.ggml.eos_token_id"
-# llama.cpp's separator for extra context chunks when the model has no FIM_SEP token.
+GGUF_FIM_REP_TOKEN_ID = "tokenizer.ggml.fim_rep_token_id"
+GGUF_FIM_SEP_TOKEN_ID = "tokenizer.ggml.fim_sep_token_id"
+# llama.cpp's format_infill: the repository line after FIM_REP, the file name after the last
+# FIM_SEP (both fixed there), and the separator before each chunk when there is no FIM_SEP.
+FIM_REPO_NAME = "myproject\n"
+FIM_CURRENT_FILE = "filename\n"
 SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+# OpenAI's "developer" role is its newer name for "system" (o1 and later models).
+ROLE_ALIASES = {"developer": "system"}
 
 
 class PromptError(CsoundAssistantError):
@@ -86,6 +96,10 @@ class PromptBuilder:
                                          GGUF_FIM_MID_TOKEN_ID)]
             self.fim = FimTokens(*map(int, ids)) if all(i is not None for i in ids) else None
             self.fim_source = "gguf" if self.fim else None
+        # Repository-level FIM tokens: only a GGUF names them (the project formats have none).
+        rep, sep = (meta.get(k) for k in (GGUF_FIM_REP_TOKEN_ID, GGUF_FIM_SEP_TOKEN_ID))
+        self.fim_rep = int(rep) if rep is not None and not self.format else None
+        self.fim_sep = int(sep) if sep is not None and not self.format else None
         eos_id = meta.get(GGUF_EOS_TOKEN_ID)
         self.eos_text = backend.token_text(int(eos_id)) if eos_id is not None else ""
         self._jinja = _compile(self.template)
@@ -138,8 +152,9 @@ class PromptBuilder:
     def fim_tokens(self, prefix: str, suffix: str, extra: list[tuple[str, str]] = (), *,
                    budget: int) -> tuple[list[int], bool]:
         """FIM prompt ids for at most ``budget`` tokens: the prefix's end, the suffix's start
-        (a quarter of the budget at most) and extra context chunks while room is left, as
-        llama.cpp's server trims them. Returns (ids, truncated)."""
+        (a quarter of the budget at most) and, in the room left, the end of the extra context
+        chunks, placed before the FIM prefix token as llama.cpp's server places them.
+        Returns (ids, truncated)."""
         fim = self.require_fim()
         head = []
         if self.format and self.format.bos:
@@ -166,17 +181,31 @@ class PromptBuilder:
             code_ids = self.backend.tokenize(prefix, special=False) if lookup else prefix_ids
             keep = prefix_take - len(lookup_ids)
             prefix_ids, truncated = [*lookup_ids, *code_ids[len(code_ids) - keep:]], True
-        extra_ids: list[int] = []
-        for filename, text in extra:
-            chunk = self.backend.tokenize(
-                f"{SNIPPET_SEPARATOR if extra_ids else ''}; {filename}\n{text}\n", special=False)
-            if len(extra_ids) + len(chunk) > prefix_take - len(prefix_ids):
-                truncated = True
-                break
-            extra_ids += chunk
-        # Extra chunks go first inside the prefix, so the cursor's context stays nearest.
-        ids = [*head, fim.pre, *extra_ids, *prefix_ids, fim.suf, *suffix_ids, fim.mid]
+        extra_ids = self.extra_context(extra)
+        extra_room = prefix_take - len(prefix_ids)
+        if len(extra_ids) > extra_room:  # llama.cpp keeps the end: the chunks sent last
+            extra_ids, truncated = extra_ids[len(extra_ids) - extra_room:], True
+        ids = [*extra_ids, *head, fim.pre, *prefix_ids, fim.suf, *suffix_ids, fim.mid]
         return ids, truncated
+
+    def extra_context(self, extra: list[tuple[str, str]]) -> list[int]:
+        """llama.cpp's repository-level layout of extra chunks: FIM_REP, then FIM_SEP and the
+        file name before each chunk and before the current file, when the model has those
+        tokens; otherwise each chunk's text after a plain-text separator (no file names)."""
+        if not extra:
+            return []
+        ids: list[int] = []
+        if self.fim_rep is not None:
+            ids += [self.fim_rep, *self.backend.tokenize(FIM_REPO_NAME, special=False)]
+        for filename, text in extra:
+            if self.fim_sep is not None:
+                ids += [self.fim_sep, *self.backend.tokenize(f"{filename}\n", special=False)]
+            else:
+                ids += self.backend.tokenize(SNIPPET_SEPARATOR, special=False)
+            ids += self.backend.tokenize(text, special=False)
+        if self.fim_sep is not None:
+            ids += [self.fim_sep, *self.backend.tokenize(FIM_CURRENT_FILE, special=False)]
+        return ids
 
     def _strip_dummy_space(self, text: str, ids: list[int]) -> list[int]:
         """SentencePiece adds a leading space to the suffix that the reference FIM omits."""
@@ -189,6 +218,16 @@ class PromptBuilder:
                 "opcode_reference": self.lookups.describe(), "lookups": self.lookups.names,
                 "fim_token_ids": None if self.fim is None else
                 [self.fim.pre, self.fim.suf, self.fim.mid]}
+
+    def stop_words(self) -> list[str]:
+        """Every string that ends a generation, as the Modelfile of this format lists them
+        (end tokens, then turn markers); without a format, the model's end tokens."""
+        if self.format:
+            from csound_assistant.modelfiles.render import stop_strings
+
+            return stop_strings(self.format)
+        names = {self.backend.token_text(t) for t in self.stop_ids}
+        return sorted(names | ({self.eos_text} if self.eos_text else set()))
 
     def ollama_template(self) -> str:
         """The TEMPLATE /api/show reports (Continue looks for ``.Suffix`` to allow FIM)."""
@@ -227,9 +266,10 @@ def normalize_messages(messages) -> list[dict]:
         if not isinstance(m, dict):
             raise PromptError(f"messages[{i}] must be an object, got {type(m).__name__}")
         role, content = m.get("role"), m.get("content", "")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in CHAT_ROLES:
-            raise PromptError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, "
-                              f"got {role!r}")
+            raise PromptError(f"messages[{i}].role must be one of "
+                              f"{', '.join([*CHAT_ROLES, *ROLE_ALIASES])}, got {role!r}")
         if content is None:
             content = ""
         if isinstance(content, list):

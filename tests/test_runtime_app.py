@@ -173,7 +173,9 @@ def test_infill_follows_llama_cpp(client):
         assert body["content"] == "  oscili" and body["stop"] is True
         assert body["truncated"] is False and body["timings"]["predicted_n"] == 8
         text = backend.detokenize(backend.prompts[-1])
-        assert "udo.inc\nopcode Foo, a, a" in text and "instr 1\naout =" in text
+        # llama.cpp's layout without FIM_SEP: each chunk after a separator, before FIM_PRE.
+        assert text.startswith("\n\n--- snippet ---\n\nopcode Foo, a, a")
+        assert backend.prompts[-1][text.index("a, a") + 4] == 11 and "instr 1\naout =" in text
         # A prefix far beyond the context is trimmed from the start, the suffix from the end.
         r = c.post("/infill", json={"input_prefix": "p" * 2000, "input_suffix": "s" * 2000,
                                     "n_predict": 8, "cache_prompt": False, "response_fields": ["content", "truncated",
@@ -249,7 +251,7 @@ BAD = [
                    "format": "json"}, "not supported"),
     ("/infill", {"input_prefix": 5}, "'input_prefix' must be a string"),
     ("/infill", {"input_extra": [{"filename": "a"}]}, "'input_extra[0].text' is required"),
-    ("/infill", {"n_predict": 0}, "'n_predict' must be between 1"),
+    ("/infill", {"n_predict": -2}, "'n_predict' must be between 1"),
     ("/completion", {"prompt": [1, 10**8]}, "list of token ids"),
     ("/completion", {"prompt": [600]}, "outside the vocabulary"),
     ("/complete", {"prompt": None}, "'prompt' is required"),
