@@ -60,6 +60,9 @@ def test_manifest():
         assert f"csoundAssistant.{key}" in settings
     assert settings["csoundAssistant.serverUrl"]["default"].startswith("http://127.0.0.1")
     assert "onLanguage:csound" in manifest["activationEvents"]
+    # Without a Csound language extension or an open folder it still starts (issue 26).
+    assert "onStartupFinished" in manifest["activationEvents"]
+    assert manifest["engines"]["vscode"] == "^1.82.0"  # the first with node 18's fetch
     assert (EXTENSION_DIR / manifest["main"]).is_file()
     # vsce is pinned exactly, and the lock file agrees.
     version = manifest["devDependencies"]["@vscode/vsce"]

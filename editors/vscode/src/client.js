@@ -1,5 +1,6 @@
 'use strict';
-// One completion round trip with fetch() (node 18+ and VS Code both have it). No `vscode` import.
+// One completion round trip with the global fetch(): node 18+, so VS Code 1.82+ (Electron 25,
+// node 18.15), the minimum package.json's engines declares. No `vscode` import.
 
 const { buildContext, buildRequest, errorMessage, parseResponse, postProcess } = require('./prompt');
 

@@ -5,8 +5,10 @@
 // In a .csd file the cursor is in <CsInstruments> (orchestra code), <CsScore> (score
 // statements) or elsewhere (<CsOptions>, between sections). The prefix and suffix are cut to
 // the enclosing section so the model's context budget goes to what matters, and keep the CSD
-// tags so the model knows where it is. In the score, an outline of the orchestra (header and
-// instr/endin lines) goes before <CsScore>: score lines name instruments defined there.
+// tags so the model knows where it is. <CsOptions> (short; it says how the piece runs: -odac,
+// MIDI flags) is kept before the section, as in the file. In the score, an outline of the
+// orchestra (header and instr/endin lines) goes before <CsScore>: score lines name instruments
+// defined there.
 
 const SECTIONS = {
   CsInstruments: 'instruments',
@@ -20,6 +22,7 @@ const DEFAULTS = {
   maxPrefixChars: 6000,
   maxSuffixChars: 2000,
 };
+const MAX_OPTIONS_CHARS = 400; // a <CsOptions> longer than this is cut at a line end
 
 function fileKind(fileName) {
   const m = /\.([A-Za-z]+)$/.exec(fileName || '');
@@ -91,6 +94,16 @@ function orchestraOutline(text) {
     .join('\n');
 }
 
+// The file's <CsOptions> block (tags included, newline after), or '' when it has none or it
+// is not closed yet.
+function optionsBlock(text) {
+  const tags = scanTags(text);
+  const open = tags.find((t) => !t.close && t.name === 'CsOptions');
+  const close = open && tags.find((t) => t.close && t.name === 'CsOptions' && t.start >= open.end);
+  if (!close) return '';
+  return `<CsOptions>${keepHead(text.slice(open.end, close.start), MAX_OPTIONS_CHARS)}</CsOptions>\n`;
+}
+
 function findSectionByName(text, name) {
   const tags = scanTags(text);
   const open = tags.find((t) => !t.close && t.name === name);
@@ -116,7 +129,7 @@ function buildContext(text, offset, fileName, options = {}) {
     section = s.kind;
     if (s.kind === 'instruments' || s.kind === 'score') {
       const tag = s.kind === 'instruments' ? 'CsInstruments' : 'CsScore';
-      let head = `<CsoundSynthesizer>\n`;
+      let head = `<CsoundSynthesizer>\n${optionsBlock(text)}`;
       if (s.kind === 'score') {
         const outline = orchestraOutline(text);
         head += `<CsInstruments>\n${outline ? outline + '\n' : ''}</CsInstruments>\n`;
@@ -250,6 +263,7 @@ module.exports = {
   errorMessage,
   fileKind,
   findSection,
+  optionsBlock,
   orchestraOutline,
   parseResponse,
   postProcess,

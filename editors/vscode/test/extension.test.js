@@ -133,3 +133,18 @@ test('errors show once in the status bar; disabled means no requests', async () 
   assert.deepEqual(await off.registered.providers[0].provider.provideInlineCompletionItems(doc, cursor, {}, token), []);
   assert.equal(off.registered.messages.length, 0);
 });
+
+test('the manifest activates without a Csound language extension, on a VS Code with fetch', () => {
+  const manifest = require('../package.json');
+  // src/client.js calls the global fetch(): node 18, first shipped in VS Code 1.82 (Electron 25);
+  // VS Code 1.75 ran node 16, where fetch is missing and every request failed as "cannot reach".
+  const [major, minor] = manifest.engines.vscode.replace(/^[\^~>=]+/, '').split('.').map(Number);
+  assert.ok(major > 1 || minor >= 82, `engines.vscode ${manifest.engines.vscode} predates fetch`);
+  // Activation does not wait for a Csound language id or an open folder...
+  assert.ok(manifest.activationEvents.includes('onStartupFinished'));
+  // ...and the provider then serves Csound files by name, whatever language VS Code gave them.
+  const vscode = fakeVscode({});
+  loadExtension(vscode).activate({ subscriptions: [] });
+  const { selector } = vscode.registered.providers[0];
+  assert.ok(selector.some((s) => !s.language && s.scheme === 'file' && /csd/.test(s.pattern)));
+});

@@ -4,8 +4,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const {
-  buildContext, buildRequest, errorMessage, fileKind, findSection, orchestraOutline,
-  parseResponse, postProcess,
+  buildContext, buildRequest, errorMessage, fileKind, findSection, optionsBlock,
+  orchestraOutline, parseResponse, postProcess,
 } = require('../src/prompt');
 
 const CSD = `<CsoundSynthesizer>
@@ -62,11 +62,24 @@ test('in <CsInstruments> the prompt is the orchestra around the cursor', () => {
   const offset = at('  outs aSig');
   const ctx = buildContext(CSD, offset, 'piece.csd');
   assert.equal(ctx.section, 'instruments');
-  assert.ok(ctx.prefix.startsWith('<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\n'));
+  assert.ok(ctx.prefix.startsWith(
+    '<CsoundSynthesizer>\n<CsOptions>\n-odac\n</CsOptions>\n<CsInstruments>\nsr = 48000\n'));
   assert.ok(ctx.prefix.endsWith('  aSig poscil 0.5, p4\n'));
   assert.ok(ctx.suffix.startsWith('  outs aSig, aSig\nendin\n'));
   assert.ok(ctx.suffix.endsWith('</CsInstruments>\n</CsoundSynthesizer>\n'));
-  assert.ok(!ctx.prefix.includes('-odac') && !ctx.suffix.includes('i 1 0 2'));
+  assert.ok(!ctx.suffix.includes('i 1 0 2'));
+});
+
+test('<CsOptions> stays in the prompt as the file has it, cut when long, dropped when open', () => {
+  assert.equal(optionsBlock(CSD), '<CsOptions>\n-odac\n</CsOptions>\n');
+  const flags = Array.from({ length: 100 }, (_, i) => `-+flag${i}=1`).join('\n');
+  const long = `<CsoundSynthesizer>\n<CsOptions>\n${flags}\n</CsOptions>\n<CsInstruments>\ninstr 1\n`;
+  const block = optionsBlock(long);
+  assert.ok(block.length < 450 && block.startsWith('<CsOptions>\n-+flag0=1\n'));
+  assert.ok(block.endsWith('\n</CsOptions>\n'), 'cut at a line end');
+  assert.equal(optionsBlock('<CsoundSynthesizer>\n<CsOptions>\n-odac\n'), '');
+  const plain = '<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\n';
+  assert.equal(buildContext(plain, plain.length, 'a.csd').prefix, plain);
 });
 
 test('in <CsScore> the prompt carries an outline of the orchestra', () => {
@@ -75,7 +88,8 @@ test('in <CsScore> the prompt carries an outline of the orchestra', () => {
   assert.equal(ctx.section, 'score');
   assert.equal(
     ctx.prefix,
-    '<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n' +
+    '<CsoundSynthesizer>\n<CsOptions>\n-odac\n</CsOptions>\n' +
+      '<CsInstruments>\nsr = 48000\nksmps = 64\nnchnls = 2\n0dbfs = 1\n' +
       'instr 1\nendin\ninstr Bass\nendin\n</CsInstruments>\n<CsScore>\ni 1 0 2 440\n'
   );
   assert.equal(ctx.suffix, 'i "Bass" 2 1\ne\n</CsScore>\n</CsoundSynthesizer>\n');
