@@ -38,6 +38,8 @@ log = logging.getLogger("csound_assistant.serve")
 CANDIDATE_TEMPERATURE = 0.7  # issue 24: 4 samples at 0.7 played 54% against 31% for one
 RENDER_SECONDS = 2.0
 MIN_CHECK_S = 0.3  # less time left than this: judging cannot finish, return what there is
+CHECK_RESERVE_S = 2.0  # generation stops this long before the budget (at most a quarter of
+# it), so a candidate cut by the budget can still be judged: a render takes 0.1-1 s
 NOT_COMPILED = {"syntax", "unknown-opcode", "plugin"}
 UNJUDGED = {"no-code", "unchecked", "refused", "timeout", "crash"}
 REPAIRABLE = NOT_COMPILED | {"runtime-error"}  # Csound printed an error a model can act on
@@ -132,8 +134,10 @@ def _bounded(fn, seconds: float):
 class Verification:
     """One request's verification against a ``Service`` (its engine, prompts and checks)."""
 
-    def __init__(self, svc, request, *, deadline: float):
-        self.svc, self.request, self.deadline = svc, request, deadline
+    def __init__(self, svc, request, *, budget: float):
+        self.svc, self.request = svc, request
+        self.deadline = time.monotonic() + budget
+        self.generate_by = self.deadline - min(CHECK_RESERVE_S, budget / 4)
         self.counts = svc.engine.metrics.counts
         self.spent: list[Result] = []
         self.sandbox_ok = True
@@ -142,8 +146,9 @@ class Verification:
         return self.deadline - time.monotonic()
 
     async def generate(self, tokens, sampling: Sampling, **kw) -> Result:
-        result = await self.svc.complete(self.request, tokens, sampling,
-                                         timeout=max(self.left(), 0.001), **kw)
+        result = await self.svc.complete(
+            self.request, tokens, sampling,
+            timeout=max(self.generate_by - time.monotonic(), 0.001), **kw)
         self.spent.append(result)
         return result
 
@@ -185,7 +190,7 @@ class Verification:
                         raise  # nothing to return: the request fails as an unverified one would
                     return
                 self.counts["verify_candidates"] += 1
-                if len(tasks) < n and self.left() > MIN_CHECK_S:
+                if len(tasks) < n and self.generate_by - time.monotonic() > MIN_CHECK_S:
                     launch()
                 yield k, result, await judge(result.text)
                 if self.left() < MIN_CHECK_S or not self.sandbox_ok:
@@ -198,8 +203,7 @@ class Verification:
 async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answer:
     """The first candidate that plays, else a repair that plays, else the best candidate."""
     s = svc.settings
-    v = Verification(svc, request,
-                     deadline=time.monotonic() + min(s.verify_seconds, s.request_timeout))
+    v = Verification(svc, request, budget=min(s.verify_seconds, s.request_timeout))
     seen: list[tuple[Result, Verdict]] = []
 
     async def judge(text: str) -> Verdict:
@@ -218,7 +222,8 @@ async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answe
     repairs = 0
     fixable = [verdict for _, verdict in seen if verdict.problem()]
     todo = max(fixable, key=Verdict.rank).problem() if fixable else None
-    while todo is not None and repairs < max(s.repair, 1) and v.left() > MIN_CHECK_S:
+    while todo is not None and repairs < max(s.repair, 1) and \
+            v.generate_by - time.monotonic() > MIN_CHECK_S:
         try:
             fix_tokens = svc.prompts.chat_tokens(todo.request())
             result = await v.generate(fix_tokens, replace(sampling, seed=sampling_seed(sampling)))
@@ -240,8 +245,7 @@ async def verified_fim(svc, request, tokens, sampling: Sampling, prefix: str, su
                        **kw) -> Answer:
     """For a whole CSD or orchestra: the first candidate whose file compiles, else the first."""
     s = svc.settings
-    v = Verification(svc, request,
-                     deadline=time.monotonic() + min(s.verify_seconds, s.request_timeout))
+    v = Verification(svc, request, budget=min(s.verify_seconds, s.request_timeout))
     if not whole_program(prefix, suffix):
         result = await v.generate(tokens, sampling, **kw)
         return _done(v, result, "unverified", "not-a-whole-program", result)
