@@ -363,9 +363,10 @@ def _expand_macros(code: str) -> str:
             body = re.sub(rf"\${re.escape(name)}\.?", lambda _: value, body)
         return body
 
-    for _ in range(8):
+    limit = 4 * len(code) + 100_000  # expansions that keep growing are cut off, not followed
+    for _ in range(16):
         new = _USE_RE.sub(use, code)
-        if new == code or len(new) > 4 * len(code) + 100_000:
+        if new == code or len(new) > limit:
             break
         code = new
     return code
