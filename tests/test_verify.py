@@ -223,9 +223,11 @@ def test_the_embedded_gguf_through_the_runtime_path(embedded_gguf):
                                    n_threads=1, verify=2, verify_seconds=20)
     try:
         gen = model.chat(messages, max_tokens=12)
+        batched = model.service.engine.metrics.counts["batched_steps"]
     finally:
         model.close()
     assert gen.verified in ("first", "candidate-2", "repair", "unverified")
+    assert batched > 0  # the two candidates decoded together
     plain = GGUFModel(embedded_gguf, prompt_format="chatml", n_ctx=512, n_threads=1)
     try:  # the first candidate is the eval's own greedy answer: one way to ask the model
         assert gen.first_text == plain.chat(messages, max_tokens=12).text
