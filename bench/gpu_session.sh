@@ -57,7 +57,7 @@ for step in "$@"; do
       cp /tmp/bench/table.md /tmp/bench/train_throughput.json $OUT/ 2>/dev/null || true
       tar czf $OUT/bench-rows.tar.gz -C /tmp bench ;;
     tests)
-      python3 -m pytest -c $REPO/pyproject.toml --rootdir $REPO -m gpu -p no:cacheprovider \
+      timeout 400 python3 -m pytest -c $REPO/pyproject.toml --rootdir $REPO -m gpu -p no:cacheprovider \
         -o addopts="" -ra -v $REPO/tests/test_gpu_*.py 2>&1 | tee $OUT/tests.log \
         || echo "tests: exit status $?" ;;
     recipe)

@@ -47,7 +47,8 @@ SHAPE = dict(hidden=4096, intermediate=11008, layers=32, vocab=32016)
 MARGIN_GIB = 0.15
 
 # name -> overrides of the shipped config, plus bench-only knobs: keep (layers not
-# checkpointed), compile (torch.compile each decoder layer), probe (keep values to measure).
+# checkpointed), compile (torch.compile each decoder layer), probe (keep values to measure),
+# fused_lora (fused_lora.py's LoRA forward).
 ROWS = {
     "default": {"profile": True},
     "dropout0": {"lora_dropout": 0.0},
@@ -57,6 +58,8 @@ ROWS = {
     "probe-4096": {"lora_dropout": 0.0, "batch_tokens": 4096, "probe": [0, 8]},
     "probe-2048": {"lora_dropout": 0.0, "batch_tokens": 2048, "probe": [0, 16]},
     "compile": {"lora_dropout": 0.0, "compile": True},
+    "fused": {"fused_lora": True},
+    "fused-dropout0": {"lora_dropout": 0.0, "fused_lora": True, "profile": True},
     "no-liger": {"lora_dropout": 0.0, "liger": "false"},
 }
 DEFAULT_ROWS = "gemm-peak,seed-sft,default,dropout0,12288,probe-4096,probe-2048"
@@ -123,13 +126,18 @@ def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: st
     if "-keep" in name:
         spec["batch_tokens"] = int(name.split("-keep")[0])
         spec["lora_dropout"] = 0.0
-    bench_only = {k: spec.pop(k) for k in ("profile", "probe", "compile") if k in spec}
+    bench_only = {k: spec.pop(k) for k in ("profile", "probe", "compile", "fused_lora")
+                  if k in spec}
     cfg = load_config(SHIPPED, {**spec, "progress": False})
     backend = choose_backend(cfg)
     model = load_model(model_dir, cfg, backend)
     layers = model.get_base_model().model.layers
     for layer in layers[len(layers) - keep:] if keep else []:
         layer.gradient_checkpointing = False
+    if bench_only.get("fused_lora"):
+        from fused_lora import fuse_lora
+
+        bench_only["fused_layers"] = fuse_lora(model)
     if bench_only.get("compile"):
         for layer in layers:
             layer.compile(dynamic=True)
@@ -189,8 +197,11 @@ def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: st
                   peak_gib=torch.cuda.max_memory_allocated() / 2**30, peak_after_step=peaks,
                   losses=[x.item() for x in losses], flops_per_token=flops_per_token(
                       docs, (len(layers) - keep) / len(layers)))
+    checks = result.setdefault("checks", {})
+    if bench_only.get("fused_lora"):
+        checks["fused_vs_peft_lora"] = fused_check(model, examples[:6], extra)
     if bench_only.get("profile"):
-        result["checks"] = packing_check(model, examples[:6], extra)
+        checks["packed_vs_unpacked"] = packing_check(model, examples[:6], extra)
         result["profile"] = profile_step(lambda: step(steps), out_dir / f"profile-{name}.txt")
     return result
 
@@ -216,6 +227,29 @@ def packing_check(model, examples, extra) -> dict:
     model.train()
     return {"packed_varlen": packed, "one_by_one": one_by_one, "padded_batch": padded,
             "rel_diff": abs(packed - one_by_one) / abs(one_by_one)}
+
+
+def fused_check(model, examples, extra) -> dict:
+    """The loss of a packed batch with the fused LoRA forward and with peft's own."""
+    import torch
+
+    from fused_lora import fuse_lora, unfuse_lora
+
+    from csound_assistant.train.batching import collate_packed, trained_tokens
+
+    batch = {k: v.cuda() if hasattr(v, "cuda") else v
+             for k, v in collate_packed(examples).items()}
+    losses = []
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for fused in (True, False):
+            (fuse_lora if fused else unfuse_lora)(model)
+            losses.append(model(**batch, num_items_in_batch=trained_tokens(examples),
+                                **extra).loss.item())
+    fuse_lora(model)
+    model.train()
+    return {"fused": losses[0], "peft": losses[1],
+            "rel_diff": abs(losses[0] - losses[1]) / abs(losses[1])}
 
 
 KERNEL_KINDS = [("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
