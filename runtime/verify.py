@@ -183,6 +183,8 @@ class Verification:
             for _ in range(window):
                 launch()
             for k in range(1, n + 1):
+                if k > len(tasks):  # not started: the budget had no room for it
+                    return
                 try:
                     result = await tasks[k - 1]
                 except (ApiError, PromptError):
