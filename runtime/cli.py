@@ -112,6 +112,10 @@ def cli(model, log_level, **options):
     if "*" in settings.allowed_origins() and not settings.api_key:
         click.echo("warning: --cors-origins '*' without --api-key: any web page you open can "
                    "use the model (and read its answers)", err=True)
+    if settings.verify > settings.parallel:
+        click.echo(f"note: --verify {settings.verify} with --parallel {settings.parallel}: "
+                   f"candidates decode {settings.parallel} at a time; --parallel "
+                   f"{settings.verify} decodes them together", err=True)
     click.echo(f"serving {settings.model_name!r} on http://{settings.host}:{settings.port} "
                f"(OpenAI base URL http://{settings.host}:{settings.port}/v1)", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
