@@ -152,7 +152,7 @@ def _options(f: Fields, svc) -> Options:
     if names is not None:
         _apply_samplers(sampling, names)
     limit_ms = f.get("t_max_predict_ms", float, low=-1.0)
-    f.get("t_max_prompt_ms", float)
+    f.get("t_max_prompt_ms", float)  # checked, not applied: llama.cpp leaves it a TODO too
     n_cmpl = f.get("n_cmpl", int, None, low=1, high=MAX_N_CMPL)
     if n_cmpl is None and "n_cmpl" not in f.data:
         n_cmpl = f.get("n", int, 1, low=1, high=MAX_N_CMPL)
