@@ -1,7 +1,8 @@
 """Compile an answer's Csound and, when Csound refuses it, ask the model to fix it with
 Csound's own first error: the request the fix-the-bug training rows teach (data/rows.py's
 ``fix_row``: the code, then ``Error:`` and the message in a ``text`` block). Used by
-``eval run --repair N`` and ``serve --repair N``, so the report measures what the server returns.
+``eval run --repair N`` and ``serve --repair N``, so the report measures what the server returns;
+``Problem`` is also the fix request ``--verify N`` falls back to (runtime/verify.py).
 
 Only compiling is checked (the sandbox's ``check``: parse and type-check, nothing runs), and a
 repair is kept only when the new code compiles: an answer never gets worse by being repaired.
