@@ -254,3 +254,17 @@ def format_for_model(model_type_or_name: str) -> PromptFormat:
     """The default format for a base model: CodeLlama gets [INST]+FIM, others ChatML."""
     key = model_type_or_name.lower()
     return FORMATS["llama2-codellama" if "codellama" in key or "code-llama" in key else "chatml"]
+
+
+# Strings that open a new turn: a model that wrote one has finished its answer. The end tokens
+# themselves come from ``PromptFormat.stop``.
+TURN_MARKERS: dict[str, list[str]] = {
+    "chatml": ["<|im_start|>"],
+    "llama2-codellama": ["[INST]", "<s>"],
+}
+
+
+def stop_strings(prompt_format: PromptFormat) -> list[str]:
+    """Every string that ends a generation: end tokens first, then turn markers (the Modelfile's
+    PARAMETER stop lines, the server's /api/show and the editor configs all use this list)."""
+    return list(dict.fromkeys([*prompt_format.stop, *TURN_MARKERS.get(prompt_format.name, [])]))

@@ -25,19 +25,13 @@ from csound_assistant.constants import (
     MODELFILE_PARAMETER, QUANT_TYPES,
 )
 from csound_assistant.errors import ArtifactError, ConfigError
-from csound_assistant.prompt_format import PromptFormat, get_format
+from csound_assistant.prompt_format import PromptFormat, get_format, stop_strings
 
 TEMPLATE_PATH = Path(__file__).with_name("csound-assistant.Modelfile.tmpl")
 MODELFILE_NAME = "Modelfile"
 PROMPT_FORMAT_FILE = "prompt_format.json"
 LINK_MODES = ("symlink", "copy", "path")
 
-# Strings that open a new turn: a model that wrote one has finished its answer. The end tokens
-# themselves come from ``PromptFormat.stop``.
-TURN_MARKERS: dict[str, list[str]] = {
-    "chatml": ["<|im_start|>"],
-    "llama2-codellama": ["[INST]", "<s>"],
-}
 
 # repeat_penalty 1.0: Ollama's default (1.1) penalises tokens seen in the last 64, and code
 # repeats itself by nature; SmolLM2 and Llama tokenizers spell numbers digit by digit, so the
@@ -127,11 +121,6 @@ def _trained_format(export_dir: Path, record: dict, override: str | None) -> Pro
         known = {f.name for f in fields(fmt)}
         fmt = type(fmt)(**{k: v for k, v in value.items() if k in known})
     return fmt
-
-
-def stop_strings(prompt_format: PromptFormat) -> list[str]:
-    """Every string that ends a generation: end tokens first, then turn markers."""
-    return list(dict.fromkeys([*prompt_format.stop, *TURN_MARKERS.get(prompt_format.name, [])]))
 
 
 def _check_quotable(label: str, text: str) -> None:

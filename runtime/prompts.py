@@ -28,7 +28,7 @@ from csound_assistant.constants import (
 )
 from csound_assistant.errors import ConfigError, CsoundAssistantError
 from csound_assistant.opcode_reference import Lookups
-from csound_assistant.prompt_format import FORMATS, get_format
+from csound_assistant.prompt_format import FORMATS, get_format, stop_strings
 
 GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
 GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
@@ -223,8 +223,6 @@ class PromptBuilder:
         """Every string that ends a generation, as the Modelfile of this format lists them
         (end tokens, then turn markers); without a format, the model's end tokens."""
         if self.format:
-            from csound_assistant.modelfiles.render import stop_strings
-
             return stop_strings(self.format)
         names = {self.backend.token_text(t) for t in self.stop_ids}
         return sorted(names | ({self.eos_text} if self.eos_text else set()))

@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from csound_assistant.editors.continue_config import autocomplete_template, render_autocomplete
-from csound_assistant.modelfiles.render import stop_strings
+from csound_assistant.prompt_format import stop_strings
 from csound_assistant.prompt_format import get_format
 from csound_assistant.runtime.server import create_app
 from csound_assistant.runtime.settings import Settings
