@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GO_SOURCE = REPO / "modelfiles" / "gotemplate" / "main.go"
+GO_SOURCE = REPO / "tests" / "gotemplate" / "main.go"
 
 
 def build_gotemplate(tmp: Path) -> Path:
@@ -28,7 +28,7 @@ def build_gotemplate(tmp: Path) -> Path:
 
 
 class GoTemplate:
-    """Runs the Go renderer on a batch of requests (see modelfiles/gotemplate/main.go)."""
+    """Runs the Go renderer on a batch of requests (see tests/gotemplate/main.go)."""
 
     def __init__(self, binary: Path):
         self.binary = binary

@@ -23,7 +23,7 @@
 //
 // A failing request gives {"error": "..."}; the exit status is 0 unless stdin is not JSON.
 //
-// Build: go build -o gotemplate modelfiles/gotemplate/main.go
+// Build: go build -o gotemplate tests/gotemplate/main.go
 package main
 
 import (
