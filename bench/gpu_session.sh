@@ -8,7 +8,8 @@
 # Several steps in one call: bash bench/gpu_session.sh tests bench
 # Needs .whl/ and .gpu/ carried along (bash bench/prepare_gpu_carry.sh [runs/<run>]: the wheels
 # of requirements-gpu.lock, SmolLM2's tokenizer, a run's splits for recipe/ddp). Extra arguments
-# for the bench: BENCH_ARGS="--rows ...". Results go to $OUT (at most 8 files come back).
+# for the bench: BENCH_ARGS="--rows ..."; TESTS_TIMEOUT caps pytest (seconds). Results go to
+# $OUT (at most 8 files come back).
 set -eo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -57,7 +58,7 @@ for step in "$@"; do
       cp /tmp/bench/table.md /tmp/bench/train_throughput.json $OUT/ 2>/dev/null || true
       tar czf $OUT/bench-rows.tar.gz -C /tmp bench ;;
     tests)
-      timeout 400 python3 -m pytest -c $REPO/pyproject.toml --rootdir $REPO -m gpu -p no:cacheprovider \
+      timeout ${TESTS_TIMEOUT:-600} python3 -m pytest -c $REPO/pyproject.toml --rootdir $REPO -m gpu -p no:cacheprovider \
         -o addopts="" -ra -v $REPO/tests/test_gpu_*.py 2>&1 | tee $OUT/tests.log \
         || echo "tests: exit status $?" ;;
     recipe)
