@@ -34,8 +34,10 @@ def data_code_sha() -> str:
     return digest.hexdigest()[:16]
 
 
-def build_splits(root: Path, settings: dict, out: Path, stale: bool) -> None:
-    """Split ``root/data/rows.jsonl`` into ``out``, then add the feedback rows (if any) to its
+def build_splits(root: Path, settings: dict, out: Path, stale: bool,
+                 keep_in_train: frozenset[str] | None = None) -> None:
+    """Split ``root/data/rows.jsonl`` into ``out`` (the rows of ``keep_in_train``, the adapter
+    the train stage continues, stay in train), then add the feedback rows (if any) to its
     train split, never to validation or test. Damaged feedback rows stop it before it writes."""
     from csound_assistant.data.split import split_dataset
 
@@ -49,7 +51,7 @@ def build_splits(root: Path, settings: dict, out: Path, stale: bool) -> None:
             raise DataError(f"{feedback} is damaged (rebuild it with `csound-assistant data "
                             "from-feedback --force`)", problems)
     split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=settings["seed"],
-                  ratios=tuple(settings["ratios"]))
+                  ratios=tuple(settings["ratios"]), keep_in_train=keep_in_train)
     if rows:
         from csound_assistant.eval.feedback_rows import merge_into_train
 
@@ -75,14 +77,23 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     # differently, rebuilds the data (and so everything after it) on the next run.
     p.stage("data", "data", cfg.data | {"code": data_code_sha()}, [], data)
 
+    from csound_assistant.train.config import resolve_config_path
+    from csound_assistant.train.starter import fingerprint, load
+
+    init_spec = _train_config(cfg).init_adapter
+    init_adapter = fingerprint(init_spec)
+
     def split(out, stale):
-        build_splits(root, cfg.split, out, stale)
+        # the rows the continued adapter (the starter) saw stay in train, whatever the data
+        kept = load(init_spec).seen if init_spec else None
+        build_splits(root, cfg.split, out, stale, keep_in_train=kept)
 
     # Rows from `data from-feedback` live in feedback/rows.jsonl and join every new train split:
-    # a split rebuilt because the data changed must not lose them.
+    # a split rebuilt because the data changed must not lose them. A new starter re-splits.
     feedback = root / FEEDBACK_ROWS
     p.stage("split", "splits",
-            cfg.split | ({"feedback": sha256_file(feedback)} if feedback.is_file() else {}),
+            cfg.split | ({"feedback": sha256_file(feedback)} if feedback.is_file() else {})
+            | ({"keep_in_train": init_adapter} if init_adapter else {}),
             ["data"], split)
 
     def train(out, stale):
@@ -91,12 +102,8 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     # The train split's hash is part of the key: `data from-feedback` adds corrected rows to it,
     # and the next pipeline run retrains on them. So are the config file's and the weights of
     # the adapter it continues (init_adapter): an edited recipe or starter retrains too.
-    from csound_assistant.train.config import resolve_config_path
-    from csound_assistant.train.starter import fingerprint
-
     train_rows = sha256_file(root / "splits" / "train.jsonl")
     recipe = sha256_file(resolve_config_path(cfg.train["config"]))
-    init_adapter = fingerprint(_train_config(cfg).init_adapter)
     p.stage("train", "adapter", cfg.train | {"train_rows": train_rows, "recipe": recipe,
                                              "init_adapter": init_adapter},
             ["base", "split"], train)

@@ -144,10 +144,14 @@ def validate(file, max_tokens, tokenizer, prompt_format, compile_, workers):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ratios", default="0.9,0.05,0.05", show_default=True,
               help="train,validation,test shares (normalized).")
+@click.option("--keep-in-train", "keep_in_train", default=None, metavar="ADAPTER_DIR",
+              type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Keep every source example whose rows this adapter was trained on (its "
+                   "train_rows.sha1.txt.gz) in train, e.g. train/starter before continuing it.")
 @work_dir_option
 @run_option
 @force_option
-def split(rows_file, out_dir, seed, ratios, work_dir, run, force):
+def split(rows_file, out_dir, seed, ratios, keep_in_train, work_dir, run, force):
     """Split rows into train/validation/test deterministically by --seed, keeping all rows of
     one source example (meta.group) in the same split.
 
@@ -155,14 +159,25 @@ def split(rows_file, out_dir, seed, ratios, work_dir, run, force):
     Examples:
         csound-assistant data split
         csound-assistant data split my_rows.jsonl --out /tmp/splits --ratios 0.8,0.1,0.1 --seed 1
+        csound-assistant data split --keep-in-train train/starter --force
     """
+    from csound_assistant.errors import DataError
+    from csound_assistant.row_identity import ROW_HASHES, trained_rows
+
     from .split import split_dataset
 
     work = _work(work_dir, run)
     rows_file = rows_file or work / "data" / "rows.jsonl"
     out_dir = out_dir or work / "splits"
     with domain_errors():
-        record = split_dataset(rows_file, out_dir, seed=seed, ratios=ratios, force=force)
+        kept = None
+        if keep_in_train is not None:
+            kept = trained_rows(keep_in_train)
+            if kept is None:
+                raise DataError(f"{keep_in_train} lists no training rows ({ROW_HASHES}): "
+                                "only an adapter made by `train make-starter` does")
+        record = split_dataset(rows_file, out_dir, seed=seed, ratios=ratios, force=force,
+                               keep_in_train=kept)
     click.echo("rows: " + ", ".join(f"{k} {v}" for k, v in record["rows"].items())
                + "; groups: " + ", ".join(f"{k} {v}" for k, v in record["groups"].items()))
     click.echo(f"splits written to {out_dir}")

@@ -3,6 +3,11 @@
 Rows derived from one manual example (same ``meta.group``) always land in the same split, so no
 variant of a test example is trained on. Groups are shuffled by the seed and dealt to the split
 that is furthest below its share of rows; the same seed and rows give the same splits.
+
+``keep_in_train`` (the row hashes an adapter to be continued was trained on: the shipped
+starter's) pins every group holding one of those rows to train before the deal, so a rebuilt
+data set (a new manual, a sandbox that drops some examples) cannot move rows the adapter saw
+into validation or test.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
+from csound_assistant.row_identity import row_hash
 
 from .validate import read_rows, validate_rows
 
@@ -41,14 +47,17 @@ def row_group(row: dict) -> str:
     return "row:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def assign_groups(sizes: dict[str, int], ratios: tuple[float, ...], seed: int) -> dict[str, str]:
-    """Group -> split name. Each group goes to the split whose row count is furthest below its
-    share; every split with a positive ratio gets a group when there are enough groups."""
-    groups = sorted(sizes)
+def assign_groups(sizes: dict[str, int], ratios: tuple[float, ...], seed: int,
+                  pinned: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Group -> split name. ``pinned`` groups go to train; each other group goes to the split
+    whose row count is furthest below its share; every split with a positive ratio gets a group
+    when there are enough groups."""
+    groups = sorted(g for g in sizes if g not in pinned)
     random.Random(seed).shuffle(groups)
     share = {s: r for s, r in zip(SPLITS, ratios) if r > 0}
     filled = dict.fromkeys(share, 0)
-    out: dict[str, str] = {}
+    out: dict[str, str] = {g: "train" for g in sorted(pinned) if g in sizes}
+    filled["train"] += sum(sizes[g] for g in out)
     if len(groups) >= len(share):
         for split in share:
             if split != "train":
@@ -72,8 +81,9 @@ def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
 
 def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
                   ratios: tuple[float, float, float] | str = (0.9, 0.05, 0.05),
-                  force: bool = False) -> dict:
-    """Write ``out_dir/{train,validation,test}.jsonl`` + ``record.json``; return the record."""
+                  force: bool = False, keep_in_train: frozenset[str] | None = None) -> dict:
+    """Write ``out_dir/{train,validation,test}.jsonl`` + ``record.json``; return the record.
+    ``keep_in_train``: row hashes (``row_identity.row_hash``) whose groups stay in train."""
     rows_path, out_dir = Path(rows_path), Path(out_dir)
     ratios = parse_ratios(ratios)
     if out_dir.exists() and not force:
@@ -90,9 +100,12 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
     synthetic = {g for row, g in zip(rows, groups)
                  if (row.get("meta") or {}).get("task") in NOT_FOR_TEST}
     sizes = collections.Counter(g for g, x in zip(groups, extra) if not x)
-    assignment = assign_groups({g: n for g, n in sizes.items() if g not in synthetic}, ratios, seed)
+    pinned = frozenset(g for row, g in zip(rows, groups)
+                       if keep_in_train and row_hash(row) in keep_in_train)
+    assignment = assign_groups({g: n for g, n in sizes.items() if g not in synthetic}, ratios,
+                               seed, pinned)
     assignment.update(assign_groups({g: n for g, n in sizes.items() if g in synthetic},
-                                    (ratios[0], ratios[1], 0.0), seed))
+                                    (ratios[0], ratios[1], 0.0), seed, pinned))
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     held_out_cuts = 0
     for row, group, x in zip(rows, groups, extra):
@@ -113,6 +126,7 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
             rows={s: len(r) for s, r in by_split.items()},
             groups={s: len(g) for s, g in group_sets.items()},
             rows_without_group=sum(1 for g in groups if g.startswith("row:")),
+            kept_in_train={"row_hashes": len(keep_in_train or ()), "groups": len(pinned)},
             extra_fim_cuts={"train": sum(1 for r in by_split["train"] if is_extra_cut(r)),
                             "dropped_from_held_out": held_out_cuts},
             test_groups=sorted(group_sets["test"]),

@@ -5,7 +5,7 @@ a base plus the LoRA GGUF (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), ca
 TEMPLATE from ``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a
 ``PARAMETER stop`` for every end token and turn marker, and the training system prompt.
 ``tests/test_modelfiles_*.py`` parse the result the way ``ollama create`` does and render it with
-Go's text/template (``modelfiles/gotemplate``) to prove it reproduces the training text.
+Go's text/template (``tests/gotemplate``) to prove it reproduces the training text.
 """
 
 from __future__ import annotations

@@ -48,6 +48,44 @@ def test_split_keeps_groups_together_and_is_deterministic(tmp_path):
     assert read_split(tmp_path / "c", "test") != splits["test"]
 
 
+def test_keep_in_train_holds_an_adapters_rows_when_the_data_changes(tmp_path):
+    """A rebuilt data set without a few examples deals every later group anew; an adapter
+    trained on the first train split would then meet its own rows in test. Pinned, it cannot."""
+    import gzip
+
+    from csound_assistant.row_identity import ROW_HASHES, row_hash, trained_rows
+
+    rows = make_rows(tmp_path / "rows.jsonl", 120)
+    split_dataset(tmp_path / "rows.jsonl", tmp_path / "first", seed=0)
+    seen = {row_hash(r) for r in read_split(tmp_path / "first", "train")}
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with gzip.open(adapter / ROW_HASHES, "wt") as f:
+        f.write("\n".join(sorted(seen)) + "\n")
+    fewer = [r for r in rows if r["meta"]["group"] not in {"ex3", "ex4", "ex10"}]
+    (tmp_path / "fewer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fewer))
+
+    def held_out_seen(folder):
+        return [r for s in ("validation", "test") for r in read_split(folder, s)
+                if row_hash(r) in seen]
+
+    split_dataset(tmp_path / "fewer.jsonl", tmp_path / "plain", seed=0)
+    assert held_out_seen(tmp_path / "plain")  # what the pipeline's guard refused
+    record = split_dataset(tmp_path / "fewer.jsonl", tmp_path / "kept", seed=0,
+                           keep_in_train=trained_rows(adapter))
+    assert not held_out_seen(tmp_path / "kept")
+    assert all(read_split(tmp_path / "kept", s) for s in ("validation", "test"))
+    assert record["kept_in_train"]["groups"] > 0
+    result = CliRunner().invoke(cli, ["split", str(tmp_path / "fewer.jsonl"), "--out",
+                                      str(tmp_path / "cli"), "--keep-in-train", str(adapter)])
+    assert result.exit_code == 0, result.output
+    assert all(read_split(tmp_path / "cli", s) == read_split(tmp_path / "kept", s) for s in SPLITS)
+    (adapter / ROW_HASHES).unlink()
+    result = CliRunner().invoke(cli, ["split", str(tmp_path / "fewer.jsonl"), "--out",
+                                      str(tmp_path / "none"), "--keep-in-train", str(adapter)])
+    assert result.exit_code != 0 and "lists no training rows" in result.output
+
+
 def test_split_refuses_to_overwrite_and_bad_input_leaves_nothing(tmp_path):
     make_rows(tmp_path / "rows.jsonl", 10)
     split_dataset(tmp_path / "rows.jsonl", tmp_path / "out")

@@ -16,26 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from csound_assistant.artifacts import read_record, sha256_file
+from csound_assistant.row_identity import ROW_HASHES, row_hash, trained_rows
 from csound_assistant.errors import ArtifactError, ConfigError
 
 STARTER_DIR = Path(__file__).parent / "starter"
-ROW_HASHES = "train_rows.sha1.txt.gz"  # one 16-hex row hash per line: what the adapter saw
 REPLAY = "replay.jsonl.gz"  # the rows of the adapter's last training, for `replay`
 WEIGHTS = "adapter_model.safetensors"
-
-
-def row_hash(row: dict) -> str:
-    """A row's identity for leak checks: its text (everything but ``meta``, whose render peaks
-    of noise opcodes differ from build to build)."""
-    text = json.dumps({k: v for k, v in row.items() if k != "meta"}, sort_keys=True,
-                      ensure_ascii=False)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _split_hashes(path: Path) -> set[str]:
@@ -45,10 +36,7 @@ def _split_hashes(path: Path) -> set[str]:
 
 def _listed_hashes(folder: Path) -> frozenset[str] | None:
     """The row hashes a starter lists (``ROW_HASHES``); None for a folder without the list."""
-    if not (folder / ROW_HASHES).is_file():
-        return None
-    with gzip.open(folder / ROW_HASHES, "rt") as f:
-        return frozenset(line.strip() for line in f if line.strip())
+    return trained_rows(folder)
 
 
 def unseen_rows(init: "InitAdapter", rows: list[dict]) -> set[int]:
@@ -154,7 +142,8 @@ def check(init: InitAdapter, cfg, base_dir: Path, splits_dir: Path, say=print):
             if leaked:
                 problems.append(f"{init.dir} was trained on {leaked} rows of this run's {name} "
                                 f"split ({path}): its validation loss and eval would be "
-                                "contaminated; split again with the adapter's split settings, "
+                                "contaminated; split again keeping its rows in train "
+                                f"(`csound-assistant data split --keep-in-train {init.dir}`), "
                                 "or set init_adapter: ''")
     else:
         say(f"train: {init.dir} lists no training rows ({ROW_HASHES}); "
