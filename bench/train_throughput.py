@@ -252,8 +252,10 @@ def fused_check(model, examples, extra) -> dict:
             "rel_diff": abs(losses[0] - losses[1]) / abs(losses[1])}
 
 
-KERNEL_KINDS = [("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
-                ("nf4 dequant", ("dequant",)), ("attention", ("flash", "fmha", "attn")),
+# first match wins: flash-attention's kernel names carry cutlass types, so attention goes first
+KERNEL_KINDS = [("attention", ("flash", "fmha", "attn")),
+                ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas", "splitk")),
+                ("nf4 dequant", ("dequant",)), ("dropout", ("dropout",)),
                 ("liger / triton", ("triton", "liger", "_rms_norm", "_swiglu", "_rope",
                                     "cross_entropy", "element_mul")),
                 ("torch elementwise", ("elementwise", "reduce", "copy", "cat", "fill")),
