@@ -62,7 +62,7 @@ ROWS = {
     "fused-dropout0": {"lora_dropout": 0.0, "fused_lora": True, "profile": True},
     "no-liger": {"lora_dropout": 0.0, "liger": "false"},
 }
-DEFAULT_ROWS = "gemm-peak,seed-sft,default,dropout0,12288,probe-4096,probe-2048"
+DEFAULT_ROWS = "gemm-peak,seed-sft,default,dropout0,fused,fused-dropout0,12288"
 
 
 def versions() -> dict:
