@@ -6,8 +6,10 @@ with ``--parallel`` they are submitted together and decode in one batch). Each c
 Csound is rendered in the sandbox, in order, and the first that plays (compiles, renders, not
 silent, no NaN, reads no missing file: the eval's sound@1) is returned. If none plays, the best
 fixable one goes back to the model with Csound's first error (``csound_assistant.repair``);
-then the best candidate is returned, marked unverified. An answer without code (an explanation)
-is returned as it is. ``--verify-seconds`` bounds the whole request (generation and checks) and
+then the best candidate is returned, marked unverified. When the first answer holds no code (an
+explanation, or a small model that answered in prose), the other candidates are still judged:
+one that plays replaces it; otherwise the first answer is returned as it is (no repair, and no
+code that does not play in place of prose). ``--verify-seconds`` bounds the whole request (generation and checks) and
 so does ``--timeout``; sandbox runs go through the server's ``CheckGate`` (worker threads,
 its queue and limits).
 
@@ -218,9 +220,9 @@ async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answe
             first = first or result
             if verdict.passed:
                 return _done(v, result, "first" if k == 1 else f"candidate-{k}", "plays", first)
-            if k == 1 and verdict.category == "no-code":  # an explanation: nothing to verify
-                return _done(v, result, "unverified", "no-code", first)
             seen.append((result, verdict))
+    if seen and seen[0][1].category == "no-code":  # prose first: only code that plays replaces it
+        return _done(v, seen[0][0], "unverified", "no-code", first)
     repairs = 0
     fixable = [verdict for _, verdict in seen if verdict.problem()]
     todo = max(fixable, key=Verdict.rank).problem() if fixable else None

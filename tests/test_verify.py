@@ -117,14 +117,19 @@ def test_a_repair_that_plays_is_returned():
     assert "csound_assistant_verified_repair_total 1" in metrics
 
 
-def test_an_explanation_without_code_is_returned_as_it_is():
+def test_prose_first_is_replaced_only_by_code_that_plays():
     text = "poscil is a high-precision oscillator: give it an amplitude and a frequency."
-    backend = ScriptedBackend(text, answer(GOOD), answer(GOOD))
+    backend = ScriptedBackend(text, answer(BROKEN), answer(GOOD))
     with client(backend, verify=3) as c:
         r = c.post("/v1/chat/completions", json=CHAT)
-    assert content(r) == text
+    assert content(r) == answer(GOOD) and r.headers["x-csound-verified"] == "candidate-3"
+    backend = ScriptedBackend(text, answer(BROKEN), answer(SILENT))
+    with client(backend, verify=3) as c:
+        r = c.post("/v1/chat/completions", json=CHAT)
+    assert content(r) == text  # no code that fails in place of the explanation, no repair
     assert (r.headers["x-csound-verified"], r.headers["x-csound-verdict"]) == \
         ("unverified", "no-code")
+    assert len(backend.prompts) == 3
 
 
 def test_the_budget_bounds_the_request():
