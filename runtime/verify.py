@@ -147,10 +147,13 @@ class Verification:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    async def generate(self, tokens, sampling: Sampling, **kw) -> Result:
-        result = await self.svc.complete(
-            self.request, tokens, sampling,
-            timeout=max(self.generate_by - time.monotonic(), 0.001), **kw)
+    async def generate(self, tokens, sampling: Sampling, *, first: bool = False,
+                       **kw) -> Result:
+        # The first candidate is what the server answers without --verify: only --timeout
+        # bounds it, so verification never cuts an answer short (a long fix request on a busy
+        # machine would otherwise lose its code); the budget bounds the others and the checks.
+        timeout = None if first else max(self.generate_by - time.monotonic(), 0.001)
+        result = await self.svc.complete(self.request, tokens, sampling, timeout=timeout, **kw)
         self.spent.append(result)
         return result
 
@@ -179,7 +182,8 @@ class Verification:
         def launch():
             k = len(tasks) + 1
             tasks.append(asyncio.ensure_future(
-                self.generate(tokens, candidate_sampling(sampling, k, base), **kw)))
+                self.generate(tokens, candidate_sampling(sampling, k, base), first=k == 1,
+                              **kw)))
 
         try:
             for _ in range(window):
