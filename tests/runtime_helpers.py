@@ -146,3 +146,23 @@ def running_server(app, *, timeout: float = 30.0):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# A CSD that plays, and two that Csound refuses (repair and --verify tests)
+GOOD = """<CsoundSynthesizer>
+<CsInstruments>
+sr = 44100
+ksmps = 32
+nchnls = 2
+0dbfs = 1
+instr 1
+  asig poscil 0.3, 440
+  outs asig, asig
+endin
+</CsInstruments>
+<CsScore>
+i 1 0 1
+</CsScore>
+</CsoundSynthesizer>"""
+BROKEN = GOOD.replace("poscil 0.3, 440", "poscil 0.3, 440, 1, 2, 3, 4, 5")  # too many arguments: does not compile
+WORSE = GOOD.replace("asig poscil", "asig posscil")  # misspelled: does not compile either

@@ -15,25 +15,8 @@ from csound_assistant.runtime.server import create_app
 from csound_assistant.runtime.settings import Settings
 from csound_assistant.runtime.verify import CANDIDATE_TEMPERATURE, whole_program
 
-from runtime_helpers import FakeBackend
+from runtime_helpers import BROKEN, GOOD, WORSE, FakeBackend
 
-GOOD = """<CsoundSynthesizer>
-<CsInstruments>
-sr = 44100
-ksmps = 32
-nchnls = 2
-0dbfs = 1
-instr 1
-  asig poscil 0.3, 440
-  outs asig, asig
-endin
-</CsInstruments>
-<CsScore>
-i 1 0 1
-</CsScore>
-</CsoundSynthesizer>"""
-BROKEN = GOOD.replace("poscil 0.3, 440", "poscil 0.3, 440, 1, 2, 3, 4, 5")  # does not compile
-WORSE = GOOD.replace("asig poscil", "asig posscil")  # does not compile either
 SILENT = GOOD.replace("poscil 0.3, 440", "poscil 0, 440")  # compiles, renders silence
 CHAT = {"messages": [{"role": "user", "content": "A sine."}], "max_tokens": 600,
         "temperature": 0}
