@@ -235,3 +235,16 @@ def test_starter_card_names_the_data_build_that_made_its_rows(tmp_path):
         "- data: 50 rows from `csound-assistant data build --limit 20`")  # a quick build says so
     (splits / "record.json").write_text(json.dumps({"stage": "splits"}))
     assert starter._data_settings(splits) == {} and starter._data_line({}) == ""
+
+
+def test_the_shipped_starter_names_no_path_of_the_machine_that_made_it():
+    """Its card and record say where things were relative to the repo (``runs/r3/adapter``) and
+    identify them by hash: a user has none of the maker's absolute paths."""
+    import re
+
+    for path in sorted(starter.STARTER_DIR.iterdir()):
+        if path.suffix not in (".md", ".json", ".yaml"):
+            continue
+        found = re.findall(r"(?<![\w.])/(?:work|root|home|tmp|Users|mnt)/[^\s\"`']*",
+                           path.read_text())
+        assert not found, f"{path.name} names machine paths: {found[:3]}"
