@@ -67,12 +67,11 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
         csound-assistant data build --limit 50 --out /tmp/data --force
         csound-assistant data build --strip-comments
     """
-    from csound_assistant.child_processes import children_die_with_us
-
     from .build import build_dataset
 
     out_dir = out_dir or _work(work_dir, run) / "data"
-    with domain_errors(), children_die_with_us():  # no Csound render outlives a stopped build
+    # the top-level command kills child process groups on SIGTERM/SIGHUP/Ctrl-C (cli.main)
+    with domain_errors():
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
                                fixes_per_example=fixes_per_example, fim_cuts=fim_cuts,
