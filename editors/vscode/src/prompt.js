@@ -165,6 +165,8 @@ function buildRequest(context, settings) {
   const maxTokens = Math.max(1, Math.floor(settings.maxTokens || 128));
   const temperature = settings.temperature ?? 0.2;
   let url;
+  // A record, not the first literal's shape: `seed` is added below for either endpoint.
+  /** @type {Record<string, unknown>} */
   let body;
   if (endpoint === 'infill') {
     url = `${base}/infill`;
@@ -249,8 +251,11 @@ function postProcess(text, suffix, { truncated = false, stop = [] } = {}) {
   const nextLine = (suffix || '').split('\n').map((l) => l.trim()).find((l) => l.length > 0);
   if (nextLine && nextLine.length >= 4) {
     const lines = out.split('\n');
-    const k = lines.findIndex((l, idx) => idx > 0 && l.trim() === nextLine);
-    if (k > 0) out = lines.slice(0, k).join('\n') + '\n';
+    const k = lines.findIndex((l) => l.trim() === nextLine);
+    // k == 0: the completion starts with the text after the cursor (the embedded model answers
+    // `endin` at the start of an `endin` line): inserting it would double that line.
+    if (k === 0) out = '';
+    else if (k > 0) out = lines.slice(0, k).join('\n') + '\n';
   }
   if (truncated && out.includes('\n')) out = out.slice(0, out.lastIndexOf('\n') + 1);
   return out;

@@ -183,6 +183,9 @@ test('post-processing stops at leaked end tokens and at a repeat of the suffix',
   assert.equal(
     postProcess('aSig poscil 1, 440\n  outs aSig, aSig\nendin\n', suffix),
     'aSig poscil 1, 440\n');
+  // A completion that is the line after the cursor adds nothing but a second copy of it.
+  assert.equal(postProcess('endin', 'endin\n</CsInstruments>\n'), '');
+  assert.equal(postProcess('  outs aSig, aSig\nendin\n', suffix), '');
   assert.equal(postProcess('k1 = 1\nk2 = 2\nk3 =', '', { truncated: true }), 'k1 = 1\nk2 = 2\n');
   assert.equal(postProcess('k1 = 1', '', { truncated: true }), 'k1 = 1');
 });
