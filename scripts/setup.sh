@@ -42,6 +42,17 @@ if [[ "$(cat $stamp 2>/dev/null)" != "$want" ]]; then
   echo "$want" > $stamp
 fi
 .venv/bin/python -m csound_assistant.convert.llama_cpp_tools ensure
+# The client-compatibility tests run real npm packages (Continue's config parser, VS Code 1.82's
+# API types and its node), pinned in tests/node; npm ci again only when the lock file changed.
+if command -v npm >/dev/null; then
+  node_lock=tests/node/node_modules/.package-lock.json
+  if [[ ! -e $node_lock || tests/node/package-lock.json -nt $node_lock ]]; then
+    echo "setup: npm ci in tests/node (client-compatibility tests)"
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+else
+  echo "setup: warning: npm not found: tests/test_client_node.py needs tests/node's packages" >&2
+fi
 # Csound runs on untrusted code only inside bubblewrap (SECURITY.md): say now if it cannot.
 .venv/bin/python -c "from csound_assistant import sandbox; print('setup: Csound sandbox:', sandbox.isolation_status())" \
   || echo "setup: warning: the Csound sandbox cannot isolate Csound here (see above and SECURITY.md)" >&2
