@@ -33,6 +33,7 @@ from starlette.routing import Route
 from .api_openai import SSE_HEADERS, sse
 from .backend import Sampling
 from .engine import Result
+from .fim_trim import trim_middle
 from .validation import ApiError, Fields, read_json
 
 MAX_RESPONSE_FIELDS = 64
@@ -252,6 +253,8 @@ async def _one(request, svc, tokens, opts: Options, sampling: Sampling, index: i
     async for piece in pieces:
         text.append(piece)
     content = "".join(text)
+    if isinstance(record_prompt, dict):  # /infill: what the editor inserts at the cursor
+        content = trim_middle(record_prompt["prefix"], content, record_prompt["suffix"])
     completion_id = await svc.record(record_prompt, content, endpoint)
     return _final(svc, pieces.result, opts, content, completion_id, index=index,
                   timed_out=pieces.timed_out)

@@ -20,6 +20,7 @@ from csound_assistant.constants import GGUF_FILE_TYPES
 
 from . import verify
 from .engine import Result
+from .fim_trim import trim_middle
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -178,10 +179,11 @@ async def _respond(request, svc, tokens, sampling, stream, truncated, head, reco
     if not stream:
         result = answer.result if answer else \
             await svc.complete(request, tokens, sampling, truncated=truncated)
-        completion_id = await svc.record(record_prompt, result.text, endpoint)
+        text = trim_middle(fim[0], result.text, fim[1]) if fim else result.text
+        completion_id = await svc.record(record_prompt, text, endpoint)
         extra = {"completion_id": completion_id} if completion_id else {}
         return JSONResponse(
-            {**head, "created_at": _now(), **body(result.text), "done": True,
+            {**head, "created_at": _now(), **body(text), "done": True,
              "done_reason": DONE_REASON[result.finish_reason], **_counts(result), **extra,
              **verified},
             headers={**headers, **({"X-Completion-Id": completion_id} if completion_id else {})})

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from . import verify
 from .engine import Result
+from .fim_trim import trim_middle
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -145,9 +146,10 @@ async def completions(request: Request):
     if not stream:
         result = answer.result if answer else \
             await svc.complete(request, tokens, sampling, truncated=truncated)
-        completion_id = await svc.record(record_prompt, result.text, "/v1/completions")
+        text = result.text if suffix is None else trim_middle(prompt, result.text, suffix)
+        completion_id = await svc.record(record_prompt, text, "/v1/completions")
         return JSONResponse({
-            **head, "choices": [{"text": lead + result.text, "index": 0, "logprobs": None,
+            **head, "choices": [{"text": lead + text, "index": 0, "logprobs": None,
                                  "finish_reason": FINISH[result.finish_reason]}],
             "usage": usage(result), **_cid(completion_id)},
             headers={**_hdr(completion_id), **_verified(svc, answer)})
