@@ -64,6 +64,10 @@ class TrainConfig:
     fim_reference: bool = _f(False, "put the manual's synopses of the opcodes on the cursor's "
                              "line before each FIM prefix, as Csound comments; the exported "
                              "model asks eval and the server to do the same")
+    lookup_share: float = _f(1.0, "with opcode_reference or fim_reference: the share of rows "
+                             "encoded with the manual lookups (a fixed draw by row text), the "
+                             "rest without, so the model also answers well where no lookup is "
+                             "added (Ollama, Continue, llama.cpp's server); 1.0 = every row")
     max_length: int = _f(1024, "longest row in tokens; longer rows are dropped (and counted), "
                          "never truncated, so every kept answer ends with its stop token")
     batch_tokens: int = _f(4096, "tokens per micro-batch (real tokens when packed; rows x "
@@ -120,6 +124,8 @@ class TrainConfig:
             problems.append("lora_layers and time_budget_minutes must be >= 0")
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set max_steps > 0 or epochs > 0")
+        if not 0.0 <= self.lookup_share <= 1.0:
+            problems.append(f"lookup_share={self.lookup_share} must be between 0 and 1")
         if not self.target_modules:
             problems.append("target_modules is empty")
         if problems:

@@ -9,12 +9,14 @@ row is that token's id: it is checked here, not trusted.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csound_assistant.data.validate import read_rows
 from csound_assistant.errors import ConfigError, DataError
 from csound_assistant.prompt_format import ROW_KINDS, PromptFormat, row_kind, to_messages
+from csound_assistant.row_identity import row_hash
 
 IGNORE = -100
 
@@ -99,27 +101,23 @@ def check_stop(example: Encoded, stop_ids: dict[str, int], where: str) -> str | 
     return None
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL split; every bad line is reported at once, with its number."""
+def read_split(path: Path) -> list[dict]:
+    """Rows of a split file, read as ``data validate`` reads rows; every bad line is reported at
+    once, as ``path:line: problem`` (unreadable lines first, then rows of no known shape)."""
     if not path.is_file():
         raise DataError(f"split file not found: {path} (run `csound-assistant data split` first)")
-    rows, problems = [], []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{n}: not JSON ({exc.msg})")
-            continue
+    parsed, problems = read_rows(path)
+    rows = []
+    for n, row in parsed:
         if not isinstance(row, dict) or row_kind(row) is None:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            problems.append(f"{path}:{n}: not one of the row shapes {', '.join(ROW_KINDS)} "
+            problems.append(f"line {n}: not one of the row shapes {', '.join(ROW_KINDS)} "
                             f"(keys {keys})")
             continue
         rows.append(row)
     if problems:
-        raise DataError(f"{len(problems)} bad rows in {path}", problems[:50])
+        where = [re.sub(r"^line (\d+): ", rf"{path}:\1: ", p) for p in problems]
+        raise DataError(f"{len(problems)} bad rows in {path}", where[:50])
     if not rows:
         raise DataError(f"{path} has no rows")
     return rows
@@ -143,9 +141,25 @@ def weight_tasks(rows: list[dict], weights: dict[str, int]) -> list[dict]:
     return [r for r in rows for _ in range(weights.get((r.get("meta") or {}).get("task"), 1))]
 
 
-def with_reference(row: dict, lookups) -> dict:
+def gets_lookups(row: dict, share: float) -> bool:
+    """Whether ``row`` is encoded with the manual lookups when only ``share`` of rows are: a
+    fixed draw from the row's text, so every epoch, split and rebuild agrees. Rows without
+    lookups teach the model to answer what Ollama, Continue and llama.cpp's own server send,
+    which carry none of our extras (issue 26)."""
+    if share >= 1.0:
+        return True
+    if share <= 0.0:
+        return False
+    draw = int(row_hash(row), 16) / 16 ** 16
+    return draw < share
+
+
+def with_reference(row: dict, lookups, share: float = 1.0) -> dict:
     """A row as a runtime with ``lookups`` (``opcode_reference.Lookups``) would have shown it
-    to the model: manual synopses under each user turn and before a FIM prefix."""
+    to the model: manual synopses under each user turn and before a FIM prefix; for the
+    ``1 - share`` of rows that ``gets_lookups`` leaves out, the row as it is."""
+    if not gets_lookups(row, share):
+        return row
     kind = row_kind(row)
     if kind in ("chat", "instruction") and lookups.chat:
         return {"messages": lookups.row_messages(to_messages(row))}
@@ -155,11 +169,13 @@ def with_reference(row: dict, lookups) -> dict:
 
 
 def encode_split(tokenizer, fmt: PromptFormat, rows: list[dict], max_length: int,
-                 stop_ids: dict[str, int], name: str, lookups=None) -> EncodedSplit:
+                 stop_ids: dict[str, int], name: str, lookups=None,
+                 lookup_share: float = 1.0) -> EncodedSplit:
     out = EncodedSplit([])
     problems = []
     for i, row in enumerate(rows, 1):
-        example = encode_row(tokenizer, fmt, with_reference(row, lookups) if lookups else row)
+        shown = with_reference(row, lookups, lookup_share) if lookups else row
+        example = encode_row(tokenizer, fmt, shown)
         example.kind, example.row = row_kind(row), i - 1
         if problem := check_stop(example, stop_ids, f"{name} row {i}"):
             problems.append(problem)
