@@ -22,6 +22,17 @@ DEFAULT_SYSTEM = (
 ROW_KINDS = ("chat", "instruction", "completion", "fim")
 
 Segment = tuple[str, bool]  # (text, trained)
+# llama.cpp's server, for a model without FIM_REP/FIM_SEP tokens (ours), puts each chunk of an
+# /infill request's ``input_extra`` after this separator, before the FIM prefix token.
+SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
+
+
+def fim_extra_text(chunks) -> str:
+    """Repository context (``input_extra``: [{filename, text}] or (filename, text) pairs) as the
+    text a model without repository tokens reads before the FIM prefix: the one rendering for
+    training rows (a FIM row's optional ``input_extra``) and the server's /infill."""
+    texts = [c["text"] if isinstance(c, dict) else c[1] for c in chunks or ()]
+    return "".join(SNIPPET_SEPARATOR + text for text in texts)
 
 
 def row_kind(row: dict) -> str | None:
@@ -94,7 +105,8 @@ class PromptFormat:
             return [(self.bos + row["prompt"], False), (row["completion"] + self.eos, True)]
         if kind == "fim":
             prompt = self.fim_prompt(row["prefix"], row["suffix"])
-            return [(self.bos + prompt, False), (row["middle"] + self.fim_end, True)]
+            extra = fim_extra_text(row.get("input_extra"))
+            return [(extra + self.bos + prompt, False), (row["middle"] + self.fim_end, True)]
         raise ConfigError(f"row has none of the formats {', '.join(ROW_KINDS)}: keys {sorted(row)}")
 
     # --- stop strings and exported templates ----------------------------------------------

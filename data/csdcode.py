@@ -244,6 +244,101 @@ def fim_expression_split(code: str, st: Statement) -> tuple[str, str, str]:
     return code[:a], code[a:b], code[b:]
 
 
+# Cursor positions editors ask at (issue 26). Each cut returns (prefix, middle, suffix) with
+# prefix + middle + suffix == the code it was given, or None where the code has no such place.
+def _offset(code: str, line: int) -> int:
+    return sum(len(text) + 1 for text in code.split("\n")[:line])
+
+
+def fim_opcode_split(code: str, st: Statement) -> tuple[str, str, str] | None:
+    """After the output variables (``  asig |``): the middle is the opcode and its arguments,
+    to the end of the statement (a trailing comment stays in the suffix)."""
+    if not st.outputs:
+        return None
+    m = _STATEMENT.match(code_part(code.split("\n")[st.line]).rstrip())
+    if not m or m.group("op") != st.opcode or not m.group("outs"):
+        return None
+    a, b = _offset(code, st.line) + m.start("op"), _offset(code, st.line) + st.args_end
+    return code[:a], code[a:b], code[b:]
+
+
+def fim_argument_split(code: str, st: Statement, rng) -> tuple[str, str, str] | None:
+    """Inside an argument list: the cursor after an argument's first characters or at its
+    start (never the first argument's start: that is ``fim_expression_split``); the middle
+    runs to the end of that argument, or on to the end of the statement."""
+    if not st.args:
+        return None
+    line = code.split("\n")[st.line]
+    text = line[st.args_start:st.args_end]
+    starts, pos = [], 0
+    for arg in st.args:  # each argument's column in the line, found in order
+        pos = text.find(arg, pos)
+        if pos < 0:
+            return None
+        starts.append((st.args_start + pos, st.args_start + pos + len(arg)))
+        pos += len(arg)
+    places = [(i, start + k) for i, (start, end) in enumerate(starts)
+              for k in range(0 if i else 1, end - start)]
+    if not places:
+        return None
+    i, col = rng.choice(places)
+    stop = starts[i][1] if rng.random() < 0.5 and i + 1 < len(starts) else st.args_end
+    base = _offset(code, st.line)
+    return code[:base + col], code[base + col:base + stop], code[base + stop:]
+
+
+_SCORE = re.compile(r"<CsScore[^>]*>\n(.*?)</CsScore>", re.S)
+
+
+def fim_score_split(code: str, rng) -> tuple[str, str, str] | None:
+    """Inside ``<CsScore>``: one or two whole event lines (``i``/``f``), or the rest of an
+    ``i`` line after its instrument number."""
+    m = _SCORE.search(code)
+    if not m:
+        return None
+    first = code.count("\n", 0, m.start(1))
+    lines = code.split("\n")
+    events = [first + k for k, text in enumerate(m.group(1).split("\n"))
+              if re.match(r"\s*[if]\s*[\d\"]", text)]
+    if not events:
+        return None
+    n = events[rng.randrange(len(events))]
+    if rng.random() < 0.5 and (head := re.match(r"\s*i\s*(\d+|\"[^\"]+\")\s+", lines[n])):
+        a = _offset(code, n) + head.end()
+        b = _offset(code, n) + len(code_part(lines[n]).rstrip())
+        return (code[:a], code[a:b], code[b:]) if b > a else None
+    count = 2 if n + 1 in events and rng.random() < 0.3 else 1
+    a, b = _offset(code, n), _offset(code, n + count)
+    return code[:a], code[a:b], code[b:]
+
+
+def fim_end_split(code: str, rng) -> tuple[str, str, str] | None:
+    """End of file: the middle runs from one of the last four lines with code (closing tags
+    and a lone ``e`` are not code) to the end; the suffix is empty."""
+    lines = code.rstrip("\n").split("\n")
+    filled = [k for k, text in enumerate(lines)
+              if code_part(text).strip() and not re.fullmatch(r"\s*(</\w+>|e)\s*", text)]
+    if len(filled) < 3:
+        return None
+    n = filled[-rng.choice([1, 2, 3, 4])] if len(filled) > 4 else filled[-1]
+    a = _offset(code, n)
+    return code[:a], code[a:], ""
+
+
+_UDO = re.compile(r"^[ \t]*opcode\b.*?^[ \t]*endop\b[^\n]*", re.S | re.M)
+
+
+def snippet(code: str, block: Instrument | None) -> tuple[str, str] | None:
+    """A loose file an editor might hold instead of a CSD: the code's user-defined opcodes as a
+    ``.udo`` file, else its main instrument as an ``.orc`` file. (extension, text)."""
+    udos = _UDO.findall(code)
+    if udos:
+        return "udo", "\n\n".join(udos) + "\n"
+    if block is None:
+        return None
+    return "orc", block_text(code, block) + "\n"
+
+
 # --- breaking working code the way people do ------------------------------------------------
 @dataclass
 class Breakage:

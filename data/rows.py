@@ -313,12 +313,89 @@ def completion_row(example: Example, block: csdcode.Instrument) -> dict:
                          category=example.category)}
 
 
-def fim_rows(example: Example, known: set[str], cuts: int = 1) -> list[dict]:
+FIM_KINDS = ("fim-line", "fim-expression")  # the cuts the main job makes today
+# Cursor positions editors ask at that the two above never show (issue 26): after an output
+# variable, inside an argument list, inside <CsScore>, in a loose .orc/.udo file, at the end of
+# a file (empty suffix). ``data build`` makes them when asked to (rows.fim_rows ``kinds``).
+NEW_FIM_KINDS = ("fim-opcode", "fim-argument", "fim-score", "fim-snippet", "fim-eof")
+CONTEXT_CHARS = 1500  # one input_extra chunk at most (llama.vscode sends 64-line chunks)
+
+
+def fim_context_pool(examples: list[Example], known: set[str]) -> list[dict]:
+    """Repository context to draw from: each example's main instrument (an ``.orc`` chunk) or
+    its user-defined opcodes (a ``.udo`` chunk), in llama.cpp's ``input_extra`` shape plus the
+    opcodes it uses and its group (a row never gets its own example's code as context)."""
+    pool = []
+    for ex in examples:
+        block = csdcode.main_instrument(ex.code, ex.opcode, known)
+        found = csdcode.snippet(ex.code, block)
+        if found is None or len(found[1]) > CONTEXT_CHARS:
+            continue
+        ext, text = found
+        opcodes = {w for w in re.findall(r"[A-Za-z_]\w*", text) if w in known}
+        pool.append({"filename": f"{ex.name}.{ext}", "text": text, "opcodes": opcodes,
+                     "group": ex.group})
+    return pool
+
+
+def fim_context(pool: list[dict], group: str, middle: str, rng: random.Random) -> list[dict]:
+    """One or two chunks for a row: where the pool has one, another file that uses an opcode of
+    the middle (context that helps), and a file that does not (context to ignore), in a
+    random order, as an editor gathers recently opened files."""
+    others = [c for c in pool if c["group"] != group]
+    if not others:
+        return []
+    wanted = set(re.findall(r"[A-Za-z_]\w*", middle))
+    useful = [c for c in others if c["opcodes"] & wanted]
+    chosen = [rng.choice(useful)] if useful else []
+    unrelated = [c for c in others if not c["opcodes"] & wanted]
+    if unrelated and (not chosen or rng.random() < 0.5):
+        chosen.append(rng.choice(unrelated))
+    rng.shuffle(chosen)
+    return [{"filename": c["filename"], "text": c["text"]} for c in chosen]
+
+
+def _new_cut(kind: str, example: Example, known: set[str], block, sts, rng):
+    """(prefix, middle, suffix, extra meta) of one of NEW_FIM_KINDS, or None."""
+    code = example.code
+    if kind == "fim-opcode":
+        outs = [st for st in sts if st.outputs]
+        return (csdcode.fim_opcode_split(code, rng.choice(outs)), {}) if outs else None
+    if kind == "fim-argument":
+        with_args = [st for st in sts if st.args]
+        return (csdcode.fim_argument_split(code, rng.choice(with_args), rng), {}) \
+            if with_args else None
+    if kind == "fim-score":
+        return csdcode.fim_score_split(code, rng), {}
+    if kind == "fim-eof":
+        return csdcode.fim_end_split(code, rng), {}
+    found = csdcode.snippet(code, block)  # fim-snippet: a cut inside a loose .orc/.udo file
+    if found is None:
+        return None
+    ext, text = found
+    inner = csdcode.statements(text, known)
+    if not inner:
+        return None
+    how = rng.choice(["fim-line", "fim-opcode", "fim-argument", "fim-eof"])
+    st = rng.choice(inner)
+    cut = {"fim-line": lambda: csdcode.fim_line_split(text, st, rng.choice([1, 1, 2])),
+           "fim-opcode": lambda: csdcode.fim_opcode_split(text, st),
+           "fim-argument": lambda: csdcode.fim_argument_split(text, st, rng),
+           "fim-eof": lambda: csdcode.fim_end_split(text, rng)}[how]()
+    return cut, {"file": ext, "cursor": how}
+
+
+def fim_rows(example: Example, known: set[str], cuts: int = 1, kinds=FIM_KINDS,
+             context: list[dict] | None = None, context_share: float = 0.0) -> list[dict]:
     """One line-level and one expression-level split inside the example's main instrument, and
     with ``cuts`` N up to N of each at different statements. An editor asks for a middle
     anywhere in a file, and one cut per example shows the model one place per file; the extra
     cuts (``meta.cut`` 1..N-1) are training material only: ``data split`` keeps them out of
-    validation and test, whose rows stay the first cut's whatever N is."""
+    validation and test, whose rows stay the first cut's whatever N is.
+
+    ``kinds`` adds cuts of NEW_FIM_KINDS (one each per cut, where the code has the place);
+    with a ``context`` pool (``fim_context_pool``), ``context_share`` of the rows carry
+    repository context in ``input_extra``. The defaults make today's rows, byte for byte."""
     block = csdcode.main_instrument(example.code, example.opcode, known)
     if block is None:
         return []
@@ -332,20 +409,37 @@ def fim_rows(example: Example, known: set[str], cuts: int = 1) -> list[dict]:
         st = rng.choice(sts)
         n_lines = rng.choice([1, 1, 2, 3])
         prefix, middle, suffix = csdcode.fim_line_split(example.code, st, n_lines)
-        if middle.strip() and ("fim-line", middle, len(prefix)) not in seen:
-            rows.append(("fim-line", prefix, middle, suffix, cut))
+        if "fim-line" in kinds and middle.strip() and ("fim-line", middle, len(prefix)) not in seen:
+            rows.append(("fim-line", prefix, middle, suffix, cut, {}))
             seen.add(("fim-line", middle, len(prefix)))
-        if with_args:
+        if with_args and "fim-expression" in kinds:
             st = (next((s for s in with_args if s.opcode == example.opcode), rng.choice(with_args))
                   if cut == 0 else rng.choice(with_args))
             prefix, middle, suffix = csdcode.fim_expression_split(example.code, st)
             if middle.strip() and ("fim-expression", middle, len(prefix)) not in seen:
-                rows.append(("fim-expression", prefix, middle, suffix, cut))
+                rows.append(("fim-expression", prefix, middle, suffix, cut, {}))
                 seen.add(("fim-expression", middle, len(prefix)))
-    return [{"prefix": p, "middle": m, "suffix": s,
-             "meta": meta(example, task, group=example.group, opcode=example.opcode,
-                          category=example.category, **({"cut": cut} if cut else {}))}
-            for task, p, m, s, cut in rows]
+        for kind in NEW_FIM_KINDS:
+            if kind not in kinds:
+                continue
+            made = _new_cut(kind, example, known, block, sts, rng_for(example.name, kind, str(cut)))
+            if not made or not made[0]:
+                continue
+            (prefix, middle, suffix), extra = made
+            if middle.strip() and (kind, middle, len(prefix)) not in seen:
+                rows.append((kind, prefix, middle, suffix, cut, extra))
+                seen.add((kind, middle, len(prefix)))
+    out = []
+    for task, p, m, s, cut, extra in rows:
+        row = {"prefix": p, "middle": m, "suffix": s}
+        rng = rng_for(example.name, task, str(cut), "context")
+        if context and rng.random() < context_share:
+            if chunks := fim_context(context, example.group, m, rng):
+                row["input_extra"] = chunks
+        row["meta"] = meta(example, task, group=example.group, opcode=example.opcode,
+                           category=example.category, **({"cut": cut} if cut else {}), **extra)
+        out.append(row)
+    return out
 
 
 def fix_input(code: str, error: str) -> str:

@@ -12,7 +12,8 @@ FIM text (prefix, suffix, extra chunks) is tokenized with special tokens NOT par
 cannot inject a FIM marker; a rendered chat prompt is parsed with them, as llama.cpp does.
 Extra context chunks (llama.vscode's ``input_extra``) are laid out as llama.cpp's server lays
 them out, before the FIM prefix token: so a model served here sees what llama-server would show
-it. No training row has such chunks yet (runtime/README.md).
+it. A FIM training row may carry such chunks (``input_extra``), rendered by the same
+``prompt_format.fim_extra_text``.
 """
 
 from __future__ import annotations
@@ -28,18 +29,23 @@ from csound_assistant.constants import (
 )
 from csound_assistant.errors import ConfigError, CsoundAssistantError
 from csound_assistant.opcode_reference import Lookups
-from csound_assistant.prompt_format import FORMATS, get_format, stop_strings
+from csound_assistant.prompt_format import (
+    FORMATS,
+    SNIPPET_SEPARATOR,
+    fim_extra_text,
+    get_format,
+    stop_strings,
+)
 
 GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
 GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
 GGUF_EOS_TOKEN_ID = "tokenizer.ggml.eos_token_id"
 GGUF_FIM_REP_TOKEN_ID = "tokenizer.ggml.fim_rep_token_id"
 GGUF_FIM_SEP_TOKEN_ID = "tokenizer.ggml.fim_sep_token_id"
-# llama.cpp's format_infill: the repository line after FIM_REP, the file name after the last
-# FIM_SEP (both fixed there), and the separator before each chunk when there is no FIM_SEP.
+# llama.cpp's format_infill: the repository line after FIM_REP and the file name after the last
+# FIM_SEP (both fixed there); without FIM_SEP, prompt_format.fim_extra_text's separator.
 FIM_REPO_NAME = "myproject\n"
 FIM_CURRENT_FILE = "filename\n"
-SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 # OpenAI's "developer" role is its newer name for "system" (o1 and later models).
 ROLE_ALIASES = {"developer": "system"}
@@ -191,9 +197,12 @@ class PromptBuilder:
     def extra_context(self, extra: list[tuple[str, str]]) -> list[int]:
         """llama.cpp's repository-level layout of extra chunks: FIM_REP, then FIM_SEP and the
         file name before each chunk and before the current file, when the model has those
-        tokens; otherwise each chunk's text after a plain-text separator (no file names)."""
+        tokens; otherwise ``fim_extra_text`` (each chunk after a plain-text separator, no file
+        names), tokenized as one text, as training tokenizes a row's ``input_extra``."""
         if not extra:
             return []
+        if self.fim_rep is None and self.fim_sep is None:
+            return self.backend.tokenize(fim_extra_text(extra), special=False)
         ids: list[int] = []
         if self.fim_rep is not None:
             ids += [self.fim_rep, *self.backend.tokenize(FIM_REPO_NAME, special=False)]
