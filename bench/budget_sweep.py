@@ -476,7 +476,7 @@ def rows_command(args) -> None:
 
 def _code(row: dict, answer: str | None) -> str:
     """The Csound of ``answer`` (or the row's own answer) as the sandbox judged it, stripped."""
-    from csound_assistant.eval.extract import extract_code
+    from csound_assistant.extract import extract_code
     from csound_assistant.prompt_format import to_messages
 
     if "middle" in row:

@@ -22,7 +22,7 @@ from csound_assistant.artifacts import read_record
 from csound_assistant.train.backend import choose_backend, load_model
 from csound_assistant.train.batching import BatchPlan, collate_grouped, real_tokens, trained_tokens
 from csound_assistant.train.config import load_config
-from csound_assistant.train.encode import encode_split, read_rows, select_tasks, special_ids
+from csound_assistant.train.encode import encode_split, read_split, select_tasks, special_ids
 from csound_assistant.train.recipe import _trained_positions_loss
 
 VARIANTS = {  # "full logits": the vocabulary projection at every position (transformers' loss)
@@ -56,7 +56,7 @@ def main():
         names = [names[int(i) - 1] for i in args.only.split(",")]
     for name in names:
         cfg = load_config("cpu-smollm2", [*args.set, *VARIANTS[name]])
-        rows = select_tasks(read_rows(args.run / "splits" / "train.jsonl"), cfg.tasks, "train")
+        rows = select_tasks(read_split(args.run / "splits" / "train.jsonl"), cfg.tasks, "train")
         split = encode_split(tok, fmt, rows, cfg.max_length, ids, "train")
         plan = BatchPlan(split.examples, False, cfg.batch_tokens, cfg.max_batch_rows, 0)
         model = load_model(base, cfg, choose_backend(cfg))

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from csound_assistant.errors import DataError, ExportError, GateFailed
+from csound_assistant.manual import MANUAL_EXAMPLES
 from csound_assistant.prompt_format import PromptFormat
-
-MANUAL_EXAMPLES = Path("/usr/share/doc/csound-doc/html/examples")
 
 
 @dataclass(frozen=True)

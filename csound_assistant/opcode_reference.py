@@ -5,8 +5,8 @@ reads it: one module for training (train/encode.py), eval (eval/models.py) and t
 A small model cannot learn the argument lists of 1,500 opcodes, and the test split holds opcodes
 that training never shows (split.py groups rows by opcode). Most wrong answers of the GPU-trained
 model call a real opcode with invented arguments (bench/NOTES.md, "Manual lookups"). The
-installed manual (`csound-doc`, which data already reads) knows them: a model trained with
-``opcode_reference: true`` sees, under the last user message,
+installed manual (`csound-doc`, read by ``manual.py`` as the data build reads it) knows them: a
+model trained with ``opcode_reference: true`` sees, under the last user message,
 
     Csound manual:
     ares dust2 kamp, kdensity
@@ -39,6 +39,7 @@ from csound_assistant.constants import (
     GGUF_FIM_REFERENCE,
     GGUF_OPCODE_REFERENCE,
 )
+from csound_assistant.manual import DEFAULT_MANUAL_DIR, known_opcodes, opcode_pages
 
 HEADER = "Csound manual:"
 MAX_OPCODES = 4
@@ -67,8 +68,6 @@ class OpcodeReference:
         """Every opcode page's synopsis lines (about half a second for the whole manual;
         cached). A machine without the manual (a GPU box that only trains) reads the file
         ``save`` wrote, named by the environment variable ENV_OPCODE_REFERENCE."""
-        from csound_assistant.data.manual import DEFAULT_MANUAL_DIR
-
         saved = os.environ.get(ENV_OPCODE_REFERENCE)
         if saved and manual_dir is None:
             return _read_saved(Path(saved))
@@ -212,7 +211,6 @@ def trained_with_reference(gguf_metadata: dict, key: str = GGUF_OPCODE_REFERENCE
 
 @functools.lru_cache(maxsize=4)
 def _load(manual_dir: str) -> OpcodeReference:
-    from csound_assistant.data.manual import known_opcodes, opcode_pages
     from csound_assistant.errors import DataError
 
     pages = opcode_pages(Path(manual_dir))

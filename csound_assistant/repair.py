@@ -1,6 +1,6 @@
 """Compile an answer's Csound and, when Csound refuses it, ask the model to fix it with
-Csound's own first error: the request the fix-the-bug training rows teach (data/rows.py's
-``fix_row``: the code, then ``Error:`` and the message in a ``text`` block). Used by
+Csound's own first error: the request the fix-the-bug training rows teach (``fix_request.py``:
+the code, then ``Error:`` and the message in a ``text`` block). Used by
 ``eval run --repair N`` and ``serve --repair N``, so the report measures what the server returns;
 ``Problem`` is also the fix request ``--verify N`` falls back to (runtime/verify.py).
 
@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from csound_assistant import sandbox
-from csound_assistant.data.rows import FIX_PROMPTS, fix_input
-from csound_assistant.data.verify import first_error
-from csound_assistant.eval.extract import extract_code
+from csound_assistant.extract import extract_code
+from csound_assistant.fix_request import FIX_PROMPTS, first_error, fix_input
 
 REQUEST = FIX_PROMPTS[0]  # "This Csound code fails with the error below. Fix it."
 

@@ -28,9 +28,7 @@ import base64
 import binascii
 import contextlib
 import functools
-import glob
 import gzip
-import html
 import os
 import re
 import shutil
@@ -45,10 +43,10 @@ from pathlib import Path
 
 from . import isolation
 from .constants import CSOUND_HEADER
+from .manual import MANUAL_EXAMPLES, documented_opcodes
 from .sandbox_plugins import folder_for, full_folder, list_opcodes
 
 CSOUND = os.environ.get("CSOUND_ASSISTANT_CSOUND", "csound")
-MANUAL_DIR = Path("/usr/share/doc/csound-doc/html")
 COMMON_FLAGS = ["-d", "-+msg_color=0", "-+rtaudio=null", "-+rtmidi=null"]
 STOP_INSTR = "__sandbox_stop"
 
@@ -464,17 +462,7 @@ def installed_opcodes() -> frozenset[str]:
 @functools.lru_cache(maxsize=1)
 def manual_opcodes() -> frozenset[str]:
     """Opcode names documented in the installed HTML manual (empty when it is not installed)."""
-    names: set[str] = set()
-    for page in glob.glob(str(MANUAL_DIR / "*.html")):
-        with open(page, errors="replace") as fh:
-            head = fh.read(4000)
-        if not re.search(r'<link rel="up"[^>]*title="[^"]*(?:Orchestra|Opcodes)', head):
-            continue  # score statements, utilities, overviews
-        m = re.search(r'class="refnamediv">(.*?)</div>', head, re.S)
-        if m:
-            title = html.unescape(re.sub(r"<[^>]+>", "", m.group(1))).split("\u2014")[0]
-            names.update(re.findall(r"[A-Za-z_]\w*", title))
-    return frozenset(names)
+    return documented_opcodes()
 
 
 # --- running Csound ---------------------------------------------------------------------------
@@ -725,7 +713,7 @@ def _notes_common() -> list[str]:
 Assets = Mapping[str, "str | os.PathLike | bytes"]
 
 
-def manual_assets(examples_dir: str | os.PathLike = MANUAL_DIR / "examples") -> dict[str, Path]:
+def manual_assets(examples_dir: str | os.PathLike = MANUAL_EXAMPLES) -> dict[str, Path]:
     """The sound, table and include files the manual's examples read (``fox.wav``, ...), by the
     name the examples use (``.gz`` files are decompressed when staged)."""
     out = {}

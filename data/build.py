@@ -19,10 +19,11 @@ from pathlib import Path
 
 from csound_assistant.artifacts import sha256_file, stage_output, write_record
 from csound_assistant.errors import DataError
+from csound_assistant.manual import DEFAULT_MANUAL_DIR
 from csound_assistant.prompt_format import row_kind
 
 from . import csdcode, minimal, patches, rows
-from .manual import DEFAULT_MANUAL_DIR, Example, load_manual
+from .examples import Example, load_manual
 from .validate import CHARS_PER_TOKEN, row_text
 from .verify import PROVEN_BY_RENDER, Verifier
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from csound_assistant.clicommon import domain_errors, force_option, run_option, work_dir_option
+from csound_assistant.manual import DEFAULT_MANUAL_DIR
 
 from . import patches
 
@@ -24,7 +25,7 @@ def cli():
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: <work-dir>/<run>/data].")
 @click.option("--manual-dir", type=click.Path(path_type=Path, file_okay=False),
-              default="/usr/share/doc/csound-doc/html", show_default=True,
+              default=DEFAULT_MANUAL_DIR, show_default=True,
               help="The Csound manual's HTML folder (Debian package csound-doc).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only N manual examples, spread over the manual (quick runs).")
@@ -190,7 +191,7 @@ def split(rows_file, out_dir, seed, ratios, keep_in_train, work_dir, run, force)
               help="Folder or tokenizer.json to count tokens with; default: chars/2.5.")
 @click.option("--prompt-format", default="chatml", show_default=True)
 @click.option("--manual-dir", type=click.Path(path_type=Path, file_okay=False),
-              default="/usr/share/doc/csound-doc/html", show_default=True,
+              default=DEFAULT_MANUAL_DIR, show_default=True,
               help="Manual used to measure opcode coverage (skipped when absent).")
 @work_dir_option
 @run_option
@@ -209,7 +210,7 @@ def stats(file, out_dir, tokenizer, prompt_format, manual_dir, work_dir, run):
     known = None
     with domain_errors():
         if (manual_dir / "examples").is_dir():
-            from .manual import load_manual
+            from .examples import load_manual
 
             known = {n for n in load_manual(manual_dir, limit=1).known}
         result = write_stats(file, out_dir, tokenizer=tokenizer, prompt_format=prompt_format,

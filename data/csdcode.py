@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-STRUCTURAL = {"instr", "endin", "opcode", "endop", "sr", "kr", "ksmps", "nchnls", "nchnls_i",
-              "0dbfs", "A4", "if", "then", "else", "elseif", "endif", "while", "until", "do", "od",
-              "goto", "igoto", "kgoto", "return"}
+from csound_assistant.manual import STRUCTURAL
+
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # outputs (optional), opcode, optional :rate annotation, arguments
 _STATEMENT = re.compile(

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import re
 
-from .manual import OpcodePage
-from .rows import describe, fence, lower_first, meta, pick
+from csound_assistant.fix_request import fence
+from csound_assistant.manual import OpcodePage
+
+from .rows import describe, lower_first, meta, pick
 
 TASK = "minimal"
 HEADER = "sr = 44100\nksmps = 32\nnchnls = 2\n0dbfs = 1\n"

@@ -256,7 +256,9 @@ def _notes(p: Patch) -> str:
 
 
 def row(p: Patch, code: str, render: dict | None, seed: int) -> dict:
-    from .rows import fence, meta  # not at import: `data --help` reads COUNT from this module
+    from csound_assistant.fix_request import fence
+
+    from .rows import meta  # not at import: `data --help` reads COUNT from this module
 
     rng = random.Random(f"{seed}:{p.name}:{p.notes}")
     question = rng.choice(QUESTIONS).format(sound=_sound(p, rng), notes=_notes(p))

@@ -12,10 +12,12 @@ import hashlib
 import random
 import re
 
-from . import csdcode
-from .manual import Example, OpcodePage
+from csound_assistant.fix_request import FIX_PROMPTS, fence, fix_input
+from csound_assistant.manual import OpcodePage
 
-FENCE = "```csound\n{code}\n```"
+from . import csdcode
+from .examples import Example
+
 MAX_DESCRIPTION_CHARS = 420
 
 WRITE_PROMPTS = [
@@ -72,15 +74,6 @@ ORCHESTRA_PROMPTS = [
     "Give me only the instr ... endin block of an instrument that uses {op}.",
     "Write the orchestra code for an instrument built on {op} ({summary}).",
 ]
-FIX_PROMPTS = [
-    "This Csound code fails with the error below. Fix it.",
-    "Csound refuses to compile this. What's wrong?",
-    "I get this error when I run my .csd. How do I fix it?",
-    "Why does this fail? Please correct it.",
-    "Can you fix the bug in this Csound file?",
-]
-
-
 def pick(options: list[str], *key: str) -> str:
     digest = hashlib.sha256("\x00".join(key).encode()).digest()
     return options[int.from_bytes(digest[:8], "big") % len(options)]
@@ -88,10 +81,6 @@ def pick(options: list[str], *key: str) -> str:
 
 def rng_for(*key: str) -> random.Random:
     return random.Random(hashlib.sha256("\x00".join(key).encode()).hexdigest())
-
-
-def fence(code: str) -> str:
-    return FENCE.format(code=code.strip("\n"))
 
 
 _PROPER = {"moog", "gaussian", "cauchy", "poisson", "euclidean", "mandelbrot", "runge-kutte",
@@ -440,12 +429,6 @@ def fim_rows(example: Example, known: set[str], cuts: int = 1, kinds=FIM_KINDS,
                            category=example.category, **({"cut": cut} if cut else {}), **extra)
         out.append(row)
     return out
-
-
-def fix_input(code: str, error: str) -> str:
-    """What a fix request shows after its question: the code, then Csound's error (also what
-    ``serve --repair`` sends back to the model, csound_assistant/repair.py)."""
-    return f"{fence(code)}\n\nError:\n```text\n{error.strip()}\n```"
 
 
 def fix_row(example: Example, breakage: csdcode.Breakage, error: str) -> dict:

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from csound_assistant.artifacts import atomic_write
+from csound_assistant.fix_request import first_error
 
 ENV_CACHE = "CSOUND_ASSISTANT_CACHE"
 # Render outcomes that prove the code compiled (a render parses and type-checks first, exactly
@@ -32,21 +33,8 @@ def normalize(code: str) -> str:
     return code.strip("\n") + "\n"
 
 
-def first_error(result) -> str:
-    """Csound's first error message, as it printed it."""
-    for d in getattr(result, "diagnostics", []) or []:
-        if getattr(d, "severity", "") == "error":
-            return str(d).strip()  # "error: line 23: syntax error, unexpected T_IDENT ..."
-    refused = getattr(result, "refused", None)
-    if refused:
-        return "refused: " + ", ".join(refused)
-    lines = [ln for ln in (getattr(result, "stderr", "") or "").splitlines()
-             if "error" in ln.lower()]
-    return lines[0].strip() if lines else getattr(result, "category", "")
-
-
 def _environment_key() -> str:
-    from csound_assistant import isolation, sandbox, sandbox_plugins
+    from csound_assistant import isolation, manual, sandbox, sandbox_plugins
 
     try:
         text = subprocess.run(["csound", "--version"], capture_output=True, text=True,
@@ -55,9 +43,10 @@ def _environment_key() -> str:
         version = found.group(0) if found else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         version = "unknown"
-    # the sandbox's verdicts depend on its code and on which plugins it loads
-    source = b"".join(Path(m.__file__).read_bytes() for m in (sandbox, sandbox_plugins,
-                                                                         isolation))
+    # the sandbox's verdicts depend on its code, on which plugins it loads and on the opcodes
+    # the manual documents (a missing plugin's opcode versus an invented one)
+    source = b"".join(Path(m.__file__).read_bytes()
+                      for m in (sandbox, sandbox_plugins, isolation, manual))
     return hashlib.sha256(CACHE_VERSION.encode() + version.encode() + source).hexdigest()[:16]
 
 

@@ -33,9 +33,8 @@ from csound_assistant.artifacts import (
     write_record,
 )
 from csound_assistant.errors import ArtifactError
+from csound_assistant.extract import extract_code
 from csound_assistant.logtext import shorten
-
-from .extract import extract_code
 
 RAW_ENDPOINTS = ("/complete", "/completion", "/v1/completions", "/api/generate")
 # A training row holds at most ~5 kB (2,048 tokens); a correction far past that teaches nothing

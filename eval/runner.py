@@ -21,8 +21,9 @@ from pathlib import Path
 from csound_assistant import sandbox
 from csound_assistant.artifacts import sha256_file, stage_output, write_json, write_record
 from csound_assistant.errors import ConfigError
+from csound_assistant.extract import extract_code, opcodes_present
+from csound_assistant.sampling import eval_temperature
 
-from .extract import extract_code, opcodes_present
 from .models import load_model
 from .tasks import (
     TASKS_PATH,
@@ -174,7 +175,7 @@ def evaluate_model(model, items: list[Item], *, label: str, samples: int = 1,
     as ``serve --repair N`` does); the row keeps the first answer's verdict as ``first_*``.
     A model that verifies (``RuntimeModel``, ``eval run --verify N``) says how it chose each
     answer (``verified``) and what its first candidate was: scored as ``first_*``."""
-    temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
+    temperature = eval_temperature(samples, temperature)
     rows = []
     jobs = [(item, k) for item in items for k in range(samples)]
     bar = None
@@ -293,8 +294,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
         settings = {"samples": samples, "max_new_tokens": max_new_tokens, "limit": limit,
                     "token_budget": f"max(max_new_tokens, reference characters / "
                                     f"{MIN_CHARS_PER_TOKEN} (+{PROSE_TOKENS} for chat))",
-                    "temperature": temperature if temperature is not None
-                    else (0.0 if samples == 1 else 0.8),
+                    "temperature": eval_temperature(samples, temperature),
                     "repeat_penalty": repeat_penalty, "repair": repair, "verify": verify,
                     "verify_seconds": verify_seconds if verify else None,
                     "n_threads": n_threads, "n_ctx": n_ctx,

@@ -12,6 +12,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from csound_assistant.sampling import MIN_P, TOP_K, TOP_P
+
 from .models import Generation, _format_for_gguf
 
 
@@ -61,8 +63,8 @@ class RuntimeModel:
         from csound_assistant.runtime.backend import Sampling
 
         # the eval's decoding (eval/models.py GGUFModel) in the server's terms
-        return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=0.95, top_k=40,
-                        repeat_penalty=repeat_penalty, seed=seed)
+        return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=TOP_P, top_k=TOP_K,
+                        min_p=MIN_P, repeat_penalty=repeat_penalty, seed=seed)
 
     def _answer(self, make) -> Generation:
         start = time.monotonic()

@@ -90,9 +90,8 @@ def load_test_split(path: str | Path) -> list[Item]:
     """Code-answer rows of a test split: chat/instruction rows whose answer holds Csound, and
     FIM rows. The row's ``meta.opcode`` (when the answer uses it) is the required opcode.
     Answers are rendered for 5 s: manual examples often start their first note late."""
+    from csound_assistant.extract import extract_code, opcodes_present
     from csound_assistant.prompt_format import row_kind, to_messages
-
-    from .extract import extract_code, opcodes_present
 
     path = Path(path)
     if not path.is_file():

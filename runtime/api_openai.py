@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -178,9 +179,7 @@ async def completions(request: Request):
 
 
 def _ident(prefix: str) -> str:
-    from .server import new_id
-
-    return new_id(prefix)
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def _cid(completion_id) -> dict:

@@ -22,9 +22,14 @@ import datetime
 from dataclasses import dataclass
 
 from csound_assistant.constants import (
+    GGUF_ADD_BOS,
+    GGUF_BOS_TOKEN_ID,
     GGUF_CHAT_TEMPLATE,
+    GGUF_EOS_TOKEN_ID,
     GGUF_FIM_MID_TOKEN_ID,
     GGUF_FIM_PRE_TOKEN_ID,
+    GGUF_FIM_REP_TOKEN_ID,
+    GGUF_FIM_SEP_TOKEN_ID,
     GGUF_FIM_SUF_TOKEN_ID,
 )
 from csound_assistant.errors import ConfigError, CsoundAssistantError
@@ -37,11 +42,6 @@ from csound_assistant.prompt_format import (
     stop_strings,
 )
 
-GGUF_ADD_BOS = "tokenizer.ggml.add_bos_token"
-GGUF_BOS_TOKEN_ID = "tokenizer.ggml.bos_token_id"
-GGUF_EOS_TOKEN_ID = "tokenizer.ggml.eos_token_id"
-GGUF_FIM_REP_TOKEN_ID = "tokenizer.ggml.fim_rep_token_id"
-GGUF_FIM_SEP_TOKEN_ID = "tokenizer.ggml.fim_sep_token_id"
 # llama.cpp's format_infill: the repository line after FIM_REP and the file name after the last
 # FIM_SEP (both fixed there); without FIM_SEP, prompt_format.fim_extra_text's separator.
 FIM_REPO_NAME = "myproject\n"

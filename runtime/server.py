@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
@@ -232,10 +231,6 @@ async def _cancel_on_disconnect(request: Request, job) -> None:
             if message["type"] == "http.disconnect":
                 job.cancel()
                 return
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 # --- project routes ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import re
 
 from starlette.responses import JSONResponse
 
+from csound_assistant.sampling import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
+
 from .backend import Sampling
 
 MISSING = object()
@@ -150,7 +152,7 @@ class Fields:
 
 
 def sampling_from(f: Fields, settings, *, max_tokens_keys=("max_tokens",),
-                  default_temperature: float = 0.8, unlimited=(-1,)) -> Sampling:
+                  default_temperature: float = TEMPERATURE, unlimited=(-1,)) -> Sampling:
     """Common decoding fields (OpenAI, Ollama ``options`` and llama.cpp spellings alike)."""
     limit = settings.max_tokens_limit
     max_tokens = None
@@ -170,10 +172,10 @@ def sampling_from(f: Fields, settings, *, max_tokens_keys=("max_tokens",),
     return Sampling(
         max_tokens=max_tokens or settings.default_max_tokens,
         temperature=f.get("temperature", float, default_temperature, low=0.0, high=5.0),
-        top_p=f.get("top_p", float, 0.95, low=0.0, high=1.0),
-        top_k=f.get("top_k", int, 40, low=0, high=100_000),
-        min_p=f.get("min_p", float, 0.05, low=0.0, high=1.0),
-        repeat_penalty=f.get("repeat_penalty", float, 1.0, low=0.0, high=10.0),
+        top_p=f.get("top_p", float, TOP_P, low=0.0, high=1.0),
+        top_k=f.get("top_k", int, TOP_K, low=0, high=100_000),
+        min_p=f.get("min_p", float, MIN_P, low=0.0, high=1.0),
+        repeat_penalty=f.get("repeat_penalty", float, REPEAT_PENALTY, low=0.0, high=10.0),
         presence_penalty=f.get("presence_penalty", float, 0.0, low=-2.0, high=2.0),
         frequency_penalty=f.get("frequency_penalty", float, 0.0, low=-2.0, high=2.0),
         seed=seed,

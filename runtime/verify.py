@@ -9,9 +9,9 @@ fixable one goes back to the model with Csound's first error (``csound_assistant
 then the best candidate is returned, marked unverified. When the first answer holds no code (an
 explanation, or a small model that answered in prose), the other candidates are still judged:
 one that plays replaces it; otherwise the first answer is returned as it is (no repair, and no
-code that does not play in place of prose). ``--verify-seconds`` bounds the whole request (generation and checks) and
-so does ``--timeout``; sandbox runs go through the server's ``CheckGate`` (worker threads,
-its queue and limits).
+code that does not play in place of prose). ``--verify-seconds`` bounds the whole request
+(generation and checks) and so does ``--timeout``; sandbox runs go through the server's
+``CheckGate`` (worker threads, its queue and limits).
 
 A fill-in-the-middle request is verified only where prefix + middle + suffix is a whole CSD or
 orchestra: then its candidates are compiled (not rendered) and the first that compiles wins.
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from csound_assistant.errors import IsolationUnavailable, SandboxRefused
-from csound_assistant.eval.extract import extract_code
+from csound_assistant.extract import extract_code
 
 from .backend import Sampling, sampling_seed
 from .checks import CheckTimeout

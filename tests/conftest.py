@@ -69,7 +69,8 @@ def tiny_model_dir(tmp_path_factory, embedded_gguf) -> Path:
 
 @pytest.fixture(scope="session")
 def csound_examples() -> Path:
-    path = Path("/usr/share/doc/csound-doc/html/examples")
+    from csound_assistant.manual import MANUAL_EXAMPLES as path
+
     if not path.is_dir():
         pytest.fail("csound-doc is not installed: run `make setup`")
     return path

@@ -9,7 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from csound_assistant.data.rows import fence
+from csound_assistant.fix_request import fence
 
 ROOT = Path(__file__).resolve().parents[1]
 

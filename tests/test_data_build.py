@@ -11,8 +11,8 @@ from csound_assistant.data.rows import code_answers
 from csound_assistant.data.split import split_dataset
 from csound_assistant.data.validate import validate_file
 from csound_assistant.errors import DataError
+from csound_assistant.manual import DEFAULT_MANUAL_DIR as MANUAL
 
-MANUAL = "/usr/share/doc/csound-doc/html"
 # a few ordinary examples, plus ones that must be dropped or flagged for a known reason
 EXAMPLES = ["moogladder", "foscili", "oscili", "vco2", "pluck", "reverb", "butterlp", "expseg",
             "adsr", "printk", "diskin2", "ATSaddnz", "scans"]
@@ -212,7 +212,7 @@ def test_tidy_keeps_flags_code_and_strings_and_drops_boilerplate():
 
 def test_stripped_examples_still_compile_and_sound(mini_manual):
     from csound_assistant import sandbox
-    from csound_assistant.data.manual import load_manual
+    from csound_assistant.data.examples import load_manual
 
     manual = load_manual(mini_manual, strip_comments=True)
     codes = [manual.examples[name].code for name in ("moogladder", "foscili", "pluck", "reverb")]
@@ -251,7 +251,7 @@ def test_fim_cuts_add_training_rows_at_other_statements():
     shipped starter's row hashes depend on them) and add rows at other places in the file."""
     from pathlib import Path
 
-    from csound_assistant.data.manual import Example
+    from csound_assistant.data.examples import Example
     from csound_assistant.data.rows import fim_rows
 
     code = ("<CsoundSynthesizer>\n<CsInstruments>\nsr = 44100\nksmps = 32\nnchnls = 2\n"

@@ -4,7 +4,7 @@ import pytest
 
 from csound_assistant import sandbox
 from csound_assistant.data import minimal
-from csound_assistant.data.manual import load_manual
+from csound_assistant.data.examples import load_manual
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 
 from csound_assistant import sandbox
 from csound_assistant.eval import natural_split
-from csound_assistant.eval.extract import opcodes_present
 from csound_assistant.eval.tasks import NATURAL_KINDS, load_tasks
+from csound_assistant.extract import opcodes_present
+from csound_assistant.manual import MANUAL_EXAMPLES as EXAMPLES
 
-EXAMPLES = sandbox.MANUAL_DIR / "examples"
 KINDS = {*NATURAL_KINDS, "fix"}
 # lines that say nothing about who wrote a file: CSD tags, <CsOptions> flags, the orchestra
 # header, and lone block ends ("endin", "e"); every short file ends "outs a1, a1 / endin / e"

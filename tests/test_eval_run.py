@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from csound_assistant import sandbox
 from csound_assistant.errors import DataError
-from csound_assistant.eval.extract import extract_code, opcodes_present
+from csound_assistant.extract import extract_code, opcodes_present
 from csound_assistant.eval.runner import score_answer
 from csound_assistant.eval.tasks import KINDS, TASKS_PATH, load_tasks, load_test_split, spread
 
@@ -253,7 +253,7 @@ def test_token_budget_fits_the_longest_manual_answers(embedded_gguf):
     spells numbers digit by digit) for whole files, which fix-the-bug answers repeat."""
     from llama_cpp import Llama
 
-    from csound_assistant.data.manual import load_manual
+    from csound_assistant.data.examples import load_manual
     from csound_assistant.eval.runner import PROSE_TOKENS, token_budget
     from csound_assistant.eval.tasks import Item
 

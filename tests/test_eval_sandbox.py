@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from csound_assistant import sandbox
+from csound_assistant.manual import MANUAL_EXAMPLES
 
 SINE = "instr 1\n  a1 poscil 0.3, 440\n  outs a1, a1\nendin\n"
 
@@ -291,7 +292,7 @@ def test_selected_plugins_give_the_verdicts_of_the_full_folder(monkeypatch):
     folder = sp.plugin_folder()
     if folder is None:
         pytest.skip("this Csound's plugin folder is not known")
-    examples = sandbox.MANUAL_DIR / "examples"
+    examples = MANUAL_EXAMPLES
     codes = [(examples / name).read_text(errors="replace") for name in PLUGIN_EXAMPLES
              if (examples / name).is_file()]
     assert len(codes) >= 6

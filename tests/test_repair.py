@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from csound_assistant.data.rows import FIX_PROMPTS, fence
 from csound_assistant.eval.models import Generation
 from csound_assistant.eval.runner import evaluate_model
 from csound_assistant.eval.tasks import Item
+from csound_assistant.fix_request import FIX_PROMPTS, fence
 from csound_assistant.repair import REQUEST, diagnose, repaired
 from csound_assistant.runtime.server import create_app
 from csound_assistant.runtime.settings import Settings

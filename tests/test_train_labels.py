@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from csound_assistant.errors import ConfigError, DataError
 from csound_assistant.prompt_format import get_format
 from csound_assistant.train.encode import (
-    IGNORE, check_stop, encode_row, encode_split, read_rows, special_ids,
+    IGNORE, check_stop, encode_row, encode_split, read_split, special_ids,
 )
 from train_helpers import ROWS
 
@@ -110,11 +110,11 @@ def test_bad_jsonl_lines_are_all_reported(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\nnot json\n{"question": 1}\n')
     with pytest.raises(DataError) as err:
-        read_rows(path)
+        read_split(path)
     assert len(err.value.problems) == 2
     assert "train.jsonl:2" in err.value.problems[0] and "train.jsonl:3" in err.value.problems[1]
     with pytest.raises(DataError, match="data split"):
-        read_rows(tmp_path / "missing.jsonl")
+        read_split(tmp_path / "missing.jsonl")
 
 
 def test_task_filter_keeps_listed_tasks_and_explains_an_empty_result():

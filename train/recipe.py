@@ -33,7 +33,7 @@ from .batching import (
     BatchPlan, collate_grouped, collate_packed, real_tokens, total_steps, trained_tokens,
 )
 from .config import TrainConfig, dump_config
-from .encode import IGNORE, encode_split, read_rows, select_tasks, special_ids, weight_tasks
+from .encode import IGNORE, encode_split, read_split, select_tasks, special_ids, weight_tasks
 from .report import plot_loss_curve
 
 CHECKPOINTS = "train-checkpoints"
@@ -84,7 +84,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     tokenizer.pad_token = fmt.pad  # an existing unused token, never EOS: the vocabulary is fixed
     splits = {}
     for name in ("train", "validation"):
-        rows = select_tasks(read_rows(splits_dir / f"{name}.jsonl"), cfg.tasks,
+        rows = select_tasks(read_split(splits_dir / f"{name}.jsonl"), cfg.tasks,
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
             rows = weight_tasks(rows, cfg.task_weights)

@@ -1,5 +1,6 @@
 """Find the Csound code in a model's answer: fenced blocks, a <CsoundSynthesizer> document, or a
-bare orchestra (header, instruments, UDOs). Used by ``eval run`` and ``data from-feedback``."""
+bare orchestra (header, instruments, UDOs). One reading for every judge of an answer: ``eval run``,
+``data from-feedback``, ``serve --repair`` and ``serve --verify``."""
 
 from __future__ import annotations
 

@@ -1,25 +1,29 @@
-"""Read the installed Csound Reference Manual (Debian ``csound-doc``): opcode pages and example
-CSDs.
+"""The installed Csound Reference Manual (Debian ``csound-doc``): where it is, and what its opcode
+pages say. The one reader of its HTML: the data build (``data/examples.py``), the opcode lookups
+(``opcode_reference.py``) and the sandbox's vocabulary of documented opcodes all use it.
 
-Used by ``csound-assistant data build``. Only the standard library parses the HTML: the manual is
-DocBook output with a stable shape (see FACTS.md, "Opcode pages").
+Only the standard library parses the HTML: the manual is DocBook output with a stable shape
+(FACTS.md, "Opcode pages").
 """
 
 from __future__ import annotations
 
-import gzip
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from csound_assistant.errors import DataError
-
 DEFAULT_MANUAL_DIR = Path("/usr/share/doc/csound-doc/html")
+MANUAL_EXAMPLES = DEFAULT_MANUAL_DIR / "examples"
 OVERVIEW_ROOT = "Part II. Opcodes Overview"
+# Words with manual pages that are statements, header variables or flow control, not opcodes.
+STRUCTURAL = {"instr", "endin", "opcode", "endop", "sr", "kr", "ksmps", "nchnls", "nchnls_i",
+              "0dbfs", "A4", "if", "then", "else", "elseif", "endif", "while", "until", "do", "od",
+              "goto", "igoto", "kgoto", "return"}
 
 _TAG = re.compile(r"<[^>]+>")
 _NAV = re.compile(r'<div class="nav(?:header|footer)">.*?</div>', re.S)
+_REFNAME = re.compile(r'<div class="refnamediv">(.*?)</div>', re.S)
 
 
 def html_text(fragment: str) -> str:
@@ -41,20 +45,6 @@ class OpcodePage:
     examples: list[str]  # example file names linked from the page, e.g. "moogladder.csd"
     category: str
     page: str  # file name of the page
-
-
-@dataclass
-class Example:
-    name: str  # file name without .csd / .csd.gz
-    path: Path
-    code: str
-    opcode: str | None = None  # the opcode whose page links it (or whose name it bears)
-    category: str = "uncategorized"
-    opcodes: list[str] = field(default_factory=list)  # known opcodes it uses, in order of use
-    group: str = ""  # examples sharing code share a group (set by the build); default: name
-
-    def __post_init__(self):
-        self.group = self.group or self.name
 
 
 def _title(page_html: str) -> str:
@@ -79,7 +69,7 @@ def _section(page_html: str, heading: str) -> str:
 def parse_opcode_page(path: Path, category: str = "uncategorized") -> OpcodePage | None:
     """An opcode page, or None when ``path`` is not one (no ``refnamediv``)."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    m = re.search(r'<div class="refnamediv">(.*?)</div>', text, re.S)
+    m = _REFNAME.search(text)
     if not m:
         return None
     name_m = re.search(r'<span class="refentrytitle">(.*?)</span>', m.group(1), re.S)
@@ -137,51 +127,9 @@ def opcode_categories(manual_dir: Path) -> dict[str, str]:
     return categories
 
 
-def read_csd(path: Path) -> str:
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\x00", "")
-
-
-def example_name(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".csd")
-
-
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def orchestra(code: str) -> str:
-    m = re.search(r"<CsInstruments>(.*?)</CsInstruments>", code, re.S)
-    return m.group(1) if m else code
-
-
-def strip_comments(code: str) -> str:
-    code = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), code, flags=re.S)
-    code = re.sub(r'"(?:[^"\\\n]|\\.)*"', '""', code)
-    return re.sub(r"(;|//).*", "", code)
-
-
-def opcodes_used(code: str, known: set[str]) -> list[str]:
-    """Known opcode names used in the orchestra of ``code``, first use first."""
-    words = _WORD.findall(strip_comments(orchestra(code)))
-    return list(dict.fromkeys(w for w in words if w in known))
-
-
 def known_opcodes(pages: dict[str, OpcodePage]) -> set[str]:
     """Page names that can appear as opcodes in code (not operators, headers or statements)."""
-    from .csdcode import STRUCTURAL
-
     return {n for n in pages if re.fullmatch(r"[A-Za-z_]\w+", n)} - STRUCTURAL
-
-
-@dataclass
-class Manual:
-    pages: dict[str, OpcodePage]  # by opcode name
-    examples: dict[str, Example]  # by example name
-    directory: Path
-
-    @property
-    def known(self) -> set[str]:
-        return known_opcodes(self.pages)
 
 
 def opcode_pages(manual_dir: Path, categories: dict[str, str] | None = None,
@@ -196,45 +144,17 @@ def opcode_pages(manual_dir: Path, categories: dict[str, str] | None = None,
     return pages
 
 
-def load_manual(manual_dir: str | Path = DEFAULT_MANUAL_DIR, *, limit: int | None = None,
-                strip_comments: bool = False) -> Manual:
-    """Parse every opcode page and example CSD of the installed manual.
-
-    ``limit`` keeps N examples spread evenly over the sorted names, for quick runs. Examples are
-    tidied (``csdcode.tidy_csd``), and with ``strip_comments`` lose their comments too.
-    """
-    from .csdcode import tidy_csd
-
-    manual_dir = Path(manual_dir)
-    examples_dir = manual_dir / "examples"
-    if not examples_dir.is_dir():
-        raise DataError(
-            f"no Csound manual at {manual_dir} (expected {examples_dir}). Install it with "
-            "`apt-get install csound-doc` or pass --manual-dir."
-        )
-    pages = opcode_pages(manual_dir, opcode_categories(manual_dir))
-    known = known_opcodes(pages)
-    linked: dict[str, OpcodePage] = {}
-    for page in pages.values():
-        for ex in page.examples:
-            linked.setdefault(example_name(Path(ex)), page)
-    paths = sorted(p for p in examples_dir.iterdir() if p.name.endswith((".csd", ".csd.gz")))
-    if limit is not None and limit < len(paths):
-        step = len(paths) / limit  # spread over the alphabet, not just the ATS* examples
-        paths = [paths[int(i * step)] for i in range(limit)]
-    examples: dict[str, Example] = {}
-    for path in paths:
-        name = example_name(path)
-        if name in examples:
-            continue
-        code = tidy_csd(read_csd(path), strip_comments)
-        page = linked.get(name) or pages.get(re.sub(r"[-_]?\d+$", "", name)) or pages.get(name)
-        used = opcodes_used(code, known)
-        examples[name] = Example(
-            name=name, path=path, code=code,
-            opcode=page.name if page else (used[0] if used else None),
-            category=page.category if page else "uncategorized", opcodes=used,
-        )
-    if not examples:
-        raise DataError(f"no example .csd files in {examples_dir}")
-    return Manual(pages=pages, examples=examples, directory=manual_dir)
+def documented_opcodes(manual_dir: str | Path = DEFAULT_MANUAL_DIR) -> frozenset[str]:
+    """Every name an orchestra opcode page documents (one page may name several), as the
+    sandbox uses them to tell a missing plugin from an invented opcode; empty without the
+    manual."""
+    names: set[str] = set()
+    for path in Path(manual_dir).glob("*.html"):
+        with open(path, errors="replace") as fh:
+            head = fh.read(4000)  # the up link and the heading; the sandbox reads this at start
+        if not re.search("Orchestra|Opcodes", _up_title(head)):
+            continue  # score statements, utilities, overviews
+        m = _REFNAME.search(head)
+        if m:
+            names.update(re.findall(r"[A-Za-z_]\w*", html_text(m.group(1)).split("\u2014")[0]))
+    return frozenset(names)
