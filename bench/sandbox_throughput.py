@@ -20,11 +20,12 @@ import os
 import time
 
 from csound_assistant import sandbox, sandbox_plugins
+from csound_assistant.manual import MANUAL_EXAMPLES
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", default="/usr/share/doc/csound-doc/html/examples")
+    parser.add_argument("--examples", default=str(MANUAL_EXAMPLES))
     parser.add_argument("--limit", type=int, default=200, help="every n-th file to get this many")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=2.0)
