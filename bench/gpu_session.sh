@@ -5,10 +5,13 @@
 #   bash bench/gpu_session.sh tests    # pytest -m gpu (tests/test_gpu_*.py)
 #   bash bench/gpu_session.sh recipe   # `train run` QLoRA on a CodeLlama-7B-shaped random base
 #   bash bench/gpu_session.sh ddp      # the same on 1 GPU, then 2 GPUs under accelerate launch
+#   bash bench/gpu_session.sh fsdp     # bench/fsdp_shape.py: QLoRA at CodeLlama-34B shape, plain
+#                                      # vs FSDP2 with CPU offload, each in its own process
 # Several steps in one call: bash bench/gpu_session.sh tests bench
 # Needs .whl/ and .gpu/ carried along (bash bench/prepare_gpu_carry.sh [runs/<run>]: the wheels
 # of requirements-gpu.lock, SmolLM2's tokenizer, a run's splits for recipe/ddp). Extra arguments
-# for the bench: BENCH_ARGS="--rows ..."; TESTS_TIMEOUT caps pytest (seconds). Results go to
+# for the bench: BENCH_ARGS="--rows ..."; TESTS_TIMEOUT caps pytest (seconds), TESTS_K picks
+# tests (pytest -k). Results go to
 # $OUT (at most 8 files come back).
 set -eo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -59,7 +62,8 @@ for step in "$@"; do
       tar czf $OUT/bench-rows.tar.gz -C /tmp bench ;;
     tests)
       timeout ${TESTS_TIMEOUT:-600} python3 -m pytest -c $REPO/pyproject.toml --rootdir $REPO -m gpu -p no:cacheprovider \
-        -o addopts="" -ra -v $REPO/tests/test_gpu_*.py 2>&1 | tee $OUT/tests.log \
+        -o addopts="" -ra -v ${TESTS_K:+-k "$TESTS_K"} $REPO/tests/test_gpu_*.py 2>&1 \
+        | tee $OUT/tests.log \
         || echo "tests: exit status $?" ;;
     recipe)
       base
@@ -77,6 +81,11 @@ for step in "$@"; do
           --set eval_batches=4 2>&1 | tee $OUT/ddp$n.log
         collect ddp$n
       done ;;
-    *) echo "gpu_session.sh: unknown step '$step' (bench, tests, recipe, ddp)" >&2; exit 2 ;;
+    fsdp)
+      # shellcheck disable=SC2086
+      python3 $REPO/bench/fsdp_shape.py --out-dir /tmp/fsdp $FSDP_ARGS 2>&1 | tee $OUT/fsdp.log \
+        || echo "fsdp: exit status $?"
+      tar czf $OUT/fsdp-rows.tar.gz -C /tmp fsdp ;;
+    *) echo "gpu_session.sh: unknown step '$step' (bench, tests, recipe, ddp, fsdp)" >&2; exit 2 ;;
   esac
 done

@@ -1,6 +1,7 @@
 """The training recipe on a CUDA GPU: QLoRA loads in 4 bits and a step trains only the adapter,
 packed varlen batches keep documents apart, Liger's kernels give the same loss and gradients,
-a killed run resumes, and 2 GPUs (DDP) train as 1 does.
+a killed run resumes, 2 GPUs (DDP) train as 1 does, and FSDP2 (offloaded to CPU on one GPU,
+sharded over two) trains as the plain recipe does.
 
     pytest -m gpu tests/test_gpu_train.py          # on a CUDA machine
     bash bench/gpu_session.sh tests                # on the device machine (carried wheels)
@@ -272,3 +273,48 @@ def test_two_gpus_train_as_one_gpu_with_twice_the_accumulation(gpu_base, tmp_pat
     assert (a["world_size"], b["world_size"]) == (1, 2)
     for (s1, l1, _), (s2, l2, _) in zip(a["train_loss"], b["train_loss"]):
         assert s1 == s2 and l2 == pytest.approx(l1, rel=1e-2)
+
+
+def _fsdp_vs_plain(gpu_base, tmp_path, layout: str, processes: int):
+    """The plain recipe accumulating ``processes`` micro-batches, against ``accelerate launch``
+    with ``layout`` (one micro-batch per process per step): their metrics and the launch's log."""
+    from train_helpers import make_work
+
+    overrides = [*FAST, "max_steps=4", "save_every=0", "eval_every=0", "log_every=1",
+                 "learning_rate=5e-3", "liger=false"]
+    plain, sharded = make_work(tmp_path / "plain", gpu_base), make_work(tmp_path / "fsdp", gpu_base)
+    proc = run_python(train_script(plain, [*overrides, f"grad_accum={processes}"]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = tmp_path / "fsdp.py"
+    script.write_text(textwrap.dedent(train_script(sharded, [*overrides, "grad_accum=1"]))
+                      .replace("log=lambda *a: None", "log=print"))
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(TESTS.parent / "train" / "configs" / "accelerate" / layout),
+                           str(script)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    a, b = (json.loads((w / "adapter" / "metrics.json").read_text()) for w in (plain, sharded))
+    assert b["world_size"] == processes
+    for (s1, l1, _), (s2, l2, _) in zip(a["train_loss"], b["train_loss"]):
+        assert s1 == s2 and l2 == pytest.approx(l1, rel=1e-2)
+    ta, tb = adapter_tensors(plain / "adapter"), adapter_tensors(sharded / "adapter")
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        if "lora_B" in key:
+            assert rel(tb[key], ta[key]) < 5e-2, key
+    return proc.stdout
+
+
+def test_fsdp2_with_cpu_offload_on_one_gpu_trains_as_the_plain_recipe(gpu_base, tmp_path):
+    """QLoRA's 4-bit weights (stored in bf16 words) shard and live in CPU memory between uses;
+    the loss curve and the gathered adapter are the plain run's."""
+    out = _fsdp_vs_plain(gpu_base, tmp_path, "fsdp2-1gpu-offload.yaml", 1)
+    assert "QLoRA (4-bit NF4 base, double quantization) on cuda x1 (FSDP2, parameters " \
+           "offloaded to CPU)" in out
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_fsdp2_over_two_gpus_shards_half_and_trains_as_one(gpu_base, tmp_path):
+    out = _fsdp_vs_plain(gpu_base, tmp_path, "fsdp2-2gpu.yaml", 2)
+    assert "this rank holds 50% of the trainable parameters" in out

@@ -24,15 +24,24 @@ class Backend:
     gradient_checkpointing: bool
     liger: bool
     reason: str
-    local_rank: int = 0
+    local_rank: int = 0  # this process's GPU on its host
     world_size: int = 1
+    rank: int = 0  # this process among all hosts' (what picks its share of the batches)
+    fsdp: dict | None = None  # the FSDP2 layout (train/sharding.py) when sharded, not DDP
+
+    @property
+    def offload(self) -> bool:  # shards and the optimizer step live in CPU memory
+        return bool(self.fsdp and self.fsdp["offload"])
 
     @property
     def torch_device(self) -> str:
         return f"cuda:{self.local_rank}" if self.device == "cuda" else self.device
 
     def describe(self) -> str:
-        where = self.device + (f" x{self.world_size} (DDP)" if self.world_size > 1 else "")
+        layout = ("FSDP2" + (", parameters offloaded to CPU" if self.offload else "")
+                  if self.fsdp else "DDP")
+        where = self.device + (f" x{self.world_size} ({layout})"
+                               if self.world_size > 1 or self.fsdp else "")
         extras = [f"{self.packing} batches"]
         if self.gradient_checkpointing:
             extras.append("gradient checkpointing")
@@ -101,12 +110,21 @@ def choose_backend(cfg: TrainConfig) -> Backend:
     if liger and (device != "cuda" or not has_liger):
         raise ConfigError("liger=true needs CUDA and liger-kernel "
                           "(pip install liger-kernel==0.8.5)")
+    from .sharding import fsdp_layout
+
+    layout = fsdp_layout()
+    if layout and (cfg.save_every or cfg.init_adapter):
+        raise ConfigError("under FSDP the recipe writes no checkpoints and starts no adapter "
+                          "from a saved one: set save_every=0 and init_adapter='' (or launch "
+                          "with a DDP config)")
     return Backend(
         device=device, method=method, dtype=dtype, packing=packing,
         gradient_checkpointing=_flag(cfg.gradient_checkpointing, device == "cuda"),
         liger=liger, reason=reason,
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        rank=int(os.environ.get("RANK", 0)),
+        fsdp=layout,
     )
 
 
@@ -114,7 +132,6 @@ def load_model(base_dir, cfg: TrainConfig, backend: Backend, init_adapter=None):
     """The base model for ``backend``, wrapped with a new LoRA adapter (peft), or with
     ``init_adapter``'s weights (a starter.InitAdapter) to continue training it."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from . import attention
@@ -142,6 +159,14 @@ def load_model(base_dir, cfg: TrainConfig, backend: Backend, init_adapter=None):
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     if backend.device != "cuda":
         model.to(backend.torch_device)
+    return adapt(model, cfg, backend, init_adapter)
+
+
+def adapt(model, cfg: TrainConfig, backend: Backend, init_adapter=None):
+    """Freeze the loaded base, turn on gradient checkpointing if asked, and wrap it with LoRA
+    (fp32 adapter weights)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
     model.config.use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)

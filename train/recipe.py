@@ -7,7 +7,8 @@
                      ->  adapter/ (peft adapter, tokenizer, prompt_format.json, config,
                          metrics, loss curve, versions, base identity)
 
-Runs unchanged under ``accelerate launch``/``torchrun`` (DDP over the visible GPUs).
+Runs unchanged under ``accelerate launch``/``torchrun``: DDP over the visible GPUs, or FSDP2
+(parameters sharded over them, train/sharding.py) when accelerate's config says FSDP.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from csound_assistant.artifacts import (
 from csound_assistant.errors import ArtifactError
 from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import get_format
+from csound_assistant.row_identity import unique_rows
 
-from . import checkpoint, starter
+from . import checkpoint, sharding, starter
 from .backend import choose_backend, load_model
 from .batching import (
     BatchPlan, collate_grouped, collate_packed, real_tokens, total_steps, trained_tokens,
@@ -57,7 +59,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     # --- 1. hardware and method ------------------------------------------------------------
     backend = choose_backend(cfg)
     dist = _init_distributed(backend)
-    main = backend.local_rank == 0 and int(os.environ.get("RANK", 0)) == 0
+    main = backend.rank == 0
     say = log if main else (lambda *a, **k: None)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -87,14 +89,11 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         rows = select_tasks(read_split(splits_dir / f"{name}.jsonl"), cfg.tasks,
                             str(splits_dir / f"{name}.jsonl"))
         if name == "train":
+            rows, repeated = unique_rows(rows)  # before task weights, which repeat on purpose
+            if repeated:
+                say(f"train: {repeated} train rows repeat another's content; each trains once")
             rows = weight_tasks(rows, cfg.task_weights)
             fresh = starter.unseen_rows(init, rows) if init else set()
-            replay = starter.replay_rows(init, cfg.replay, len(rows), cfg.seed,
-                                         cfg.tasks) if init else []
-            if replay:
-                say(f"train: {len(replay)} replayed rows of {init.dir.name}'s last training "
-                    f"(replay={cfg.replay})")
-            rows = rows + replay
         splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
@@ -121,8 +120,14 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
     say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
+    if backend.fsdp:  # the optimizer gets each rank's shards of the LoRA weights
+        model = sharding.shard(model, backend.fsdp)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        say(f"train: FSDP2 over {backend.world_size} process(es): this rank holds "
+            f"{100 * sharding.local_fraction(model):.0f}% of the trainable parameters")
+    fused = backend.device == "cuda" and not backend.offload  # offloaded: steps on the CPU
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                  **({"fused": True} if backend.device == "cuda" else {}))
+                                  **({"fused": True} if fused else {}))
     plan = {"steps": steps}  # the schedule reads this; a time budget may shorten it
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, plan))
     fp16 = backend.device == "cuda" and backend.dtype == "float16"
@@ -143,7 +148,7 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
 
         shutil.rmtree(ckpt_root)  # a fresh run does not mix with an old run's checkpoints
     wrapped = model
-    if dist:
+    if dist and not backend.fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(
@@ -165,11 +170,15 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         n = min(n, cfg.eval_batches) if cfg.eval_batches else n
         total = torch.zeros(2, device=device, dtype=torch.float64)
         with torch.no_grad(), autocast:
-            for i in range(backend.local_rank, n, backend.world_size):
-                batch = val_plan.micro_batch(i)
+            # every rank runs as many forwards (FSDP gathers weights in each); surplus ones
+            # repeat the last batch and count for nothing
+            for first in range(0, n, backend.world_size):
+                i = first + backend.rank
+                batch = val_plan.micro_batch(min(i, n - 1))
                 loss = forward_loss(model, _to(collate(batch), device), 1)
-                total += torch.tensor([loss.item(), trained_tokens(batch)], device=device,
-                                      dtype=torch.float64)
+                if i < n:
+                    total += torch.tensor([loss.item(), trained_tokens(batch)], device=device,
+                                          dtype=torch.float64)
         if dist:
             torch.distributed.all_reduce(total)
         model.train()
@@ -192,14 +201,14 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     while step < steps:
         micro = train_plan.step(step, cfg.grad_accum, backend.world_size)
         label_total = sum(trained_tokens(b) for b in micro)  # the whole step, all ranks
-        mine = micro[backend.local_rank::backend.world_size]
+        mine = micro[backend.rank::backend.world_size]
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         for i, batch in enumerate(mine):
             sync = i == len(mine) - 1
-            with (wrapped.no_sync() if dist and not sync else contextlib.nullcontext()):
+            with _gradient_sync(wrapped, backend, dist, sync):
                 with autocast:
                     step_loss = forward_loss(wrapped, _to(collate(batch), device), label_total)
-                # DDP averages gradients over ranks; the loss is normalised over all of them
+                # DDP and FSDP average gradients over ranks; the loss is normalised over all
                 loss = step_loss * backend.world_size
                 (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += step_loss.detach().double()
@@ -266,9 +275,11 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
     }
     say(f"train: validation loss {metrics['val_loss_start']:.4f} -> "
         f"{metrics['val_loss_end']:.4f}; {metrics['tokens_per_second']:,.0f} tokens/s")
+    # sharded: every rank gathers the adapter whole (a collective), the first one writes it
+    adapter_state = sharding.full_adapter_state(model) if backend.fsdp else None
     if main:
         with stage_output(out_dir, force=force) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=adapter_state)
             tokenizer.save_pretrained(tmp)
             write_json(tmp / "prompt_format.json", fmt.to_record())
             (tmp / "train_config.yaml").write_text(dump_config(cfg))
@@ -362,14 +373,27 @@ def _to(batch: dict, device) -> dict:
 
 
 def _init_distributed(backend) -> bool:
-    if backend.world_size <= 1:
+    if backend.world_size <= 1 and not backend.fsdp:
         return False
     import torch
 
     if backend.device == "cuda":
         torch.cuda.set_device(backend.local_rank)
-    torch.distributed.init_process_group("nccl" if backend.device == "cuda" else "gloo")
+    group = "gloo"
+    if backend.device == "cuda":  # offloaded shards are gathered on the CPU side too
+        group = "cuda:nccl,cpu:gloo" if backend.offload else "nccl"
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"),
+                       ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)  # one process, launched without a launcher's env
+    torch.distributed.init_process_group(group)
     return True
+
+
+def _gradient_sync(wrapped, backend, dist: bool, sync: bool):
+    """Reduce gradients only at a step's last micro-batch (DDP's no_sync, FSDP2's flag)."""
+    if backend.fsdp:
+        return sharding.gradient_sync(wrapped, sync)
+    return wrapped.no_sync() if dist and not sync else contextlib.nullcontext()
 
 
 def _progress(enabled: bool, total: int, initial: int):
