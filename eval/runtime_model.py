@@ -31,18 +31,18 @@ class RuntimeModel:
 
     @classmethod
     def from_gguf(cls, path: Path, *, prompt_format: str | None, n_ctx: int, n_threads: int,
-                  verify: int, verify_seconds: float) -> RuntimeModel:
+                  verify: int, verify_seconds: float, decoder: str = "plain") -> RuntimeModel:
         from csound_assistant.runtime.backend import LlamaBackend
         from csound_assistant.runtime.settings import Settings
 
         parallel = max(verify, 1)
         # The batched context's cells are shared by its sequences: each gets the eval's n_ctx.
         backend = LlamaBackend(path, n_ctx=n_ctx * parallel, n_threads=n_threads,
-                               cache_slots=0, parallel=parallel)
+                               cache_slots=0, parallel=parallel, decoder=decoder)
         fmt = prompt_format or _format_for_gguf(path, backend.metadata).name
         settings = Settings(model_path=path, prompt_format=fmt, n_ctx=n_ctx * parallel,
                             n_threads=n_threads, parallel=parallel, verify=verify,
-                            verify_seconds=verify_seconds,
+                            verify_seconds=verify_seconds, decoder=decoder,
                             request_timeout=max(120.0, 2 * verify_seconds))
         return cls(backend, settings, path=path)
 
@@ -52,6 +52,7 @@ class RuntimeModel:
         out = {"kind": "gguf-runtime", "prompt_format": self.settings.prompt_format,
                "n_threads": self.settings.n_threads, "parallel": self.settings.parallel,
                "verify": self.settings.verify, "verify_seconds": self.settings.verify_seconds,
+               "decoder": self.settings.decoder,
                "opcode_reference": self.service.prompts.lookups.describe(),
                "lookups": self.service.prompts.lookups.names}
         if self.path is not None:

@@ -8,6 +8,10 @@ only what follows the longest common token prefix. An editor that alternates bet
 would lose that on every switch, so this backend also keeps up to ``cache_slots`` saved KV
 states (llama.cpp's per-sequence state API, without llama-cpp-python's 100 MB logits copy) and
 restores the one sharing the longest prefix with the next prompt.
+
+With ``decoder="csound"`` (``serve --decoder csound``) every generation goes through a
+``runtime/decoder.py`` constraint: the logits are masked before llama.cpp's sampler chain runs,
+here as llama-cpp-python's logits processor and in ``batched.py`` on the context's logits.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class LlamaBackend:
 
     def __init__(self, model_path: Path, *, lora_path: Path | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_gpu_layers: int = 0, cache_slots: int = 4,
-                 parallel: int = 1):
+                 parallel: int = 1, decoder: str = "plain"):
         from csound_assistant.llamacpp import load
 
         llama_cpp = load()
@@ -104,6 +108,10 @@ class LlamaBackend:
         self._slots: list[_Slot] = []  # most recently used last
         self.last_cached_tokens = 0
         self._vocab = self.llm._model.vocab
+        from .decoder import make_decoding
+
+        self.decoder = decoder
+        self.decoding = make_decoding(decoder, self)  # None: plain decoding
 
     # --- tokenizer (read-only, any thread) ---------------------------------------------------
     def tokenize(self, text: str, *, special: bool) -> list[int]:
@@ -122,25 +130,38 @@ class LlamaBackend:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     # --- generation (worker thread only) -------------------------------------------------
-    def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[int]:
+    def constraint(self, tokens: list[int], sampling: Sampling):
+        """The decoder's state for one generation after ``tokens`` (None: plain decoding)."""
+        return self.decoding.start(tokens, sampling) if self.decoding else None
+
+    def generate(self, tokens: list[int], sampling: Sampling, constraint=None) -> Iterator[int]:
         """Sample tokens after ``tokens`` until the caller stops iterating."""
         self._use_best_slot(tokens)
         live = self.llm.input_ids[: self.llm.n_tokens]
         self.last_cached_tokens = min(common_prefix(live, tokens), max(len(tokens) - 1, 0))
         self.llm.set_seed(sampling_seed(sampling))
+        processors = None
+        if constraint is not None:
+            start = len(tokens)
+
+            def mask(input_ids, logits):  # the first sampler of the chain: logits in place
+                constraint.follow(input_ids[start:])
+                constraint.mask(logits)
+                return logits
+
+            processors = [mask]
         return self.llm.generate(
             tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
             temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty,
             frequency_penalty=sampling.frequency_penalty,
             presence_penalty=sampling.presence_penalty, reset=True,
+            logits_processor=processors,
         )
 
     def parallel_context(self, n_seq: int):
         """A llama.cpp context of the same model with ``n_seq`` sequences sharing ``n_ctx``
         KV cells (for the batched engine)."""
         from llama_cpp._internals import LlamaContext
-
-        from .batched import lora_onto
 
         # The Llama object's own parameters (flash attention off, rope scaling, threads), so
         # both contexts compute the same logits; llama.cpp's defaults would turn flash
@@ -222,8 +243,22 @@ class LlamaBackend:
             "n_params": self.llm._model.n_params(),
             "file_type": meta.get("general.file_type"),
             "cache_slots": self.cache_slots,
+            "decoder": self.decoder,
         }
 
     def close(self) -> None:
         self._slots.clear()
         self.llm.close()
+
+
+def lora_onto(llm, ctx) -> None:
+    """Apply the Llama object's LoRA adapter to another context of the same model."""
+    import llama_cpp
+
+    adapter = getattr(llm, "_lora_adapter", None)
+    if adapter is None:
+        return
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(llm.lora_scale)
+    if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, scales):
+        raise RuntimeError("could not apply the LoRA adapter to the batched context")

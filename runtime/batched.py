@@ -10,12 +10,11 @@ llama.cpp's server slots do). Requests still queue FIFO for a free sequence.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from dataclasses import dataclass, field
 
 from .backend import Sampling, common_prefix, sampling_seed
-from .engine import Engine, Job, QueueTimeout, TokenStream
+from .engine import Engine, Job, QueueTimeout, TokenStream, constraint_for
 
 log = logging.getLogger("csound_assistant.serve")
 
@@ -130,6 +129,7 @@ class BatchedEngine(Engine):
         seq.cached = keep
         seq.next_token = None
         seq.stream = TokenStream(job, self.backend, self.metrics)
+        seq.stream.constraint = constraint_for(self.backend, job)
         seq.sampler = make_sampler(job.sampling, self.backend.n_vocab)
 
     def _release(self, seq: _Sequence, *, forget: bool = False) -> None:
@@ -187,12 +187,24 @@ class BatchedEngine(Engine):
             seq.pending = seq.pending[len(seq.feeding):] if seq.pending else []
             if seq.logit_index < 0:
                 continue
+            constraint = seq.stream.constraint
+            if constraint is not None:  # mask this sequence's logits in place, then sample
+                constraint.mask(self._logits(seq.logit_index))
             token = seq.sampler.sample(self._ctx, seq.logit_index)
+            if constraint is not None:
+                constraint.accept(token)
             reason = seq.stream.feed(token)
             if reason:
                 self._finish(seq, reason)
             else:
                 seq.next_token = token
+
+    def _logits(self, index: int):
+        """The context's logits of batch row ``index`` as a writable numpy view."""
+        import numpy as np
+
+        pointer = self._lc.llama_get_logits_ith(self._ctx.ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.backend.n_vocab,))
 
     def _out_of_cells(self, seqs, rc: int) -> None:
         """The shared KV cache is full: drop idle sequences' prefixes, else stop the longest."""
@@ -209,15 +221,3 @@ class BatchedEngine(Engine):
         for seq in seqs:  # the failed batch wrote nothing: feed the same tokens again
             seq.feeding = []
 
-
-def lora_onto(llm, ctx) -> None:
-    """Apply the Llama object's LoRA adapter to another context of the same model."""
-    import llama_cpp
-
-    adapter = getattr(llm, "_lora_adapter", None)
-    if adapter is None:
-        return
-    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-    scales = (ctypes.c_float * 1)(llm.lora_scale)
-    if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, scales):
-        raise RuntimeError("could not apply the LoRA adapter to the batched context")

@@ -67,6 +67,11 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 @click.option("--verify-seconds", type=float, default=None,
               help="Seconds a verified request may take, generation and checks together; "
                    "--timeout still applies [default: 60].")
+@click.option("--decoder", type=click.Choice(["plain", "csound"]), default=None,
+              envvar="CSOUND_ASSISTANT_DECODER",
+              help="csound: where Csound expects an opcode only real opcodes can be sampled, "
+                   "with as many outputs and arguments as their synopses take (code blocks "
+                   "and FIM middles only; prose is never touched) [default: plain].")
 @click.option("--opcode-reference/--no-opcode-reference", default=None,
               help="Add the manual's synopses of the opcodes a chat request names, for a model "
                    "trained with them (its GGUF says so) [default: on].")
@@ -98,7 +103,8 @@ def cli(model, log_level, **options):
         backend = LlamaBackend(
             settings.model_path, lora_path=settings.lora_path, n_ctx=settings.n_ctx,
             n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
-            cache_slots=settings.cache_slots, parallel=settings.parallel)
+            cache_slots=settings.cache_slots, parallel=settings.parallel,
+            decoder=settings.decoder)
         app = create_app(settings, backend)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "

@@ -43,6 +43,8 @@ class Result:
     queued_s: float = 0.0
     prompt_s: float = 0.0  # submit-to-first-token minus queueing
     decode_s: float = 0.0
+    decoder: str = "plain"  # runtime/decoder.py: plain | csound
+    refused_steps: int = 0  # steps where the decoder refused a token the sampler could take
 
     @property
     def ttft_s(self) -> float:
@@ -140,6 +142,8 @@ class Metrics:
         self.service.add(result.prompt_s + result.decode_s)
         self.counts["requests_finished"] += 1
         self.counts[f"finish_{result.finish_reason}"] += 1
+        self.counts[f"decoder_{result.decoder}"] += 1
+        self.counts["decoder_refused_steps"] += result.refused_steps
         self.counts["prompt_tokens"] += result.prompt_tokens
         self.counts["cached_prompt_tokens"] += result.cached_tokens
         self.counts["completion_tokens"] += result.completion_tokens
@@ -274,7 +278,9 @@ class Engine:
         if job.clear_cache:
             self.backend.clear_cache()
         stream = TokenStream(job, self.backend, self.metrics)
-        gen = self.backend.generate(job.tokens, job.sampling)
+        stream.constraint = constraint_for(self.backend, job)
+        gen = self.backend.generate(job.tokens, job.sampling, constraint=stream.constraint) \
+            if stream.constraint else self.backend.generate(job.tokens, job.sampling)
         cached = self.backend.last_cached_tokens
         reason = None
         try:
@@ -298,6 +304,7 @@ class TokenStream:
         self.stops = [x for x in job.sampling.stop if x]
         self.max_tokens = min(job.sampling.max_tokens, backend.n_ctx - len(job.tokens))
         self.held, self.out, self.n = "", [], 0
+        self.constraint = None  # runtime/decoder.py's state, when the backend has a decoder
         self.t_first = None
         self.stopped_by_string = False
         job.t_start = time.monotonic()
@@ -348,7 +355,14 @@ class TokenStream:
                       prompt_tokens=len(job.tokens), completion_tokens=self.n,
                       cached_tokens=cached, truncated=job.truncated,
                       queued_s=job.t_start - job.submitted, prompt_s=t_first - job.t_start,
-                      decode_s=end - t_first)
+                      decode_s=end - t_first, decoder=getattr(self.backend, "decoder", "plain"),
+                      refused_steps=self.constraint.masked_steps if self.constraint else 0)
+
+
+def constraint_for(backend, job: Job):
+    """The backend's decoder state for this job (None: plain decoding or a fake backend)."""
+    make = getattr(backend, "constraint", None)
+    return make(job.tokens, job.sampling) if make else None
 
 
 def _indent_cut(text: str, n_indent: int) -> tuple[int | None, int]:

@@ -17,6 +17,7 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
 from csound_assistant.errors import ConfigError
 
 ENV_PREFIX = "CSOUND_ASSISTANT_"
+DECODERS = ("plain", "csound")  # runtime/decoder.py
 
 
 @dataclass
@@ -61,6 +62,9 @@ class Settings:
                 "(0: off; runtime/verify.py)"})
     verify_seconds: float = field(default=60.0, metadata={
         "help": "seconds one verified request may take, generation and checks together"})
+    decoder: str = field(default="plain", metadata={
+        "help": "plain, or csound: only real opcodes (and calls that fit their synopses) can "
+                "be sampled where Csound expects one (runtime/decoder.py)"})
     opcode_reference: bool = field(default=True, metadata={
         "help": "add the manual's synopses of the opcodes a chat request names, for a model "
                 "trained with them (its GGUF says so); false serves plain prompts"})
@@ -79,6 +83,8 @@ class Settings:
             problems.append(f"repair must be 0 to 5 rounds, got {self.repair}")
         if not 0 <= self.verify <= 8:
             problems.append(f"verify must be 0 to 8 candidates, got {self.verify}")
+        if self.decoder not in DECODERS:
+            problems.append(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.verify_seconds <= 0:
             problems.append(f"verify_seconds must be > 0, got {self.verify_seconds}")
         if self.cache_slots < 0:

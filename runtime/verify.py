@@ -86,6 +86,7 @@ class Answer:
 
     def headers(self, *, repair: bool) -> dict:
         out = {"X-Csound-Repairs": str(self.repairs)} if repair else {}
+        out["X-Csound-Decoder"] = self.result.decoder
         if self.path:
             out.update({"X-Csound-Verified": self.path, "X-Csound-Verdict": self.verdict or ""})
         return out

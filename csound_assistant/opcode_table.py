@@ -1,0 +1,154 @@
+"""What the manual's synopses say about each opcode's shape: how many outputs of which rate, and
+how many arguments. Read by the Csound-aware decoder (``csound_assistant/csound_lexer.py``,
+``runtime/decoder.py``) to refuse ``kenv moogladder`` (moogladder makes only a-rate output),
+``a1, a2 phasor`` (one output) and ``outs a1`` (two arguments at least).
+
+A synopsis line is ``OUTPUTS NAME ARGS`` (``ares oscili xamp, xcps[, ifn, iphs]``), or a
+function form ``NAME(x)``. Bracketed items are optional, ``...`` makes a list open-ended. A rate
+is the first letter of a name after an optional ``g`` (``gir``: i); ``x`` and letters that are
+no rate (``tab``) accept any. Only what the synopsis says surely is kept: where a line cannot be
+read it allows everything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+RATES = frozenset("aikSfw")
+# Rate conversion functions and operators-as-functions that have no synopsis of their own.
+EXTRA_FUNCTIONS = frozenset({"i", "k", "a", "b", "p", "not", *(f"tb{n}" for n in range(16))})
+# An item may name several rates at once (``i/kout[]``, ``tvar|karr[]``): then it takes any.
+_ITEM = re.compile(r'\.\.+|[\[\]]|"[^"]*"|[A-Za-z_][\w/|]*(?:\[\])*')
+
+
+@dataclass(frozen=True)
+class Form:
+    """One synopsis line: output count bounds, output rates in order, argument count bounds."""
+
+    out_min: int
+    out_max: float
+    out_rates: tuple[str, ...]
+    arg_min: int
+    arg_max: float
+
+    def takes_outputs(self, rates: tuple[str, ...]) -> bool:
+        if not self.out_min <= len(rates) <= self.out_max:
+            return False
+        for k, rate in enumerate(rates):
+            want = self.out_rates[min(k, len(self.out_rates) - 1)] if self.out_rates else "x"
+            # i-rate where a synopsis says k is allowed: the manual often lists only the k
+            # form of an opcode Csound also has at i-rate (fillarray, ftexists)
+            if want in RATES and rate in RATES and want != rate and (want, rate) != ("k", "i"):
+                return False
+        return True
+
+
+ANY = Form(0, math.inf, (), 0, math.inf)
+
+
+def rate_of(name: str) -> str:
+    """The rate letter of a variable or synopsis name ('x' when it names none or several)."""
+    if "/" in name or "|" in name:
+        return "x"
+    if len(name) > 1 and name[0] == "g" and name[1] in RATES:
+        return name[1]
+    return name[0] if name and name[0] in RATES else "x"
+
+
+def _items(text: str) -> tuple[int, float, list[str]]:
+    """(required count, maximum count, item names) of a synopsis' output or argument list."""
+    depth, required, names, open_ended, before_dots = 0, 0, [], False, True
+    for m in _ITEM.finditer(text):
+        tok = m.group()
+        if tok == "[":
+            depth += 1
+        elif tok == "]":
+            depth = max(0, depth - 1)
+        elif tok.startswith(".."):
+            open_ended, before_dots = True, False
+        else:
+            names.append(tok)
+            if depth == 0 and before_dots:
+                required += 1
+    if open_ended:  # the item before "..." is often the first of the repeated ones
+        return max(0, required - 1), math.inf, names
+    return required, len(names), names
+
+
+def parse_line(key: str, line: str) -> tuple[str, Form] | None:
+    """(opcode name, its form) of one synopsis line of the page ``key``; the name may extend the
+    key (``printf_i`` on printf's page). None for a function form or a line not understood."""
+    line = re.sub(r"\s\([^()]*\)\s*$", "", line.replace("\\", " "))  # "(k- or i-arrays)"
+    found = None
+    for m in re.finditer(rf"(?<![\w$.]){re.escape(key)}\w*(?!\w)", line):
+        after = line[m.end():].lstrip()
+        if after.startswith("("):
+            return None  # a function form: any arguments
+        before = line[:m.start()].rstrip()
+        if not before.endswith(","):
+            found = m
+            break
+    if found is None:
+        return None
+    out_min, out_max, outs = _items(line[:found.start()])
+    arg_min, arg_max, _ = _items(line[found.end():])
+    return found.group(), Form(out_min, out_max, tuple(rate_of(o) for o in outs),
+                               arg_min, arg_max)
+
+
+class OpcodeTable:
+    """Opcode names with their forms; queries are cached per output-rate tuple."""
+
+    def __init__(self, synopses: dict[str, list[str]]):
+        forms: dict[str, list[Form]] = {}
+        for key, lines in synopses.items():
+            forms.setdefault(key, [])
+            for line in lines:
+                parsed = parse_line(key, line)
+                if parsed is None:
+                    forms[key].append(ANY)
+                else:
+                    forms.setdefault(parsed[0], []).append(parsed[1])
+        self.forms = {name: tuple(f) or (ANY,) for name, f in forms.items()}
+        self.names = sorted(self.forms)
+        self.functions = frozenset(self.forms) | EXTRA_FUNCTIONS
+        # Opcodes a statement may start with although their name looks like a variable
+        # (``ftfree ifn, 0``, ``fout``): those that can take no outputs.
+        self.no_output = frozenset(n for n, fs in self.forms.items()
+                                   if any(f.out_min == 0 for f in fs))
+
+    @classmethod
+    def from_manual(cls) -> OpcodeTable:
+        return _manual_table()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.forms
+
+    def takes(self, name: str, rates: tuple[str, ...]) -> bool:
+        return any(f.takes_outputs(rates) for f in self.forms[name])
+
+    def arg_bounds(self, name: str, rates: tuple[str, ...]) -> tuple[int, float]:
+        """The fewest and most arguments of ``name``'s forms that take these outputs."""
+        fits = [f for f in self.forms[name] if f.takes_outputs(rates)] or self.forms[name]
+        return min(f.arg_min for f in fits), max(f.arg_max for f in fits)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (one table per process)
+    def fitting(self, rates: tuple[str, ...]) -> tuple[str, ...]:
+        """Sorted names of the opcodes that take outputs of these rates."""
+        return tuple(n for n in self.names if self.takes(n, rates))
+
+    def has_prefix(self, prefix: str, rates: tuple[str, ...]) -> bool:
+        names = self.fitting(rates)
+        i = bisect.bisect_left(names, prefix)
+        return i < len(names) and names[i].startswith(prefix)
+
+
+@functools.lru_cache(maxsize=1)
+def _manual_table() -> OpcodeTable:
+    from csound_assistant.opcode_reference import OpcodeReference
+
+    return OpcodeTable(OpcodeReference.from_manual().synopses)

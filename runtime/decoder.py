@@ -1,0 +1,190 @@
+"""The Csound-aware decoder: ``serve --decoder csound`` and ``eval run --decoder csound``.
+
+At each step where the answer is orchestra code (inside a fenced block or between
+``<CsoundSynthesizer>`` tags of a chat answer, or anywhere in a FIM middle), the logits of the
+tokens that would break a rule of ``csound_assistant/csound_lexer.py`` (an invented opcode in
+opcode position, an opcode whose synopsis takes other outputs, a statement ending with too few
+arguments or taking too many) are set to -inf before llama.cpp's sampler chain runs. Prose is
+never touched. Only the highest-logit tokens are judged (``TOP_TOKENS``), in order, until as
+many valid ones are found as the sampler can use (1 for greedy, ``top_k`` otherwise); every
+token not found valid is then masked, so the chain samples among valid tokens only.
+
+Each token's text is computed once per model (``TokenTexts``); a request's ``Constraint``
+follows the text as it is sampled. A GBNF grammar was the other route; see runtime/README.md
+("Csound-aware decoding") for why this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+
+from csound_assistant.csound_lexer import Document
+from csound_assistant.opcode_table import OpcodeTable
+
+from .settings import DECODERS
+
+log = logging.getLogger("csound_assistant.serve")
+
+TOP_TOKENS = 256  # tokens judged per constrained step before the rest of the vocabulary
+PENALTY_KEEP = 16  # valid tokens kept when penalties may demote the best ones
+SCAN_CHUNK = 4096  # when none of those is valid: the next tokens by logit, this many at a time
+GGUF_FIM_KEYS = tuple(f"tokenizer.ggml.fim_{k}_token_id" for k in ("pre", "suf", "mid"))
+
+
+class TokenTexts:
+    """Every token's text, decoded once (special tokens: empty; broken UTF-8: U+FFFD, which
+    no identifier contains)."""
+
+    def __init__(self, backend):
+        self.texts = [backend.token_bytes(t).decode("utf-8", errors="replace")
+                      for t in range(backend.n_vocab)]
+
+    def __getitem__(self, token: int) -> str:
+        return self.texts[token]
+
+    def join(self, tokens) -> str:
+        return "".join(self.texts[t] for t in tokens)
+
+
+class CsoundDecoding:
+    """What one model's requests share: the opcode table, token texts and FIM token ids."""
+
+    name = "csound"
+
+    def __init__(self, backend, table: OpcodeTable | None = None):
+        self.table = table or OpcodeTable.from_manual()
+        self.texts = TokenTexts(backend)
+        self.fim = _fim_ids(backend)
+
+    def start(self, prompt: list[int], sampling) -> Constraint:
+        """A request's constraint: a FIM middle continues the prompt's prefix; anything else
+        is an answer that starts in prose."""
+        keep = 1 if sampling.temperature <= 0 else min(sampling.top_k or 64, TOP_TOKENS)
+        if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty \
+                or sampling.presence_penalty:
+            keep = max(keep, PENALTY_KEEP)  # penalties run after the mask and reorder tokens
+        if prompt and prompt[-1] in self.fim["mid"]:
+            pre = _last_index(prompt, self.fim["pre"])
+            suf = _last_index(prompt, self.fim["suf"])
+            if pre is not None and suf is not None and pre < suf:
+                prefix = self.texts.join(prompt[pre + 1:suf])
+                suffix = self.texts.join(prompt[suf + 1:-1])
+                # the middle's end joins the suffix's first line
+                return Constraint(self, Document.for_fim(self.table, prefix), keep,
+                                  end=suffix.partition("\n")[0] + "\n")
+        return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt)), keep)
+
+
+class Constraint:
+    """One request's decoder state: ``mask`` before a token is sampled, ``accept`` after."""
+
+    def __init__(self, decoding: CsoundDecoding, doc: Document, keep: int, end: str = "\n"):
+        self.decoding, self.doc, self.keep = decoding, doc, keep
+        # A token without text (an end of generation, a turn marker) ends the statement: it
+        # is judged as this text, so an answer cannot stop inside ``asig caba``.
+        self.end = end
+        self.fed = 0  # tokens accepted (for ``follow``)
+        self.masked_steps = 0  # steps where a token the model preferred was refused
+
+    def accept(self, token: int) -> None:
+        self.doc.feed(self.decoding.texts[token])
+        self.fed += 1
+
+    def follow(self, generated) -> None:
+        """Accept the tokens of ``generated`` (all sampled so far) not yet seen."""
+        for token in generated[self.fed:]:
+            self.accept(int(token))
+
+    def mask(self, logits: np.ndarray) -> bool:
+        """Set the logits of tokens that break the rules to -inf, in place; True if a token
+        the sampler could have picked was refused."""
+        doc = self.doc
+        if not doc.judging or not doc.line_ok():
+            return False  # prose, or a line already broken (by a FIM prefix): judge nothing
+        texts = self.decoding.texts
+        if self.keep == 1 and self._allows(texts[int(np.argmax(logits))]):
+            return False  # greedy takes the best token, and it is valid
+        n = logits.shape[0]
+        top = np.argpartition(logits, n - TOP_TOKENS)[n - TOP_TOKENS:] \
+            if n > TOP_TOKENS else np.arange(n)
+        top = top[np.argsort(-logits[top], kind="stable")]
+        valid, tested = [], 0
+        for token in top.tolist():
+            tested += 1
+            if self._allows(texts[token]):
+                valid.append(token)
+                if len(valid) >= self.keep:
+                    break
+        refused = tested > len(valid)
+        if len(valid) < self.keep:
+            valid += _scan_rest(self._allows, texts, logits, top, self.keep - len(valid))
+        if not valid:
+            log.debug("csound decoder: no valid token; this step is left unmasked")
+            return False
+        keep = np.zeros(n, dtype=bool)
+        keep[valid] = True
+        logits[~keep] = -np.inf
+        self.masked_steps += refused
+        return refused
+
+    def _allows(self, text: str) -> bool:
+        return self.doc.allows(text or self.end)
+
+
+def _first_valid(allows, texts: TokenTexts, order, want: int) -> list[int]:
+    found = []
+    for token in order.tolist():
+        if allows(texts[token]):
+            found.append(token)
+            if len(found) >= want:
+                break
+    return found
+
+
+def _scan_rest(allows, texts: TokenTexts, logits: np.ndarray, seen, want: int):
+    """Valid tokens beyond the top ones, best first, in chunks (rare: the model's favourites
+    all broke a rule)."""
+    rest = np.setdiff1d(np.arange(logits.shape[0]), seen, assume_unique=True)
+    rest = rest[np.argsort(-logits[rest], kind="stable")]
+    found: list[int] = []
+    for start in range(0, len(rest), SCAN_CHUNK):
+        found += _first_valid(allows, texts, rest[start:start + SCAN_CHUNK], want - len(found))
+        if len(found) >= want:
+            break
+    return found
+
+
+def _last_index(tokens: list[int], ids: set[int]):
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] in ids:
+            return i
+    return None
+
+
+def _fim_ids(backend) -> dict[str, set[int]]:
+    """FIM marker ids this model may be prompted with: the GGUF's and, where they are one
+    token of its vocabulary, every project prompt format's."""
+    from csound_assistant.prompt_format import FORMATS
+
+    ids = {"pre": set(), "suf": set(), "mid": set()}
+    for key, gguf_key in zip(ids, GGUF_FIM_KEYS):
+        value = backend.metadata.get(gguf_key)
+        if value is not None and re.fullmatch(r"\d+", str(value)):
+            ids[key].add(int(value))
+    for fmt in FORMATS.values():
+        spelled = [backend.tokenize(t.strip(), special=True)
+                   for t in (fmt.fim_prefix, fmt.fim_suffix, fmt.fim_middle)]
+        if all(len(s) == 1 for s in spelled):
+            for key, s in zip(ids, spelled):
+                ids[key].add(s[0])
+    return ids
+
+
+def make_decoding(name: str, backend):
+    """The decoder ``name`` for ``backend``: None for plain decoding."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; one of: {', '.join(DECODERS)}")
+    return CsoundDecoding(backend) if name == "csound" else None

@@ -1,0 +1,119 @@
+"""The Csound-aware decoder (runtime/decoder.py) driving real logits: the embedded SmolLM2 GGUF's
+tokenizer and model through the real ``LlamaBackend``, the one-at-a-time engine and the batched
+one, and the real app."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from csound_assistant.errors import ConfigError
+from csound_assistant.opcode_table import OpcodeTable
+from csound_assistant.runtime.backend import LlamaBackend, Sampling
+from csound_assistant.runtime.prompts import PromptBuilder
+from csound_assistant.runtime.server import create_app
+from csound_assistant.runtime.settings import Settings
+
+PREFIX = "instr 1\n  kenv madsr 0.1, 0.2, 0.5, 0.3\n  asig "
+SUFFIX = "\n  outs asig, asig\nendin\n"
+
+
+@pytest.fixture(scope="module")
+def backend(embedded_gguf):
+    b = LlamaBackend(embedded_gguf, n_ctx=1024, n_threads=1, cache_slots=0, decoder="csound")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(backend):
+    return PromptBuilder(backend, "chatml")
+
+
+def boosted(backend, text: str, value: float = 30.0) -> np.ndarray:
+    """Logits that make the first token of ``text`` by far the model's favourite."""
+    logits = np.zeros(backend.n_vocab, dtype=np.float32)
+    logits[backend.tokenize(text, special=False)[0]] = value
+    return logits
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_an_invented_opcode_cannot_be_sampled_in_opcode_position(backend, prompts, temperature):
+    tokens, _ = prompts.fim_tokens(PREFIX, SUFFIX, budget=900)
+    constraint = backend.constraint(tokens, Sampling(temperature=temperature, top_k=40))
+    invented = backend.tokenize("emuls", special=False)[0]
+    real = backend.tokenize("oscili", special=False)[0]
+    logits = boosted(backend, "emuls")
+    logits[real] = 20.0  # the model's second choice begins a real opcode
+    assert constraint.mask(logits)
+    assert logits[invented] == -np.inf
+    survivors = np.flatnonzero(np.isfinite(logits))
+    assert 1 <= len(survivors) <= 40
+    texts = constraint.decoding.texts
+    for token in survivors:  # every token left can still begin a real a-rate opcode
+        assert constraint.doc.allows(texts[token] or constraint.end), texts[token]
+    assert int(np.argmax(logits)) == real
+
+
+def test_prose_is_never_masked(backend, prompts):
+    tokens = prompts.chat_tokens([{"role": "user", "content": "What is an emuls?"}])
+    constraint = backend.constraint(tokens, Sampling(temperature=0))
+    logits = boosted(backend, "emuls")
+    before = logits.copy()
+    assert not constraint.mask(logits)
+    assert np.array_equal(logits, before)
+    for token in backend.tokenize("An emuls is not a Csound opcode.", special=False):
+        constraint.accept(token)
+    assert not constraint.mask(logits)
+    assert np.array_equal(logits, before)
+
+
+def test_a_chat_answers_code_block_is_masked_after_its_fence(backend, prompts):
+    tokens = prompts.chat_tokens([{"role": "user", "content": "A sine, please."}])
+    constraint = backend.constraint(tokens, Sampling(temperature=0))
+    for token in backend.tokenize("Here:\n```csound\ninstr 1\n  asig ", special=False):
+        constraint.accept(token)
+    logits = boosted(backend, "emuls")
+    assert constraint.mask(logits)
+    assert logits[backend.tokenize("emuls", special=False)[0]] == -np.inf
+
+
+def test_the_fim_prefix_decides_whether_the_cursor_is_in_the_orchestra(backend, prompts):
+    in_score = "<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\nendin\n</CsInstruments>\n" \
+               "<CsScore>\n"
+    for prefix, judged in ((PREFIX, True), (in_score, False)):
+        tokens, _ = prompts.fim_tokens(prefix, "e\n</CsScore>\n", budget=900)
+        constraint = backend.constraint(tokens, Sampling(temperature=0))
+        assert constraint.mask(boosted(backend, "emuls")) is judged
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_greedy_decoding_after_an_output_writes_a_real_opcode(embedded_gguf, parallel):
+    """The whole path: the app, the engine (one at a time, or the batched one masking the
+    context's logits in place) and the real model's greedy choice."""
+    b = LlamaBackend(embedded_gguf, n_ctx=1024, n_threads=1, cache_slots=0, parallel=parallel,
+                     decoder="csound")
+    settings = Settings(prompt_format="chatml", decoder="csound", parallel=parallel,
+                        n_ctx=1024)
+    table = OpcodeTable.from_manual()
+    try:
+        with TestClient(create_app(settings, b)) as client:
+            r = client.post("/v1/completions", json={
+                "prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 12, "temperature": 0})
+            assert r.status_code == 200, r.text
+            middle = r.json()["choices"][0]["text"]
+            word = middle.split()[0].split(",")[0] if middle.split() else ""
+            assert word in table and table.takes(word, ("a",)), middle
+            chat = client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+            assert chat.headers["x-csound-decoder"] == "csound"
+            metrics = client.get("/metrics").text
+    finally:
+        b.close()
+    assert "csound_assistant_decoder_csound_total 2" in metrics
+
+
+def test_an_unknown_decoder_is_refused():
+    with pytest.raises(ConfigError, match="decoder must be one of plain, csound"):
+        Settings(decoder="grammar")
