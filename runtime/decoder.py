@@ -6,8 +6,9 @@ tokens that would break a rule of ``csound_assistant/csound_lexer.py`` (an inven
 opcode position, an opcode whose synopsis takes other outputs, a statement ending with too few
 arguments or taking too many) are set to -inf before llama.cpp's sampler chain runs. Prose is
 never touched. Only the highest-logit tokens are judged (``TOP_TOKENS``), in order, until as
-many valid ones are found as the sampler can use (1 for greedy, ``top_k`` otherwise); every
-token not found valid is then masked, so the chain samples among valid tokens only.
+many valid ones are found as the sampler can use (1 for greedy, ``top_k`` otherwise) or the
+rest would fall to ``min_p``; every token not found valid is then masked, so the chain samples
+among valid tokens only.
 
 Each token's text is computed once per model (``TokenTexts``); a request's ``Constraint``
 follows the text as it is sampled. A GBNF grammar was the other route; see runtime/README.md
@@ -17,6 +18,7 @@ follows the text as it is sampled. A GBNF grammar was the other route; see runti
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import numpy as np
@@ -30,7 +32,7 @@ log = logging.getLogger("csound_assistant.serve")
 
 TOP_TOKENS = 256  # tokens judged per constrained step before the rest of the vocabulary
 PENALTY_KEEP = 16  # valid tokens kept when penalties may demote the best ones
-SCAN_CHUNK = 4096  # when none of those is valid: the next tokens by logit, this many at a time
+SCAN_CHUNK = 4096  # when too few of those are valid: the next tokens by logit, this many a time
 GGUF_FIM_KEYS = tuple(f"tokenizer.ggml.fim_{k}_token_id" for k in ("pre", "suf", "mid"))
 
 
@@ -62,10 +64,14 @@ class CsoundDecoding:
     def start(self, prompt: list[int], sampling) -> Constraint:
         """A request's constraint: a FIM middle continues the prompt's prefix; anything else
         is an answer that starts in prose."""
-        keep = 1 if sampling.temperature <= 0 else min(sampling.top_k or 64, TOP_TOKENS)
+        keep = 1 if sampling.temperature <= 0 else min(sampling.top_k or TOP_TOKENS, TOP_TOKENS)
+        # min_p drops what is min_p times less likely than the best token left: valid tokens
+        # below that need not be looked for. Penalties run after the mask and reorder tokens:
+        # then a few more are kept and none is left out for min_p.
+        floor = math.log(sampling.min_p) if keep > 1 and sampling.min_p > 0 else -math.inf
         if sampling.repeat_penalty != 1.0 or sampling.frequency_penalty \
                 or sampling.presence_penalty:
-            keep = max(keep, PENALTY_KEEP)  # penalties run after the mask and reorder tokens
+            keep, floor = max(keep, PENALTY_KEEP), -math.inf
         if prompt and prompt[-1] in self.fim["mid"]:
             pre = _last_index(prompt, self.fim["pre"])
             suf = _last_index(prompt, self.fim["suf"])
@@ -73,21 +79,23 @@ class CsoundDecoding:
                 prefix = self.texts.join(prompt[pre + 1:suf])
                 suffix = self.texts.join(prompt[suf + 1:-1])
                 # the middle's end joins the suffix's first line
-                return Constraint(self, Document.for_fim(self.table, prefix), keep,
+                return Constraint(self, Document.for_fim(self.table, prefix), keep, floor,
                                   end=suffix.partition("\n")[0] + "\n")
-        return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt)), keep)
+        return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt)), keep,
+                          floor)
 
 
 class Constraint:
     """One request's decoder state: ``mask`` before a token is sampled, ``accept`` after."""
 
-    def __init__(self, decoding: CsoundDecoding, doc: Document, keep: int, end: str = "\n"):
-        self.decoding, self.doc, self.keep = decoding, doc, keep
+    def __init__(self, decoding: CsoundDecoding, doc: Document, keep: int,
+                 floor: float = -math.inf, end: str = "\n"):
+        self.decoding, self.doc, self.keep, self.floor = decoding, doc, keep, floor
         # A token without text (an end of generation, a turn marker) ends the statement: it
         # is judged as this text, so an answer cannot stop inside ``asig caba``.
         self.end = end
         self.fed = 0  # tokens accepted (for ``follow``)
-        self.masked_steps = 0  # steps where a token the model preferred was refused
+        self.masked_steps = 0  # steps where a token the sampler could take was refused
 
     def accept(self, token: int) -> None:
         self.doc.feed(self.decoding.texts[token])
@@ -111,16 +119,16 @@ class Constraint:
         top = np.argpartition(logits, n - TOP_TOKENS)[n - TOP_TOKENS:] \
             if n > TOP_TOKENS else np.arange(n)
         top = top[np.argsort(-logits[top], kind="stable")]
-        valid, tested = [], 0
-        for token in top.tolist():
-            tested += 1
-            if self._allows(texts[token]):
-                valid.append(token)
-                if len(valid) >= self.keep:
+        valid: list[int] = []
+        refused = self._collect(top, logits, valid)
+        if len(valid) < self.keep and not self._enough(valid, logits, logits[top[-1]]):
+            rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
+            rest = rest[np.argsort(-logits[rest], kind="stable")]
+            for start in range(0, len(rest), SCAN_CHUNK):  # rare: all favourites broke a rule
+                self._collect(rest[start:start + SCAN_CHUNK], logits, valid)
+                if len(valid) >= self.keep or self._enough(valid, logits, -math.inf):
                     break
-        refused = tested > len(valid)
-        if len(valid) < self.keep:
-            valid += _scan_rest(self._allows, texts, logits, top, self.keep - len(valid))
+            refused = True
         if not valid:
             log.debug("csound decoder: no valid token; this step is left unmasked")
             return False
@@ -130,31 +138,26 @@ class Constraint:
         self.masked_steps += refused
         return refused
 
+    def _collect(self, order, logits: np.ndarray, valid: list[int]) -> bool:
+        """Add valid tokens of ``order`` (best first) to ``valid`` until there are ``keep`` or
+        the rest fall below min_p of the best valid one; True if one was refused on the way."""
+        refused = False
+        for token in order.tolist():
+            if valid and (len(valid) >= self.keep
+                          or logits[token] < logits[valid[0]] + self.floor):
+                break
+            if self._allows(self.decoding.texts[token]):
+                valid.append(token)
+            else:
+                refused = True
+        return refused
+
+    def _enough(self, valid: list[int], logits: np.ndarray, below: float) -> bool:
+        """Whether every token not yet seen (all at most ``below``) would fall to min_p."""
+        return bool(valid) and below < logits[valid[0]] + self.floor
+
     def _allows(self, text: str) -> bool:
         return self.doc.allows(text or self.end)
-
-
-def _first_valid(allows, texts: TokenTexts, order, want: int) -> list[int]:
-    found = []
-    for token in order.tolist():
-        if allows(texts[token]):
-            found.append(token)
-            if len(found) >= want:
-                break
-    return found
-
-
-def _scan_rest(allows, texts: TokenTexts, logits: np.ndarray, seen, want: int):
-    """Valid tokens beyond the top ones, best first, in chunks (rare: the model's favourites
-    all broke a rule)."""
-    rest = np.setdiff1d(np.arange(logits.shape[0]), seen, assume_unique=True)
-    rest = rest[np.argsort(-logits[rest], kind="stable")]
-    found: list[int] = []
-    for start in range(0, len(rest), SCAN_CHUNK):
-        found += _first_valid(allows, texts, rest[start:start + SCAN_CHUNK], want - len(found))
-        if len(found) >= want:
-            break
-    return found
 
 
 def _last_index(tokens: list[int], ids: set[int]):
