@@ -7,12 +7,15 @@ from pathlib import Path
 import click
 
 from csound_assistant.clicommon import domain_errors, force_option, run_option, work_dir_option
-from csound_assistant.constants import DEFAULT_MODEL_NAME, DEFAULT_QUANT, QUANT_TYPES
+from csound_assistant.constants import DEFAULT_MODEL_NAME, QUANT_TYPES
+from csound_assistant.export_settings import EXPORT_DEFAULTS
 
 quant_option = click.option(
     "--quant", "quant_types", multiple=True, type=click.Choice(list(QUANT_TYPES)),
-    default=[DEFAULT_QUANT], show_default=True, envvar="CSOUND_ASSISTANT_QUANT",
-    help="llama.cpp quantization type; repeat for several (F16 is always written).")
+    default=list(EXPORT_DEFAULTS.quant_types), show_default=True,
+    envvar="CSOUND_ASSISTANT_QUANT",
+    help="llama.cpp quantization type; repeat for several (F16 is always written). The first "
+         "is the one `modelfile` packages and `eval run` scores.")
 name_option = click.option("--name", default=DEFAULT_MODEL_NAME, show_default=True,
                            help="Model name: file names and GGUF general.name.")
 adapter_option = click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False),
@@ -37,13 +40,14 @@ def _run_dir(work_dir, run) -> Path:
               help="Export folder [default: <work-dir>/<run>/export].")
 @quant_option
 @name_option
-@click.option("--gate/--no-gate", default=True, show_default=True,
-              help="Fail when a quantized GGUF drifts from F16 beyond the thresholds.")
-@click.option("--gate-tokens", default=4096, show_default=True,
+@click.option("--gate/--no-gate", default=EXPORT_DEFAULTS.gate, show_default=True,
+              help="Fail when a quantized GGUF drifts from F16 beyond the thresholds (without "
+                   "it the gate is measured and recorded only).")
+@click.option("--gate-tokens", default=EXPORT_DEFAULTS.gate_tokens, show_default=True,
               help="Held-out tokens the gate compares.")
-@click.option("--lora/--no-lora", default=True, show_default=True,
+@click.option("--lora/--no-lora", default=EXPORT_DEFAULTS.lora, show_default=True,
               help="Also write <name>.lora.gguf (the adapter alone).")
-@click.option("--imatrix/--no-imatrix", default=True, show_default=True,
+@click.option("--imatrix/--no-imatrix", default=EXPORT_DEFAULTS.imatrix, show_default=True,
               help="Quantize with an importance matrix from the train split (or the manual).")
 @click.option("--push", "push_repo", metavar="REPO_ID", help="Then upload to this Hub repo.")
 @force_option
@@ -53,7 +57,8 @@ def cli(ctx, work_dir, run, adapter_dir, base_dir, out_dir, quant_types, name, g
     """Merge, convert to GGUF, quantize and gate a trained model (all steps).
 
     Reads runs/<run>/adapter, writes runs/<run>/merged and runs/<run>/export
-    (<name>.F16.gguf, <name>.Q4_K_M.gguf, <name>.lora.gguf, SHA256SUMS, README.md, record.json).
+    (<name>.F16.gguf, <name>.<QUANT>.gguf for each --quant, <name>.lora.gguf, SHA256SUMS,
+    README.md, record.json). The defaults are the pipeline's (csound_assistant/export_settings.py).
 
     \b
     Example:
@@ -165,8 +170,8 @@ def lora_cmd(work_dir, run, adapter_dir, base_dir, gguf_path, name):
 @cli.command("quantize")
 @click.argument("src_gguf", type=click.Path(exists=True, dir_okay=False))
 @click.argument("dst_gguf", type=click.Path(dir_okay=False))
-@click.option("--type", "quant_type", type=click.Choice(list(QUANT_TYPES)), default=DEFAULT_QUANT,
-              show_default=True)
+@click.option("--type", "quant_type", type=click.Choice(list(QUANT_TYPES)),
+              default=EXPORT_DEFAULTS.quant_types[0], show_default=True)
 @click.option("--imatrix-from", "merged_dir", type=click.Path(exists=True, file_okay=False),
               help="Merged HF folder: compute an importance matrix on Csound text with it.")
 @click.option("--splits", "splits_dir", type=click.Path(file_okay=False),
@@ -189,7 +194,8 @@ def quantize_cmd(src_gguf, dst_gguf, quant_type, merged_dir, splits_dir, verbose
             texts, source = heldout_texts(splits_dir, load_prompt_format(Path(merged_dir)),
                                           "imatrix")
             click.echo(f"imatrix: from {source}")
-            im = importance_matrix(merged_dir, spread(texts, 4096), log=click.echo)
+            tokens = EXPORT_DEFAULTS.imatrix_tokens
+            im = importance_matrix(merged_dir, spread(texts, tokens), log=click.echo)
         census = quantize(src_gguf, dst_gguf, quant_type, imatrix=im, verbose=verbose)
         click.echo(f"wrote {dst_gguf}: {census['bits_per_weight']} bits/weight, tensors "
                    f"{census['tensors']} ({census['fallback_tensors']} fell back to other types)")
@@ -198,14 +204,16 @@ def quantize_cmd(src_gguf, dst_gguf, quant_type, merged_dir, splits_dir, verbose
 @cli.command("gate")
 @click.argument("f16_gguf", type=click.Path(exists=True, dir_okay=False))
 @click.argument("quant_gguf", type=click.Path(exists=True, dir_okay=False))
-@click.option("--type", "quant_type", type=click.Choice(list(QUANT_TYPES)), default=DEFAULT_QUANT,
-              show_default=True, help="Which thresholds apply.")
+@click.option("--type", "quant_type", type=click.Choice(list(QUANT_TYPES)),
+              default=EXPORT_DEFAULTS.quant_types[0], show_default=True,
+              help="Which thresholds apply.")
 @click.option("--splits", "splits_dir", type=click.Path(file_okay=False),
               help="Splits folder whose test.jsonl is the held-out text [default: the Csound "
                    "manual examples].")
 @click.option("--format", "format_name", default="chatml", show_default=True,
               help="Prompt format for rendering split rows.")
-@click.option("--tokens", default=4096, show_default=True, help="Held-out tokens to compare.")
+@click.option("--tokens", default=EXPORT_DEFAULTS.gate_tokens, show_default=True,
+              help="Held-out tokens to compare.")
 def gate_cmd(f16_gguf, quant_gguf, quant_type, splits_dir, format_name, tokens):
     """Compare a quantized GGUF with the F16 GGUF: perplexity, KL divergence, same top token.
     Exits with status 1 when past the thresholds.

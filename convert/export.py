@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 from csound_assistant.artifacts import (is_complete, read_record, remove_stale_partials,
-                                        sha256_file, stage_output, write_record)
+                                        sha256_file, stage_output)
 from csound_assistant.constants import DEFAULT_MODEL_NAME
 from csound_assistant.errors import ArtifactError, ExportError
+from csound_assistant.export_settings import EXPORT_DEFAULTS
+from csound_assistant.stage_records import Export
 
 from . import gate as gate_mod
 from .gguf_convert import convert, convert_lora
@@ -68,13 +70,15 @@ def _merged_for(adapter: Adapter, merged_dir: Path, force: bool, log) -> tuple[P
     return merge(adapter.dir, merged_dir, base_dir=adapter.base_dir, force=True, log=log), False
 
 
-def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M",),
-           gate: bool = True, lora: bool = True, name: str = DEFAULT_MODEL_NAME,
+def export(adapter_dir: str | Path, out_dir: str | Path, *,
+           quant_types=EXPORT_DEFAULTS.quant_types, gate: bool = EXPORT_DEFAULTS.gate,
+           lora: bool = EXPORT_DEFAULTS.lora, name: str = DEFAULT_MODEL_NAME,
            force: bool = False, merged_dir: str | Path | None = None,
            splits_dir: str | Path | None = None, base_dir: str | Path | None = None,
-           imatrix: bool = True, gate_tokens: int = 4096, imatrix_tokens: int = 4096,
-           log=print) -> dict:
-    """Run every export step; return the export record (also written as record.json)."""
+           imatrix: bool = EXPORT_DEFAULTS.imatrix, gate_tokens: int = EXPORT_DEFAULTS.gate_tokens,
+           imatrix_tokens: int = EXPORT_DEFAULTS.imatrix_tokens, log=print) -> dict:
+    """Run every export step; return the export record (also written as record.json, read
+    back as ``stage_records.Export``)."""
     out_dir = Path(out_dir)
     quant_types = [q for q in check_quant_types(quant_types) if q != "F16"]
     adapter = resolve_adapter(adapter_dir, base_dir)
@@ -152,7 +156,7 @@ def export(adapter_dir: str | Path, out_dir: str | Path, *, quant_types=("Q4_K_M
             logits_check=read_record(merged_dir).get("logits_check"),
         )
         (tmp / "README.md").write_text(model_card(record_fields, adapter))
-        record = write_record(tmp, "export", **record_fields)
+        record = Export.write(tmp, **record_fields)
     log(f"export: wrote {out_dir}")
     return record
 

@@ -15,70 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from . import pipeline_stages as stages
 from .clicommon import domain_errors, run_option, work_dir_option
+from .pipeline_config import PIPELINE_CONFIGS, PipelineConfig
 
-PIPELINE_CONFIGS = Path(__file__).parent / "pipelines"
-
-
-@dataclass
-class PipelineConfig:
-    """Settings per stage. Defaults are the embedded default: SmolLM2-135M on 2 CPU cores."""
-
-    run: str = "default"
-    base: str | None = None  # GGUF file or HF folder; None = the embedded SmolLM2 GGUF
-    base_dtype: str = "float32"
-    # Comment-stripped answers: ~40% fewer tokens for the same Csound (data/csdcode.tidy_csd).
-    data: dict = field(default_factory=lambda: {"limit": None, "strip_comments": True})
-    split: dict = field(default_factory=lambda: {"seed": 0, "ratios": [0.9, 0.05, 0.05]})
-    # Sized for 15 minutes on 2 cores: ~1 min base, ~4-5 min data, ~4 min training (a
-    # 3.5-minute budget plus its evaluations), ~1.5 min export, ~2.5 min eval. The training
-    # continues the starter adapter (train/starter): from the bare base, 4.5 minutes never
-    # taught the model to write Csound that compiles (pipelines/smollm2-scratch.yaml).
-    train: dict = field(default_factory=lambda: {
-        "config": "cpu-smollm2-starter", "overrides": {"time_budget_minutes": 3.5}})
-    # Q8_0 is packaged and scored: the fine-tuned model's distributions are peaky, and greedy
-    # answers flip on small logit changes; Q4_K_M played 1-5 points fewer test items than Q8_0
-    # (which matched F16) for every starter and continuation measured (bench/NOTES.md,
-    # "Self-training, continued on the CPU"). For the same reason the gate is measured and
-    # reported, not enforced (Q4_K_M's mean KL is 0.09-0.11 against 0.08 allowed).
-    # Also Q4_K_M (the smallest; what `serve`/`eval run` examples name) and IQ4_NL-out4, the
-    # fastest to decode on a CPU (1.5x Q4_K_M's tokens/s on 2 cores; bench/SERVING.md).
-    # The package and eval use the first type.
-    export: dict = field(default_factory=lambda: {
-        "quant_types": ["Q8_0", "Q4_K_M", "IQ4_NL-out4"], "gate": False, "gate_tokens": 2048})
-    package: dict = field(default_factory=lambda: {"name": "csound-assistant"})
-    # Greedy and without a repeat penalty: SmolLM2 spells numbers digit by digit, and Ollama's
-    # default penalty (1.1) turned "sr = 44100" into "sr = 440" and worse (eval/README.md).
-    eval: dict = field(default_factory=lambda: {"limit": 8, "max_new_tokens": 256})
-    launcher: list[str] = field(default_factory=list)  # e.g. ["accelerate", "launch", ...]
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> "PipelineConfig":
-        import yaml
-
-        from .errors import ConfigError
-
-        if path is None:
-            return cls()
-        path = Path(path)
-        if not path.exists() and (PIPELINE_CONFIGS / path.name).exists():
-            path = PIPELINE_CONFIGS / path.name
-        if not path.is_file():
-            shipped = ", ".join(sorted(p.name for p in PIPELINE_CONFIGS.glob("*.yaml")))
-            raise ConfigError(f"pipeline config not found: {path} (shipped: {shipped})")
-        raw = yaml.safe_load(path.read_text()) or {}
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                f"{path}: unknown key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(cls.__dataclass_fields__)}"
-            )
-        return cls(**raw)
+__all__ = ["PIPELINE_CONFIGS", "Pipeline", "PipelineConfig", "remove_partials", "run_pipeline"]
 
 
 def stage_key(settings, upstream_keys: list[str]) -> str:
@@ -162,10 +108,8 @@ def run_pipeline(cfg: PipelineConfig, work_dir: str | None = None,
     root.mkdir(parents=True, exist_ok=True)
     remove_partials(root)
     p = Pipeline(root, rebuild_from=rebuild_from)
-    from . import pipeline_stages as stages
-
     stages.run_all(p, cfg)
-    summary = stages.summary(p, cfg)
+    summary = stages.summary(p)
     (root / "SUMMARY.md").write_text(summary)
     click.echo("\n" + summary)
     return {"root": str(root), "stages": [r.__dict__ for r in p.runs]}

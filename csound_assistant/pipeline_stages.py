@@ -1,7 +1,9 @@
 """The stages of ``csound-assistant pipeline`` and its closing summary.
 
 Each ``build`` function gets the stage's output folder and whether an old one is there (then it
-rebuilds with ``force``); ``Pipeline.stage`` decides whether to call it at all.
+rebuilds with ``force``); ``Pipeline.stage`` (pipeline.py) decides whether to call it at all.
+Stages read each other's folders through their typed records (stage_records.py): the GGUF the
+package ships and the eval scores is ``Export.packaged_gguf``, not a name rebuilt here.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .artifacts import read_record, sha256_file
-from .pipeline import Pipeline, PipelineConfig
+from .artifacts import sha256_file
+from .export_settings import QUANT_NOTES
+from .pipeline_config import PipelineConfig
+from .stage_records import Adapter, Base, BaseGguf, Data, Eval, Export, Feedback, Package, Splits
 
-
-FEEDBACK_ROWS = Path("feedback") / "rows.jsonl"  # what `data from-feedback` publishes in a run
+CONTINUE_CONFIG = "config.yaml"  # written into the package folder
 
 
 def data_code_sha() -> str:
@@ -36,29 +39,19 @@ def data_code_sha() -> str:
 
 def build_splits(root: Path, settings: dict, out: Path, stale: bool,
                  keep_in_train: frozenset[str] | None = None) -> None:
-    """Split ``root/data/rows.jsonl`` into ``out`` (the rows of ``keep_in_train``, the adapter
-    the train stage continues, stay in train), then add the feedback rows (if any) to its
-    train split, never to validation or test. Damaged feedback rows stop it before it writes."""
+    """Split the data stage's rows into ``out`` (the rows of ``keep_in_train``, the adapter
+    the train stage continues, stay in train), with the run's feedback folder's rows (if any)
+    in train, never in validation or test. Damaged feedback rows stop it before it writes."""
     from csound_assistant.data.split import split_dataset
 
-    feedback, rows = root / FEEDBACK_ROWS, []
-    if feedback.is_file():
-        from csound_assistant.data.validate import read_rows
-        from csound_assistant.errors import DataError
-
-        rows, problems = read_rows(feedback)
-        if problems:
-            raise DataError(f"{feedback} is damaged (rebuild it with `csound-assistant data "
-                            "from-feedback --force`)", problems)
-    split_dataset(root / "data" / "rows.jsonl", out, force=stale, seed=settings["seed"],
-                  ratios=tuple(settings["ratios"]), keep_in_train=keep_in_train)
-    if rows:
-        from csound_assistant.eval.feedback_rows import merge_into_train
-
-        merge_into_train(out, [row for _, row in rows])
+    feedback = Feedback.in_run(root) if Feedback.built_in(root) else None
+    split_dataset(Data.in_run(root).rows_path, out, force=stale, seed=settings["seed"],
+                  ratios=tuple(settings["ratios"]), keep_in_train=keep_in_train,
+                  feedback=feedback)
 
 
-def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
+def run_all(p, cfg: PipelineConfig) -> None:
+    """Every stage in order on ``p``, a ``pipeline.Pipeline``."""
     root = p.root
 
     def base(out, stale):
@@ -88,11 +81,11 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
         kept = load(init_spec).seen if init_spec else None
         build_splits(root, cfg.split, out, stale, keep_in_train=kept)
 
-    # Rows from `data from-feedback` live in feedback/rows.jsonl and join every new train split:
+    # Rows from `data from-feedback` live in the feedback folder and join every new train split:
     # a split rebuilt because the data changed must not lose them. A new starter re-splits.
-    feedback = root / FEEDBACK_ROWS
-    p.stage("split", "splits",
-            cfg.split | ({"feedback": sha256_file(feedback)} if feedback.is_file() else {})
+    feedback = Feedback.in_run(root) if Feedback.built_in(root) else None
+    p.stage("split", Splits.FOLDER,
+            cfg.split | ({"feedback": feedback.rows_sha256()} if feedback else {})
             | ({"keep_in_train": init_adapter} if init_adapter else {}),
             ["data"], split)
 
@@ -102,63 +95,49 @@ def run_all(p: Pipeline, cfg: PipelineConfig) -> None:
     # The train split's hash is part of the key: `data from-feedback` adds corrected rows to it,
     # and the next pipeline run retrains on them. So are the config file's and the weights of
     # the adapter it continues (init_adapter): an edited recipe or starter retrains too.
-    train_rows = sha256_file(root / "splits" / "train.jsonl")
+    train_rows = sha256_file(Splits.in_run(root).train)
     recipe = sha256_file(resolve_config_path(cfg.train["config"]))
-    p.stage("train", "adapter", cfg.train | {"train_rows": train_rows, "recipe": recipe,
+    p.stage("train", Adapter.FOLDER, cfg.train | {"train_rows": train_rows, "recipe": recipe,
                                              "init_adapter": init_adapter},
             ["base", "split"], train)
 
     def export(out, stale):
         from csound_assistant.convert.export import export as run_export
 
-        run_export(root / "adapter", out, merged_dir=root / "merged", force=stale,
-                   splits_dir=root / "splits", name=cfg.package["name"], **cfg.export)
+        run_export(root / Adapter.FOLDER, out, merged_dir=root / "merged", force=stale,
+                   splits_dir=root / Splits.FOLDER, name=cfg.package["name"], **cfg.export)
 
-    p.stage("export", "export", cfg.export | {"name": cfg.package["name"]}, ["train"], export)
+    p.stage("export", Export.FOLDER, cfg.export | {"name": cfg.package["name"]}, ["train"], export)
 
     def package(out, stale):
         from csound_assistant.editors.continue_config import write_continue_config
         from csound_assistant.modelfiles.render import write_modelfile
 
-        from csound_assistant.modelfiles.render import read_export
+        export = Export.in_run(root)  # its packaged GGUF is the Modelfile's FROM
+        write_modelfile(export.folder, out, name=cfg.package["name"], force=stale)
+        write_continue_config(out / CONTINUE_CONFIG, force=True, ollama_model=cfg.package["name"],
+                              prompt_format=export.prompt_format)
 
-        write_modelfile(root / "export", out, name=cfg.package["name"],
-                        quant=_packaged_quant(cfg), force=stale)
-        write_continue_config(out / "config.yaml", force=True, ollama_model=cfg.package["name"],
-                              prompt_format=read_export(root / "export").prompt_format)
-
-    p.stage("package", "package", cfg.package, ["export"], package)
+    p.stage("package", Package.FOLDER, cfg.package, ["export"], package)
 
     if _base_is_hf_folder(cfg):
         def base_gguf(out, stale):
-            _convert_base(root, cfg, out, stale)
+            _convert_base(root, out, stale)
 
-        p.stage("base-gguf", "base-gguf", _packaged_quant(cfg), ["base"], base_gguf)
+        # the base is quantized as the fine-tuned model is packaged, for a fair comparison
+        p.stage("base-gguf", BaseGguf.FOLDER, Export.in_run(root).packaged_quant, ["base"],
+                base_gguf)
 
     def evaluate(out, stale):
         from csound_assistant.eval.runner import run_eval
 
-        models = {"base": str(_base_gguf(root, cfg)), "fine-tuned": str(_final_gguf(root, cfg))}
-        run_eval(models, out, test_path=root / "splits" / "test.jsonl", force=stale,
-                 prompt_formats={"base": read_record(root / "base")["prompt_format"]},
-                 **cfg.eval)
+        models = {"base": str(_base_gguf(root, cfg)),
+                  "fine-tuned": str(Export.in_run(root).packaged_gguf)}
+        run_eval(models, out, test_path=Splits.in_run(root).test, force=stale,
+                 prompt_formats={"base": Base.in_run(root).prompt_format}, **cfg.eval)
 
     after = ["export", "split"] + (["base-gguf"] if _base_is_hf_folder(cfg) else [])
-    p.stage("eval", "eval", cfg.eval, after, evaluate)
-
-
-def _packaged_quant(cfg: PipelineConfig) -> str:
-    """The first quant type: the GGUF the package ships and the eval scores (the base's
-    comparison GGUF too)."""
-    return cfg.export["quant_types"][0]
-
-
-def _export_gguf(root: Path, cfg: PipelineConfig, quant: str) -> Path:
-    return root / "export" / f"{cfg.package['name']}.{quant}.gguf"
-
-
-def _final_gguf(root: Path, cfg: PipelineConfig) -> Path:
-    return _export_gguf(root, cfg, _packaged_quant(cfg))
+    p.stage("eval", Eval.FOLDER, cfg.eval, after, evaluate)
 
 
 def _base_is_hf_folder(cfg: PipelineConfig) -> bool:
@@ -174,25 +153,26 @@ def _base_gguf(root: Path, cfg: PipelineConfig) -> Path:
         return embedded_gguf()
     if not _base_is_hf_folder(cfg):
         return Path(cfg.base).expanduser()
-    return root / "base-gguf" / f"base.{_packaged_quant(cfg)}.gguf"
+    return BaseGguf.in_run(root).gguf
 
 
-def _convert_base(root: Path, cfg: PipelineConfig, out: Path, stale: bool) -> None:
+def _convert_base(root: Path, out: Path, stale: bool) -> None:
     """Convert and quantize the untrained base with llama.cpp's tools, carrying the same
     prompt format, so base and fine-tuned are compared on equal terms."""
-    from csound_assistant.artifacts import stage_output, write_record
+    from csound_assistant.artifacts import stage_output
     from csound_assistant.convert.gguf_convert import convert
     from csound_assistant.convert.quantize import quantize
     from csound_assistant.prompt_format import get_format
 
-    quant = _packaged_quant(cfg)
-    fmt = get_format(read_record(root / "base")["prompt_format"])
+    quant = Export.in_run(root).packaged_quant
+    base = Base.in_run(root)
     with stage_output(out, force=stale) as tmp:
-        f16 = tmp / "base.F16.gguf"
-        convert(root / "base", f16, prompt_format=fmt, metadata={"name": "base"})
-        quantize(f16, tmp / f"base.{quant}.gguf", quant)
+        f16, gguf = tmp / "base.F16.gguf", tmp / f"base.{quant}.gguf"
+        convert(base.folder, f16, prompt_format=get_format(base.prompt_format),
+                metadata={"name": "base"})
+        quantize(f16, gguf, quant)
         f16.unlink()
-        write_record(tmp, "base-gguf", quant=quant, base=str(root / "base"))
+        BaseGguf.write(tmp, gguf=gguf, quant=quant, base=str(base.folder))
 
 
 def _train_overrides(cfg: PipelineConfig) -> list[str]:
@@ -237,7 +217,8 @@ def _train(root: Path, cfg: PipelineConfig, stale: bool) -> None:
         train(train_cfg, root, resume=False, force=stale)
 
 
-def summary(p: Pipeline, cfg: PipelineConfig) -> str:
+def summary(p) -> str:
+    """The closing SUMMARY.md of the run ``p`` (a ``pipeline.Pipeline``)."""
     root = p.root
     lines = ["# csound-assistant pipeline summary", "", f"Run folder: `{root}`", ""]
     lines += ["| stage | folder | time to build | this run |", "|---|---|---|---|"]
@@ -250,32 +231,33 @@ def summary(p: Pipeline, cfg: PipelineConfig) -> str:
     lines += [f"| **total** | | {to_build:.0f} s ({to_build / 60:.1f} min) | "
               f"{this_run:.0f} s ({this_run / 60:.1f} min) |", ""]
 
-    export = read_record(root / "export")
-    gguf = _final_gguf(root, cfg)
-    others = {q: _export_gguf(root, cfg, q) for q in cfg.export["quant_types"][1:]}
+    export, package = Export.in_run(root), Package.in_run(root)
+    gguf = export.packaged_gguf
+    others = {q: export.gguf(q) for q in export.quant_types[1:]}
+    continue_config = package.folder / CONTINUE_CONFIG
     lines += ["## Files", "",
               f"- GGUF: `{gguf}`",
               *(f"- also: `{other}`" for other in others.values()),
-              f"- Modelfile: `{root / 'package' / 'Modelfile'}`",
-              f"- Continue config: `{root / 'package' / 'config.yaml'}`",
-              f"- Eval report: `{root / 'eval' / 'report.md'}`", ""]
-    if export.get("gate", {}).get("table"):
-        lines += ["## Quantization gate (vs F16)", "", export["gate"]["table"], ""]
-        if not export["gate"].get("enforced", True):
+              f"- Modelfile: `{package.modelfile}`",
+              f"- Continue config: `{continue_config}`",
+              f"- Eval report: `{root / Eval.FOLDER / 'report.md'}`", ""]
+    gate = export.raw.get("gate") or {}
+    if gate.get("table"):
+        lines += ["## Quantization gate (vs F16)", "", gate["table"], ""]
+        if not gate.get("enforced", True):
             lines += ["Measured, not enforced (`export.gate: false`): a FAIL above did not stop "
                       "the export; the eval below scores that GGUF.", ""]
-    report = root / "eval" / "report.json"
-    if report.is_file():
-        lines += ["## Eval: base vs fine-tuned", "", _eval_table(json.loads(report.read_text())), ""]
+    if Eval.built_in(root):
+        report = json.loads(Eval.in_run(root).report_json.read_text())
+        lines += ["## Eval: base vs fine-tuned", "", _eval_table(report), ""]
     lines += [
         "## Use it", "",
         "```bash",
         f"csound-assistant serve {gguf}",
-        *(f"csound-assistant serve {other}  # the fastest to decode on a CPU"
-          for quant, other in others.items() if quant == "IQ4_NL-out4"),
-        f"ollama create {cfg.package['name']} -f {root / 'package' / 'Modelfile'} "
-        f"&& ollama run {cfg.package['name']}",
-        f"cp {root / 'package' / 'config.yaml'} ~/.continue/config.yaml",
+        *(f"csound-assistant serve {other}  # {QUANT_NOTES[quant]}"
+          for quant, other in others.items() if quant in QUANT_NOTES),
+        f"ollama create {package.name} -f {package.modelfile} && ollama run {package.name}",
+        f"cp {continue_config} ~/.continue/config.yaml",
         "```",
     ]
     return "\n".join(lines) + "\n"

@@ -148,12 +148,19 @@ def validate(file, max_tokens, tokenizer, prompt_format, compile_, workers):
               type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Keep every source example whose rows this adapter was trained on (its "
                    "train_rows.sha1.txt.gz) in train, e.g. train/starter before continuing it.")
+@click.option("--feedback", "feedback_dir", default=None,
+              type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="A `data from-feedback` folder whose rows join train [default: without "
+                   "ROWS_FILE, <work-dir>/<run>/feedback when it is finished].")
+@click.option("--no-feedback", is_flag=True, help="Leave the run's feedback rows out.")
 @work_dir_option
 @run_option
 @force_option
-def split(rows_file, out_dir, seed, ratios, keep_in_train, work_dir, run, force):
+def split(rows_file, out_dir, seed, ratios, keep_in_train, feedback_dir, no_feedback, work_dir,
+          run, force):
     """Split rows into train/validation/test deterministically by --seed, keeping all rows of
-    one source example (meta.group) in the same split.
+    one source example (meta.group) in the same split. Rows made from feedback (`data
+    from-feedback`) join train only.
 
     \b
     Examples:
@@ -163,13 +170,19 @@ def split(rows_file, out_dir, seed, ratios, keep_in_train, work_dir, run, force)
     """
     from csound_assistant.errors import DataError
     from csound_assistant.row_identity import ROW_HASHES, trained_rows
+    from csound_assistant.stage_records import Data, Feedback
 
     from .split import split_dataset
 
     work = _work(work_dir, run)
-    rows_file = rows_file or work / "data" / "rows.jsonl"
     out_dir = out_dir or work / "splits"
     with domain_errors():
+        feedback = None
+        if feedback_dir and not no_feedback:
+            feedback = Feedback.read(feedback_dir)
+        elif not (rows_file or no_feedback) and Feedback.built_in(work):
+            feedback = Feedback.in_run(work)  # the run's own data: the run's own feedback
+        rows_file = rows_file or Data.in_run(work).rows_path
         kept = None
         if keep_in_train is not None:
             kept = trained_rows(keep_in_train)
@@ -177,9 +190,11 @@ def split(rows_file, out_dir, seed, ratios, keep_in_train, work_dir, run, force)
                 raise DataError(f"{keep_in_train} lists no training rows ({ROW_HASHES}): "
                                 "only an adapter made by `train make-starter` does")
         record = split_dataset(rows_file, out_dir, seed=seed, ratios=ratios, force=force,
-                               keep_in_train=kept)
+                               keep_in_train=kept, feedback=feedback)
     click.echo("rows: " + ", ".join(f"{k} {v}" for k, v in record["rows"].items())
                + "; groups: " + ", ".join(f"{k} {v}" for k, v in record["groups"].items()))
+    if feedback:
+        click.echo(f"train holds {record['feedback_rows']} rows from {feedback.folder}")
     click.echo(f"splits written to {out_dir}")
 
 
@@ -252,30 +267,30 @@ def push(repo_id, splits_dir, token, public, work_dir, run):
               help="Output folder [default: <work-dir>/<run>/feedback].")
 @click.option("--include-good", is_flag=True,
               help="Also learn from completions marked good without a correction.")
-@click.option("--merge/--no-merge", default=True, show_default=True,
-              help="Add the kept rows to <work-dir>/<run>/splits/train.jsonl for the next train.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @work_dir_option
 @run_option
 @force_option
-def from_feedback(db, out_dir, include_good, merge, workers, work_dir, run, force):
+def from_feedback(db, out_dir, include_good, workers, work_dir, run, force):
     """Turn corrected completions from the feedback store into training rows. A row is kept
     only if it is under 64 kB, the sandbox's scan refuses nothing anywhere in it (prompt
     included) and Csound's check in the sandbox passes; record.json says why each other row
-    was dropped. Kept rows go to <run>/feedback/rows.jsonl and (unless --no-merge) into the
-    train split, so retraining is one more command.
+    was dropped. Kept rows go to <run>/feedback/ only: `data split` (or the next `pipeline`)
+    adds them to the train split.
 
     \b
     Example:
-        csound-assistant data from-feedback --force && csound-assistant train run --force
+        csound-assistant data from-feedback --force
+        csound-assistant data split --force && csound-assistant train run --force
     """
-    from csound_assistant.eval.feedback_rows import rows_from_feedback
+    from .from_feedback import rows_from_feedback
 
     work = _work(work_dir, run)
     with domain_errors():
         record = rows_from_feedback(
             db or work / "feedback.db", out_dir or work / "feedback", include_good=include_good,
-            splits_dir=work / "splits" if merge else None, force=force, workers=workers,
-            log=lambda m: click.echo(m, err=True))
+            force=force, workers=workers, log=lambda m: click.echo(m, err=True))
     click.echo(f"{record['rows']} rows kept of {record['considered']} "
                f"(dropped: {record['dropped'] or 'none'})")
+    click.echo("next: `csound-assistant data split --force` puts them into the train split "
+               "(`csound-assistant pipeline` does it for you)")

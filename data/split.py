@@ -8,6 +8,9 @@ that is furthest below its share of rows; the same seed and rows give the same s
 starter's) pins every group holding one of those rows to train before the deal, so a rebuilt
 data set (a new manual, a sandbox that drops some examples) cannot move rows the adapter saw
 into validation or test.
+
+``feedback`` (a finished ``data from-feedback`` folder, ``stage_records.Feedback``) adds its rows
+to train, never to validation or test, each once and only if it passes today's screen.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import json
 import random
 from pathlib import Path
 
-from csound_assistant.artifacts import sha256_file, stage_output, write_record
+from csound_assistant.artifacts import stage_output
 from csound_assistant.errors import DataError
 from csound_assistant.row_identity import row_hash
+from csound_assistant.stage_records import Feedback, Splits
 
 from .validate import read_rows, validate_rows
 
@@ -81,9 +85,11 @@ def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
 
 def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
                   ratios: tuple[float, float, float] | str = (0.9, 0.05, 0.05),
-                  force: bool = False, keep_in_train: frozenset[str] | None = None) -> dict:
+                  force: bool = False, keep_in_train: frozenset[str] | None = None,
+                  feedback: Feedback | None = None) -> dict:
     """Write ``out_dir/{train,validation,test}.jsonl`` + ``record.json``; return the record.
-    ``keep_in_train``: row hashes (``row_identity.row_hash``) whose groups stay in train."""
+    ``keep_in_train``: row hashes (``row_identity.row_hash``) whose groups stay in train;
+    ``feedback``: a feedback folder whose rows join train."""
     rows_path, out_dir = Path(rows_path), Path(out_dir)
     ratios = parse_ratios(ratios)
     if out_dir.exists() and not force:
@@ -95,6 +101,7 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
         raise DataError(f"{rows_path} has problems; fix them (see `csound-assistant data "
                         f"validate`) before splitting", problems=problems)
     rows = [row for _, row in parsed]
+    feedback_rows = feedback.train_rows() if feedback else []  # damaged: stop before writing
     groups = [row_group(row) for row in rows]
     extra = [is_extra_cut(row) for row in rows]
     synthetic = {g for row, g in zip(rows, groups)
@@ -114,15 +121,19 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
             held_out_cuts += 1
             continue
         by_split[split].append(row)
+    added = _add_new(by_split["train"], feedback_rows)
     group_sets = {s: {g for g, a in assignment.items() if a == s} for s in SPLITS}
     with stage_output(out_dir, force=force) as tmp:
         for split, split_rows in by_split.items():
             with open(tmp / f"{split}.jsonl", "w") as fh:
                 for row in split_rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        record = write_record(
-            tmp, "splits", source=str(rows_path), source_sha256=sha256_file(rows_path),
-            seed=seed, ratios=list(ratios),
+        from_feedback = {} if feedback is None else {
+            "feedback": {"dir": str(feedback.folder), "rows_sha256": feedback.rows_sha256(),
+                         "rows": feedback.rows},
+            "feedback_rows": added}
+        record = Splits.write(
+            tmp, source=rows_path, seed=seed, ratios=list(ratios),
             rows={s: len(r) for s, r in by_split.items()},
             groups={s: len(g) for s, g in group_sets.items()},
             rows_without_group=sum(1 for g in groups if g.startswith("row:")),
@@ -132,5 +143,19 @@ def split_dataset(rows_path: str | Path, out_dir: str | Path, *, seed: int = 0,
             test_groups=sorted(group_sets["test"]),
             tasks={s: dict(collections.Counter((r.get("meta") or {}).get("task", "?") for r in rs))
                    for s, rs in by_split.items()},
+            **from_feedback,
         )
     return record
+
+
+def _add_new(train: list[dict], rows: list[dict]) -> int:
+    """Append to ``train`` each of ``rows`` whose text (``row_hash``) it lacks; how many."""
+    seen = {row_hash(row) for row in train}
+    added = 0
+    for row in rows:
+        key = row_hash(row)
+        if key not in seen:
+            seen.add(key)
+            train.append(row)
+            added += 1
+    return added

@@ -60,23 +60,19 @@ def continue_(work_dir, run, out_path, server_url, api_key, ollama_url, ollama_m
     click.echo("use it: copy it to ~/.continue/config.yaml (or merge its models into yours)")
 
 
-def _recorded_format(base_dir):
-    """The run's trained prompt format: the export's (custom strings kept), else the name in
-    the first finished stage record that has one."""
-    from csound_assistant.artifacts import is_complete, read_record
+def _recorded_format(run_dir):
+    """The run's trained prompt format: the export's (custom strings kept), else the one
+    named by the package, adapter or base, the first of them that is built."""
     from csound_assistant.errors import ConfigError
-    from csound_assistant.modelfiles.render import read_export
+    from csound_assistant.stage_records import Adapter, Base, Export, Package
 
-    if is_complete(base_dir / "export"):
-        return read_export(base_dir / "export").prompt_format
-    for stage in ("package", "adapter", "base"):
-        if is_complete(base_dir / stage):
-            value = read_record(base_dir / stage).get("prompt_format")
-            value = value.get("name") if isinstance(value, dict) else value
-            if value:
-                return value
+    if Export.built_in(run_dir):
+        return Export.in_run(run_dir).prompt_format
+    for stage in (Package, Adapter, Base):
+        if stage.built_in(run_dir):
+            return stage.in_run(run_dir).prompt_format
     raise ConfigError(
-        f"no finished stage under {base_dir} names a prompt format: pass --prompt-format "
+        f"no finished stage under {run_dir} names a prompt format: pass --prompt-format "
         "(chatml for SmolLM2, llama2-codellama for CodeLlama) or --run"
     )
 

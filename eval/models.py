@@ -1,8 +1,9 @@
 """Models under evaluation: a GGUF through llama-cpp-python, or any OpenAI-compatible server.
 
 Both answer ``chat(messages)`` and ``fim(prefix, suffix)`` with a ``Generation``. A GGUF is
-prompted in the project's prompt format (``csound_assistant.prompt_format``): the one named in
-the export folder's record, else the one its architecture/name implies (``chatml`` for the
+prompted in the project's prompt format (``csound_assistant.prompt_format``): the one named by
+the stage folder holding it (``stage_records.recorded_format_name``), else the one its
+architecture/name implies (``chatml`` for the
 embedded SmolLM2). ``llama_cpp`` is imported only when a GGUF is loaded.
 """
 
@@ -107,16 +108,13 @@ def load_model(spec: str, *, prompt_format: str | None = None, n_ctx: int = 2048
 
 
 def _format_for_gguf(path: Path, metadata: dict) -> PromptFormat:
-    """The prompt format recorded beside the GGUF (export/record.json), else the default for
-    the model's name."""
-    for record_path in (path.parent / "record.json", path.parent.parent / "record.json"):
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
-            name = record.get("prompt_format")
-            if isinstance(name, dict):
-                name = name.get("name")
-            if isinstance(name, str):
-                return get_format(name)
+    """The prompt format named by the stage folder holding the GGUF (an export or package),
+    else the default for the model's name."""
+    from csound_assistant.stage_records import recorded_format_name
+
+    name = recorded_format_name(path.parent)
+    if name:
+        return get_format(name)
     return format_for_model(f"{metadata.get(GGUF_GENERAL_NAME, '')} {path.name}")
 
 

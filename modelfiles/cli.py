@@ -3,14 +3,14 @@
 import click
 
 from csound_assistant.clicommon import domain_errors, force_option, run_option, work_dir_option
-from csound_assistant.constants import DEFAULT_MODEL_NAME, DEFAULT_QUANT, QUANT_TYPES
+from csound_assistant.constants import DEFAULT_MODEL_NAME, QUANT_TYPES
 
 
 @click.command()
 @work_dir_option
 @run_option
 @click.option("--export-dir", type=click.Path(file_okay=False), default=None,
-              help="Export folder with <name>.Q4_K_M.gguf [default: <work-dir>/<run>/export].")
+              help="Export folder [default: <work-dir>/<run>/export].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Package folder to write [default: <work-dir>/<run>/package].")
 @click.option("--name", default=DEFAULT_MODEL_NAME, show_default=True,
@@ -20,9 +20,8 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME, DEFAULT_QUANT, QUANT_
 @click.option("--base", default=None,
               help="With --adapter: an Ollama model name (codellama:7b-code) or the base GGUF.")
 @click.option("--quant", type=click.Choice(list(QUANT_TYPES)), default=None,
-              help="Which quantized GGUF of the export folder to use [default: the first type "
-                   f"the export was asked for (the pipeline's Q8_0); {DEFAULT_QUANT} for an "
-                   "older export].")
+              help="Which quantized GGUF of the export folder to use [default: the export's "
+                   "packaged one, the first type it was asked for].")
 @click.option("--link", type=click.Choice(["symlink", "copy", "path"]), default="symlink",
               show_default=True,
               help="symlink: FROM ./x.gguf linked into the export folder; copy: a self-contained "

@@ -1,7 +1,7 @@
 """Ollama Modelfiles rendered from the one prompt format: ``csound-assistant modelfile``.
 
-The Modelfile points at the export stage's quantized GGUF (``FROM ./<name>.Q4_K_M.gguf``) or at
-a base plus the LoRA GGUF (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the
+The Modelfile points at the export stage's packaged GGUF (``Export.packaged_gguf``, the first
+quant type the export was asked for: ``FROM ./<name>.Q8_0.gguf``) or at a base plus the LoRA GGUF (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the
 TEMPLATE from ``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a
 ``PARAMETER stop`` for every end token and turn marker, and the training system prompt.
 ``tests/test_modelfiles_*.py`` parse the result the way ``ollama create`` does and render it with
@@ -14,22 +14,20 @@ import os
 import shutil
 import string
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from csound_assistant.artifacts import (
-    RECORD_NAME, read_record, sha256_file, stage_output, write_record,
-)
+from csound_assistant.artifacts import RECORD_NAME, stage_output
 from csound_assistant.constants import (
-    DEFAULT_MODEL_NAME, DEFAULT_QUANT, EMBEDDED_LICENSE, MODELFILE_ADAPTER, MODELFILE_FROM,
-    MODELFILE_PARAMETER, QUANT_TYPES,
+    DEFAULT_MODEL_NAME, EMBEDDED_LICENSE, MODELFILE_ADAPTER, MODELFILE_FROM, MODELFILE_PARAMETER,
+    QUANT_TYPES,
 )
 from csound_assistant.errors import ArtifactError, ConfigError
 from csound_assistant.prompt_format import PromptFormat, get_format, stop_strings
+from csound_assistant.stage_records import Export, Package
 
 TEMPLATE_PATH = Path(__file__).with_name("csound-assistant.Modelfile.tmpl")
 MODELFILE_NAME = "Modelfile"
-PROMPT_FORMAT_FILE = "prompt_format.json"
 LINK_MODES = ("symlink", "copy", "path")
 
 
@@ -49,78 +47,39 @@ LICENSE_TEXTS = {
 
 @dataclass(frozen=True)
 class ExportedModel:
-    """What the Modelfile needs from an export folder."""
+    """What the Modelfile needs from an export folder: one of its GGUFs and the format."""
 
-    export_dir: Path
+    export: Export
     gguf: Path  # the quantized merged model
-    lora: Path | None  # the LoRA adapter as GGUF, if exported
     prompt_format: PromptFormat
-    record: dict
 
+    @property
+    def export_dir(self) -> Path:
+        return self.export.folder
 
-def _format_name(value) -> str | None:
-    if isinstance(value, dict):
-        return value.get("name")
-    return value
+    @property
+    def lora(self) -> Path | None:
+        return self.export.lora_gguf
 
-
-def first_quant(record: dict) -> str:
-    """The quant type an export was asked for first (the pipeline packages and scores it);
-    Q4_K_M for an export whose record predates ``quant_types``."""
-    return (record.get("quant_types") or [DEFAULT_QUANT])[0]
+    @property
+    def record(self) -> dict:
+        return self.export.raw
 
 
 def read_export(export_dir: str | os.PathLike, *, quant: str | None = None,
                 prompt_format: str | None = None) -> ExportedModel:
-    """Find the GGUF files and the prompt format of a finished export folder; ``quant``
-    None means the export's first quant type (``first_quant``)."""
-    export_dir = Path(export_dir)
+    """The GGUF of ``quant`` (None: the export's packaged one) and the trained prompt format
+    (or ``prompt_format``) of a finished export folder."""
     if quant is not None and quant not in QUANT_TYPES:
         raise ConfigError(f"unknown quant type {quant!r}; choose one of: {', '.join(QUANT_TYPES)}")
+    export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise ArtifactError(
-            f"export folder {export_dir} does not exist: run `csound-assistant export` first "
-            "or pass --export-dir"
-        )
-    record = read_record(export_dir)
-    quant = quant or first_quant(record)
-    ggufs = sorted(export_dir.glob(f"*.{quant}.gguf"))
-    stem = record.get("name")
-    if stem and (export_dir / f"{stem}.{quant}.gguf").is_file():
-        ggufs = [export_dir / f"{stem}.{quant}.gguf"]
-    if len(ggufs) != 1:
-        found = ", ".join(p.name for p in sorted(export_dir.glob("*.gguf"))) or "no GGUF files"
-        raise ArtifactError(
-            f"{export_dir} should hold exactly one <name>.{quant}.gguf; found {found}. "
-            "Rerun `csound-assistant export` or pass --quant"
-        )
-    gguf = ggufs[0]
-    lora = gguf.with_name(gguf.name.removesuffix(f".{quant}.gguf") + ".lora.gguf")
-    return ExportedModel(export_dir, gguf, lora if lora.is_file() else None,
-                         _trained_format(export_dir, record, prompt_format), record)
-
-
-def _trained_format(export_dir: Path, record: dict, override: str | None) -> PromptFormat:
-    """The format named by ``override``, else the trained one: ``prompt_format.json`` beside
-    the GGUF (which keeps trained strings such as a custom system prompt), else the record's."""
-    if override:
-        return get_format(override)
-    if (export_dir / PROMPT_FORMAT_FILE).is_file():
-        from csound_assistant.convert.merge import load_prompt_format
-
-        return load_prompt_format(export_dir)
-    value = record.get("prompt_format")
-    name = _format_name(value)
-    if not name:
-        raise ArtifactError(
-            f"{export_dir / RECORD_NAME} names no prompt_format; pass --prompt-format "
-            "(chatml for SmolLM2, llama2-codellama for CodeLlama)"
-        )
-    fmt = get_format(name)
-    if isinstance(value, dict):  # PromptFormat.to_record(): keep the trained strings
-        known = {f.name for f in fields(fmt)}
-        fmt = type(fmt)(**{k: v for k, v in value.items() if k in known})
-    return fmt
+        raise ArtifactError(f"export folder {export_dir} does not exist: run `csound-assistant "
+                            "export` first or pass --export-dir")
+    export = Export.read(export_dir)
+    gguf = export.gguf(quant) if quant else export.packaged_gguf
+    fmt = get_format(prompt_format) if prompt_format else export.prompt_format
+    return ExportedModel(export, gguf, fmt)
 
 
 def _check_quotable(label: str, text: str) -> None:
@@ -217,16 +176,6 @@ def _default_base(record: dict) -> str | None:
     return None
 
 
-def _gguf_digest(model: ExportedModel, path: Path) -> str:
-    sums = model.export_dir / "SHA256SUMS"
-    if sums.is_file():
-        for line in sums.read_text().splitlines():
-            digest, _, fname = line.partition("  ")
-            if fname.strip().lstrip("*") == path.name:
-                return digest
-    return sha256_file(path)
-
-
 def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     name: str = DEFAULT_MODEL_NAME, use_adapter: bool = False,
                     force: bool = False, base: str | None = None, quant: str | None = None,
@@ -239,7 +188,7 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     (``FROM ../export/x.gguf``). With ``use_adapter`` it writes ``FROM <base>`` +
     ``ADAPTER ./<name>.lora.gguf``; ``base`` is an Ollama model name or the base GGUF file the
     adapter was trained on (default: the export record's full-precision base folder). ``quant``
-    None uses the export's first quant type. Returns the Modelfile's path.
+    None uses the export's packaged GGUF (its first quant type). Returns the Modelfile's path.
     """
     if link not in LINK_MODES:
         raise ConfigError(f"unknown link mode {link!r}; choose one of: {', '.join(LINK_MODES)}")
@@ -272,11 +221,11 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             from_value = _place(base_path, tmp, "path") if base_path.exists() else base
             adapter = _place(model.lora, tmp, link)
             model_lines = [f"{MODELFILE_FROM} {from_value}", f"{MODELFILE_ADAPTER} {adapter}"]
-            files["adapter"] = {"path": str(model.lora), "sha256": _gguf_digest(model, model.lora)}
+            files["adapter"] = {"path": str(model.lora), "sha256": model.export.sha256(model.lora)}
         else:
             from_value = _place(model.gguf, tmp, link)
             model_lines = [f"{MODELFILE_FROM} {from_value}"]
-            files["gguf"] = {"path": str(model.gguf), "sha256": _gguf_digest(model, model.gguf)}
+            files["gguf"] = {"path": str(model.gguf), "sha256": model.export.sha256(model.gguf)}
         text = render_modelfile(
             model.prompt_format, model_lines=model_lines, name=name,
             source=str(model.export_dir), parameters=parameters,
@@ -284,8 +233,8 @@ def write_modelfile(export_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             modelfile_hint=str(out_dir / MODELFILE_NAME),
         )
         (tmp / MODELFILE_NAME).write_text(text)
-        write_record(
-            tmp, "modelfile", name=name, export_dir=str(model.export_dir), link=link,
+        Package.write(
+            tmp, name=name, modelfile=MODELFILE_NAME, export_dir=str(model.export_dir), link=link,
             use_adapter=use_adapter, base=base if use_adapter else None,
             prompt_format=model.prompt_format.name, stop=stop_strings(model.prompt_format),
             parameters=parameters, files=files,

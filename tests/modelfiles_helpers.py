@@ -53,18 +53,23 @@ class GoTemplate:
 
 def fake_export(folder: Path, gguf: Path, *, prompt_format="chatml", name="csound-assistant",
                 lora: bool = False, record: dict | None = None) -> Path:
-    """An export folder as the convert stage writes it, with the real GGUF symlinked in."""
+    """An export folder with the real GGUF symlinked in as ``<name>.Q4_K_M.gguf``, its record
+    written by the export stage's own writer (``Export.write``); ``record`` overrides fields
+    (``quant_types`` lists more types: link their files in yourself)."""
+    from csound_assistant.prompt_format import get_format
+    from csound_assistant.stage_records import Export
+
     folder.mkdir(parents=True)
     (folder / f"{name}.Q4_K_M.gguf").symlink_to(gguf)
     if lora:
         (folder / f"{name}.lora.gguf").symlink_to(gguf)
-    from csound_assistant.prompt_format import get_format
-
-    # The fields `csound-assistant export` writes (convert/export.py).
-    fields = {"stage": "export", "name": name,
+    fields = {"name": name, "quant_types": ["Q4_K_M"],
               "prompt_format": get_format(prompt_format).to_record(),
               "metadata": {"license": "apache-2.0",
                            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
               **(record or {})}
-    (folder / "record.json").write_text(json.dumps(fields))
+    files = {f"{name}.{q}.gguf": {"kind": "model", "quant": q} for q in fields["quant_types"]}
+    if lora:
+        files[f"{name}.lora.gguf"] = {"kind": "lora"}
+    Export.write(folder, files=files, **fields)
     return folder

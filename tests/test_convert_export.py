@@ -349,7 +349,7 @@ def test_gate_failure_publishes_nothing_unless_no_gate(tiny_adapter, tiny_export
     monkeypatch.setitem(gate_mod.THRESHOLDS, "Q8_0", impossible)
     out = tmp_path / "export"
     with pytest.raises(GateFailed, match="Q8_0") as err:
-        export(tiny_adapter, out, quant_types=("Q8_0",), lora=False, imatrix=False,
+        export(tiny_adapter, out, quant_types=("Q8_0",), lora=False, imatrix=False, gate=True,
                merged_dir=tiny_adapter.parent / "merged", gate_tokens=256, **QUIET)
     assert not err.value.results["Q8_0"]["passed"]
     assert not out.exists() and not list(tmp_path.iterdir())

@@ -74,10 +74,12 @@ def test_validation_catches_what_breaks_continue():
 
 
 def test_refuses_to_overwrite_and_the_cli_reads_the_run(tmp_path):
+    from csound_assistant.stage_records import Package
+
     package = tmp_path / "runs" / "r" / "package"
     package.mkdir(parents=True)
-    (package / "record.json").write_text(json.dumps({"stage": "modelfile",
-                                                     "prompt_format": "llama2-codellama"}))
+    Package.write(package, name="csound-assistant", modelfile="Modelfile",
+                  prompt_format="llama2-codellama")
     args = ["continue", "--work-dir", str(tmp_path / "runs"), "--run", "r",
             "--server-url", "http://127.0.0.1:9999", "--target", "server"]
     result = CliRunner().invoke(cli, args)

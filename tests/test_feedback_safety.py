@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from csound_assistant.artifacts import read_record, write_record
+from csound_assistant.artifacts import read_record, stage_output
 from csound_assistant.cli import main
-from csound_assistant.eval.feedback_rows import MAX_ROW_BYTES, merge_into_train, rows_from_feedback
+from csound_assistant.data.split import split_dataset
+from csound_assistant.data.from_feedback import MAX_ROW_BYTES, rows_from_feedback
 from csound_assistant.logtext import shorten
-from csound_assistant.runtime.feedback import FeedbackStore
+from csound_assistant.feedback_store import FeedbackStore
+from csound_assistant.stage_records import Feedback
 
 GOOD_ORC = "instr 1\n  a1 poscil 0.3, 440\n  outs a1, a1\nendin\n"
 ASK = "Write a Csound instrument that plays a 440 Hz sine."
@@ -104,16 +106,14 @@ def malicious(canary, evil_so=None) -> dict[str, tuple[str, str, str]]:
     return rows
 
 
-def make_splits(work):
-    splits = work / "splits"
-    splits.mkdir(parents=True)
-    row = {"instruction": "Play a sine.", "output": fenced(GOOD_ORC),
-           "meta": {"group": "g1", "task": "write"}}
-    (splits / "train.jsonl").write_text(json.dumps(row) + "\n")
-    for name in ("validation", "test"):
-        (splits / f"{name}.jsonl").write_text("")
-    write_record(splits, "splits", rows={"train": 1, "validation": 0, "test": 0})
-    return splits
+def split_with_feedback(work) -> list[dict]:
+    """The train split of one data row plus the run's feedback folder: what training sees."""
+    rows = work / "rows.jsonl"
+    rows.write_text(json.dumps({"instruction": "Play a sine.", "output": fenced(GOOD_ORC),
+                                "meta": {"group": "g1", "task": "write"}}) + "\n")
+    split_dataset(rows, work / "splits", ratios=(1, 0, 0), force=True,
+                  feedback=Feedback.read(work / "feedback"))
+    return [json.loads(line) for line in (work / "splits" / "train.jsonl").read_text().splitlines()]
 
 
 def store_with(db, prompt, endpoint, correction) -> tuple[int, int]:
@@ -128,10 +128,9 @@ def store_with(db, prompt, endpoint, correction) -> tuple[int, int]:
 
 def assert_only_the_good_row_kept(tmp_path, canary, name, case):
     db, work = tmp_path / "feedback.db", tmp_path / "run"
-    splits = make_splits(work)
     good, bad = store_with(db, *case)
     lines = []
-    record = rows_from_feedback(db, work / "feedback", splits_dir=splits, log=lines.append)
+    record = rows_from_feedback(db, work / "feedback", log=lines.append)
     assert list(canary.iterdir()) == [], f"{name}: a payload ran outside the sandbox"
     assert record["rows"] == 1, f"{name}: a malicious correction became a training row"
     assert record["dropped"] == {"refused": 1}, record["drops"]
@@ -140,8 +139,8 @@ def assert_only_the_good_row_kept(tmp_path, canary, name, case):
     assert any(f"feedback {bad}: dropped (refused: " in line for line in lines)
     kept = json.loads((work / "feedback" / "rows.jsonl").read_text())
     assert kept["meta"]["feedback_id"] == good
-    train = (splits / "train.jsonl").read_text().splitlines()
-    assert len(train) == 2 and json.loads(train[1]) == kept
+    train = split_with_feedback(work)
+    assert len(train) == 2 and train[1] == kept
 
 
 @pytest.mark.parametrize("name", [
@@ -160,7 +159,6 @@ def test_an_embedded_shared_library_is_neither_kept_nor_loaded(tmp_path, canary,
 
 def test_a_huge_correction_is_dropped_and_never_echoed(tmp_path):
     db, work = tmp_path / "feedback.db", tmp_path / "run"
-    make_splits(work)
     huge = fenced(GOOD_ORC + "; " + "la" * 1_000_000 + "\n")  # 2 MB
     _, bad = store_with(db, CHAT, "/v1/chat/completions", huge)
     lines = []
@@ -171,7 +169,7 @@ def test_a_huge_correction_is_dropped_and_never_echoed(tmp_path):
     assert len(json.dumps(read_record(work / "feedback"))) < 10_000
     # the command line says no more
     result = CliRunner().invoke(main, ["data", "from-feedback", "--db", str(db),
-                                       "--out", str(work / "again"), "--no-merge"])
+                                       "--out", str(work / "again")])
     assert result.exit_code == 0, result.output[:2000]
     assert "too-large" in result.output and len(result.output) < 2000
 
@@ -194,26 +192,19 @@ def test_shorten():
     assert cut == "x" * 200 + "… [5,000 characters]"
 
 
-def test_merge_drops_rows_a_screen_refuses_and_recovers_from_a_kill(tmp_path):
-    """A feedback rows file written before the screen existed may hold malicious rows: the
-    merge into the train split (which the pipeline also runs) leaves them out. A run killed
-    between writing train.jsonl and the record is set right by the next one."""
-    splits = make_splits(tmp_path / "run")
+def test_the_split_screens_feedback_rows_again(tmp_path):
+    """A feedback folder whose rows the screen of today refuses (written by an older screen, or
+    by hand) may hold malicious rows: the split leaves them out of train."""
+    work = tmp_path / "run"
     good = {"instruction": ASK, "output": fenced(GOOD_ORC),
             "meta": {"source": "feedback", "feedback_id": 1}}
     bad = {"instruction": ASK, "output": fenced("instr 1\n  S1 = {{ /* }}\n  ires system_i 1, "
                                                  "\"sh\"\n  S2 = {{ */ }}\nendin\n"),
            "meta": {"source": "feedback", "feedback_id": 2}}
-    merged = merge_into_train(splits, [good, bad])
-    assert merged["added"] == 1 and merged["total_feedback_rows"] == 1
-    assert "system_i" not in (splits / "train.jsonl").read_text()
-    # as a killed run leaves it: one more row in train.jsonl, the record not yet updated
-    other = {**good, "output": fenced(GOOD_ORC.replace("440", "220")),
-             "meta": {"source": "feedback", "feedback_id": 3}}
-    with open(splits / "train.jsonl", "a") as fh:
-        fh.write(json.dumps(other) + "\n")
-    assert read_record(splits)["rows"]["train"] == 2
-    merged = merge_into_train(splits, [good, other])
-    assert merged["added"] == 0
-    record = read_record(splits)
-    assert record["rows"]["train"] == 3 and record["feedback_rows"] == 2
+    with stage_output(work / "feedback") as tmp:
+        (tmp / "rows.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        Feedback.write(tmp, rows_file="rows.jsonl", rows=2, drops=[])
+    train = split_with_feedback(work)
+    assert [row["meta"].get("feedback_id") for row in train] == [None, 1]
+    assert "system_i" not in (work / "splits" / "train.jsonl").read_text()
+    assert read_record(work / "splits")["feedback_rows"] == 1

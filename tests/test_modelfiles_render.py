@@ -234,9 +234,9 @@ def test_bad_exports_give_clear_errors(embedded_gguf, tmp_path):
     with pytest.raises(ArtifactError, match="lora"):
         write_modelfile(export, tmp_path / "p4", prompt_format="chatml", use_adapter=True,
                         base="x")
-    (export / "other.Q4_K_M.gguf").symlink_to(embedded_gguf)
+    # a record too old to say which GGUFs it made: the error names the command that rebuilds it
     (export / "record.json").write_text(json.dumps({"prompt_format": "chatml"}))
-    with pytest.raises(ArtifactError, match="exactly one"):
+    with pytest.raises(ArtifactError, match=r"quant_types.*`csound-assistant export --force`"):
         write_modelfile(export, tmp_path / "p5")
     assert not (tmp_path / "p4").exists() and not (tmp_path / "p5").exists()
 
@@ -255,8 +255,16 @@ def test_the_first_quant_type_the_export_was_asked_for_is_packaged(embedded_gguf
         export, tmp_path / "p1").read_text()
     assert "FROM ./csound-assistant.Q4_K_M.gguf" in write_modelfile(
         export, tmp_path / "p2", quant="Q4_K_M").read_text()
-    old = fake_export(tmp_path / "old", embedded_gguf)
+    # an export from before the field: the types its files record, Q4_K_M (then the default)
+    # first
+    old = fake_export(tmp_path / "old", embedded_gguf, record={"quant_types": ["Q8_0", "Q4_K_M"]})
+    (old / "csound-assistant.Q8_0.gguf").symlink_to(embedded_gguf)
+    record = json.loads((old / "record.json").read_text())
+    del record["quant_types"]
+    (old / "record.json").write_text(json.dumps(record))
     assert read_export(old).gguf.name == "csound-assistant.Q4_K_M.gguf"
+    with pytest.raises(ArtifactError, match="exported as Q8_0, Q4_K_M"):
+        read_export(export, quant="Q6_K")
 
     (export / "csound-assistant.Q8_0.gguf").unlink()
     result = CliRunner().invoke(main, ["eval", "run", "--work-dir", str(tmp_path),
