@@ -38,7 +38,8 @@ FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
 CODE_FENCES = frozenset({"", "csound", "csd", "orc", "cs", "udo", "csound-orc", "csound-csd",
                          "instr"})
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-_DECL = re.compile(r"^\s*(?:(instr|opcode)\s+([^;\n]*)|([A-Za-z_]\w*):(?!\S))")
+_DECL = re.compile(r"^\s*(?:(instr)\s+(\+?\w+(?:\s*,\s*\+?\w+)*)\s*(?:;.*)?$"
+                   r"|(opcode)\s+([A-Za-z_]\w*)\s*,|([A-Za-z_]\w*):(?!\S))")
 _SCORE_LINE = re.compile(r"^\s*[if]\s*\d")
 SCORE_STATEMENTS = frozenset("abBCdefimnqrstvxy")  # one-letter score statements
 
@@ -297,12 +298,10 @@ def _declared(text: str) -> set[str]:
         m = _DECL.match(raw)
         if not m:
             continue
-        if m.group(3):
-            names.add(m.group(3))
-        elif m.group(1) == "opcode":
-            names.update(_IDENT.findall(m.group(2).split(",")[0])[:1])
+        if m.group(1):  # instr 1, Name
+            names.update(_IDENT.findall(m.group(2)))
         else:
-            names.update(w for w in _IDENT.findall(m.group(2)))
+            names.add(m.group(4) or m.group(5))
     return names
 
 
