@@ -30,3 +30,38 @@ def trained_rows(adapter_dir: str | Path) -> frozenset[str] | None:
         return None
     with gzip.open(path, "rt") as f:
         return frozenset(line.strip() for line in f if line.strip())
+
+
+def _lines(text: str) -> str:
+    """Chat text as it teaches: line endings and trailing blanks do not change what is learned."""
+    return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n")).strip()
+
+
+def content_key(row: dict) -> str:
+    """What a row teaches, normalised: an instruction row and the chat row it renders to are one
+    row; chat text ignores line endings and trailing spaces. FIM text keeps its spaces (a prefix
+    ending in ``= `` asks for another middle than one ending in ``=``); only line endings are
+    unified. ``meta`` is not content."""
+    if "messages" in row or ("instruction" in row and "output" in row):
+        from csound_assistant.prompt_format import to_messages
+
+        shape = [[m["role"], _lines(m["content"] or "")] for m in to_messages(row)]
+    else:
+        shape = {k: v.replace("\r\n", "\n") if isinstance(v, str) else v
+                 for k, v in sorted(row.items()) if k != "meta"}
+    text = json.dumps(shape, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def unique_rows(rows: list[dict]) -> tuple[list[dict], int]:
+    """``rows`` with each content (``content_key``) kept once, the first in order, and how many
+    were dropped: the data build, feedback and self-training can each make a row another
+    already made, and an identical row trained twice only weighs one answer double."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        key = content_key(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out, len(rows) - len(out)

