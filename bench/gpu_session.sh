@@ -7,6 +7,10 @@
 #   bash bench/gpu_session.sh ddp      # the same on 1 GPU, then 2 GPUs under accelerate launch
 #   bash bench/gpu_session.sh fsdp     # bench/fsdp_shape.py: QLoRA at CodeLlama-34B shape, plain
 #                                      # vs FSDP2 with CPU offload, each in its own process
+#   bash bench/gpu_session.sh pipeline # `csound-assistant pipeline codellama-7b-random-gpu.yaml`
+#                                      # end to end (needs prepare_gpu_carry.sh --pipeline's
+#                                      # .csound/ and .llama/ too); PIPELINE_TIMEOUT (s) stops
+#                                      # it, and a second call on the warm machine resumes it
 # Several steps in one call: bash bench/gpu_session.sh tests bench
 # Needs .whl/ and .gpu/ carried along (bash bench/prepare_gpu_carry.sh [runs/<run>]: the wheels
 # of requirements-gpu.lock, SmolLM2's tokenizer, a run's splits for recipe/ddp). Extra arguments
@@ -47,6 +51,36 @@ base() {  # a CodeLlama-7B-shaped random base with SmolLM2's tokenizer, and the 
   fi
   mkdir -p $W && rm -rf $W/splits && cp -r $REPO/.gpu/splits $W/splits
 }
+csound_setup() {  # Debian's Csound and bubblewrap, the manual, llama.cpp for export and eval
+  # Csound runs in a sandbox that clears the environment and binds only the system library
+  # folders, so LD_LIBRARY_PATH cannot reach a library folder elsewhere: the libraries go to
+  # /usr/local/lib (in the loader's path; ldconfig), the binaries and plugins under it.
+  local deb=/tmp/csound-debs C=/usr/local/lib/csound-debian
+  if [ ! -x $C/csound ]; then
+    rm -rf $deb && mkdir -p $deb $C /usr/local/lib/csound
+    for f in $REPO/.csound/debs/*.deb; do dpkg -x "$f" $deb; done
+    cp -a $deb/usr/lib/x86_64-linux-gnu/lib*.so* /usr/local/lib/
+    cp -a $deb/usr/lib/x86_64-linux-gnu/csound/plugins64-6.0 /usr/local/lib/csound/
+    cp $deb/usr/bin/csound $C/csound && cp $deb/usr/bin/bwrap /usr/local/bin/bwrap
+    ldconfig
+    mkdir -p /usr/share/doc/csound-doc && tar -C /usr/share/doc/csound-doc -xJf $REPO/.csound/manual.tar.xz
+    mkdir -p /tmp/llama-site && tar -C /tmp/llama-site -xJf $REPO/.llama/site.tar.xz
+    install $REPO/.llama/*.whl
+  fi
+  export CSOUND_ASSISTANT_CSOUND=$C/csound OPCODE6DIR64=/usr/local/lib/csound/plugins64-6.0
+  export PYTHONPATH=/tmp/site:/tmp/llama-site
+  export CSOUND_ASSISTANT_LLAMA_CPP_TOOLS=$REPO/.csound/llama.cpp-tools
+  $C/csound --version 2>&1 | head -1
+  local why
+  why=$(python3 -c 'from csound_assistant import isolation, sandbox
+print(isolation.probe(sandbox.CSOUND) or "")')
+  if [ -n "$why" ]; then
+    echo "no sandbox here ($why): CSOUND_ASSISTANT_UNISOLATED=1, Csound runs with limits only"
+    export CSOUND_ASSISTANT_UNISOLATED=1
+  else
+    echo "Csound runs in bubblewrap's sandbox"
+  fi
+}
 collect() {  # $1: tag
   cp /tmp/runs/gpu/adapter/metrics.json $OUT/$1-metrics.json
   cp /tmp/runs/gpu/adapter/record.json $OUT/$1-record.json
@@ -86,6 +120,22 @@ for step in "$@"; do
       python3 $REPO/bench/fsdp_shape.py --out-dir /tmp/fsdp $FSDP_ARGS 2>&1 | tee $OUT/fsdp.log \
         || echo "fsdp: exit status $?"
       tar czf $OUT/fsdp-rows.tar.gz -C /tmp fsdp ;;
-    *) echo "gpu_session.sh: unknown step '$step' (bench, tests, recipe, ddp, fsdp)" >&2; exit 2 ;;
+    pipeline)
+      csound_setup
+      B=$HOME/random-7b-smollm2-tokenizer
+      [ -f $B/record.json ] || python3 $REPO/bench/random_base.py $B --tokenizer $REPO/.gpu/tokenizer
+      # the run's folders peak at ~62 GB (base, merged, two F16 GGUFs): more than the disk
+      # holds beside the random base, so they live in memory
+      mount -o remount,size=110G /dev/shm
+      timeout ${PIPELINE_TIMEOUT:-540} python3 -m csound_assistant.cli pipeline \
+        codellama-7b-random-gpu.yaml --work-dir /dev/shm/runs 2>&1 | tee -a $OUT/pipeline.log \
+        || echo "pipeline: exit status $?"
+      R=/dev/shm/runs/codellama-7b-random-gpu
+      cp $R/SUMMARY.md $OUT/ 2>/dev/null || true
+      (cd $R && tar czf $OUT/pipeline-records.tar.gz --ignore-failed-read */record.json \
+         */metrics.json eval/report.md eval/report.json adapter/loss_curve.png 2>/dev/null) \
+        || true ;;
+    *) echo "gpu_session.sh: unknown step '$step' (bench, tests, recipe, ddp, fsdp, pipeline)" >&2
+       exit 2 ;;
   esac
 done
