@@ -22,6 +22,7 @@ STAGE_COMMANDS = {
     "editor": "csound_assistant.editors.cli:cli",
     "serve": "csound_assistant.runtime.cli:cli",
     "eval": "csound_assistant.eval.cli:cli",
+    "improve": "csound_assistant.improve.cli:cli",
     "pipeline": "csound_assistant.pipeline:cli",
 }
 
@@ -34,6 +35,7 @@ SHORT_HELP = {
     "editor": "Write editor configs (Continue) and build the VS Code extension.",
     "serve": "Serve a GGUF over OpenAI, Ollama and llama.cpp-style HTTP APIs.",
     "eval": "Check Csound in the sandbox; score models on Csound tasks.",
+    "improve": "Self-train on the sandbox's verdicts: sample, keep what plays, train again.",
     "pipeline": "Run every stage, reusing finished ones (the main job).",
 }
 
