@@ -33,7 +33,7 @@ from starlette.routing import Route
 from .api_openai import SSE_HEADERS, sse
 from .backend import Sampling
 from .engine import Result
-from .fim_trim import trim_middle
+from .fim_trim import trim_middle, trimmed
 from .validation import ApiError, Fields, read_json
 
 MAX_RESPONSE_FIELDS = 64
@@ -296,7 +296,9 @@ async def _respond(request, svc, tokens, opts: Options, truncated, record_prompt
     async def events():
         text = []
         pieces = Budgeted(svc, job, opts.limit_s)
-        async for piece in pieces:
+        fim = isinstance(record_prompt, dict)  # /infill
+        async for piece in (trimmed(pieces, record_prompt["prefix"], record_prompt["suffix"])
+                            if fim else pieces):
             text.append(piece)
             yield sse({"index": 0, "content": piece, "tokens": [], "stop": False,
                        "id_slot": max(opts.id_slot, 0)})

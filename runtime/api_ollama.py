@@ -20,7 +20,7 @@ from csound_assistant.constants import GGUF_FILE_TYPES
 
 from . import verify
 from .engine import Result
-from .fim_trim import trim_middle
+from .fim_trim import trim_middle, trimmed
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -192,7 +192,8 @@ async def _respond(request, svc, tokens, sampling, stream, truncated, head, reco
 
     async def lines():
         text = []
-        async for piece in (verify.pieces(answer) if answer else svc.pieces(job)):
+        source = verify.pieces(answer) if answer else svc.pieces(job)
+        async for piece in (trimmed(source, *fim) if fim else source):
             text.append(piece)
             yield _line({**head, "created_at": _now(), **body(piece), "done": False})
         result = answer.result if answer else job.result

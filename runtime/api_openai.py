@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from . import verify
 from .engine import Result
-from .fim_trim import trim_middle
+from .fim_trim import trim_middle, trimmed
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -161,7 +161,8 @@ async def completions(request: Request):
         if lead:
             yield sse({**head, "choices": [{"text": lead, "index": 0, "logprobs": None,
                                             "finish_reason": None}]})
-        async for piece in (verify.pieces(answer) if answer else svc.pieces(job)):
+        source = verify.pieces(answer) if answer else svc.pieces(job)
+        async for piece in (source if suffix is None else trimmed(source, prompt, suffix)):
             text.append(piece)
             yield sse({**head, "choices": [{"text": piece, "index": 0, "logprobs": None,
                                             "finish_reason": None}]})

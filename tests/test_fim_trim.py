@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 from starlette.testclient import TestClient
 
-from csound_assistant.runtime.fim_trim import cursor_kind, trim_middle
+from csound_assistant.runtime.fim_trim import StreamTrim, cursor_kind, trim_middle
 from csound_assistant.runtime.server import create_app
 from csound_assistant.runtime.settings import Settings
 
@@ -39,6 +42,21 @@ HEAD = "instr 1\n  kenv madsr 0.01, 0.1, 0.7, 0.2\n"
 ])
 def test_trim_middle(prefix, middle, suffix, want):
     assert trim_middle(prefix, middle, suffix) == want
+
+
+def test_a_streamed_middle_is_the_whole_middle_trimmed():
+    rng = random.Random(26)
+    lines = ["  asig oscili kenv, 440", "  outs asig, asig", "endin", "", "i 1 0 2", ")", ", 0.5"]
+    for _ in range(400):
+        prefix = rng.choice(["instr 1\n", "  asig ", "  aout moogladder asig, ", "i 1 "])
+        middle = "".join(rng.choice(lines) + rng.choice(["\n", "", " "]) for _ in range(4))
+        suffix = "".join(rng.choice(lines) + "\n" for _ in range(rng.randrange(4)))
+        trim, sent, i = StreamTrim(prefix, suffix), "", 0
+        while i < len(middle):
+            size = rng.randint(1, 5)
+            sent += trim.feed(middle[i:i + size])
+            i += size
+        assert sent + trim.finish() == trim_middle(prefix, middle, suffix)
 
 
 def test_cursor_kinds():
@@ -81,3 +99,25 @@ def test_ollama_generate_with_suffix_is_trimmed():
             "model": "csound-assistant", "prompt": HEAD + "  aout moogladder asig, ",
             "suffix": ", 0.5\n", "stream": False}).json()
         assert body["response"] == "kcf"
+
+
+def test_streamed_answers_are_the_whole_answers_trimmed():
+    reply = "oscili kenv, 440\n  outs asig, asig\n"
+    prefix, suffix = HEAD + "  asig ", "\n  outs asig, asig\nendin\n"
+    with client(reply) as c:
+        r = c.post("/infill", json={"input_prefix": prefix, "input_suffix": suffix,
+                                    "n_predict": 64, "stream": True})
+        events = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ")]
+        assert "".join(e["content"] for e in events) == "oscili kenv, 440"
+        r = c.post("/v1/completions", json={"prompt": prefix, "suffix": suffix,
+                                            "max_tokens": 64, "stream": True})
+        chunks = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        assert "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"]) \
+            == "oscili kenv, 440"
+        r = c.post("/api/generate", json={"model": "csound-assistant", "prompt": prefix,
+                                          "suffix": suffix, "stream": True})
+        lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+        assert "".join(x["response"] for x in lines) == "oscili kenv, 440"
+        assert lines[-1]["done"] is True
