@@ -281,6 +281,8 @@ def from_feedback(db, out_dir, include_good, workers, work_dir, run, force):
     \b
     Example:
         csound-assistant data from-feedback --force
+        csound-assistant pipeline      # re-splits with them, retrains and exports again
+        # stage by stage instead:
         csound-assistant data split --force && csound-assistant train run --force
     """
     from .from_feedback import rows_from_feedback
@@ -292,5 +294,5 @@ def from_feedback(db, out_dir, include_good, workers, work_dir, run, force):
             force=force, workers=workers, log=lambda m: click.echo(m, err=True))
     click.echo(f"{record['rows']} rows kept of {record['considered']} "
                f"(dropped: {record['dropped'] or 'none'})")
-    click.echo("next: `csound-assistant data split --force` puts them into the train split "
-               "(`csound-assistant pipeline` does it for you)")
+    click.echo("next: `csound-assistant pipeline` re-splits with them and retrains (or, stage "
+               "by stage, `csound-assistant data split --force`)")

@@ -1,10 +1,10 @@
 """``csound-assistant data from-feedback``: corrected completions -> validated training rows.
 
-Reads the feedback store (``csound_assistant/feedback_store.py``), turns each corrected completion (and, when
-asked, each one marked good) into a row in the shape the model saw it - chat, FIM or raw
-completion - screens it, checks its Csound in the sandbox, and publishes the feedback stage
-folder ``<work>/feedback/``: ``rows.jsonl`` and a record of which store, its counts, what was
-kept and why the rest was not (read back through ``stage_records.Feedback``).
+Reads the feedback store (``csound_assistant/feedback_store.py``), turns each corrected
+completion (and, when asked, each one marked good) into a row in the shape the model saw it -
+chat, FIM or raw completion - screens it, checks its Csound in the sandbox, and publishes the
+feedback stage folder ``<work>/feedback/``: ``rows.jsonl`` and a record of which store, its
+counts, what was kept and why the rest was not (read back through ``stage_records.Feedback``).
 
 Feedback is untrusted text. Nothing here runs it outside the sandbox, and a row is kept only if
 the screen passes (``feedback_screen.screen``: under ``MAX_ROW_BYTES``, the sandbox's static scan

@@ -1,9 +1,10 @@
 """Ollama Modelfiles rendered from the one prompt format: ``csound-assistant modelfile``.
 
 The Modelfile points at the export stage's packaged GGUF (``Export.packaged_gguf``, the first
-quant type the export was asked for: ``FROM ./<name>.Q8_0.gguf``) or at a base plus the LoRA GGUF (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the
-TEMPLATE from ``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a
-``PARAMETER stop`` for every end token and turn marker, and the training system prompt.
+quant type the export was asked for: ``FROM ./<name>.Q8_0.gguf``) or at a base plus the LoRA GGUF
+(``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the TEMPLATE from
+``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a ``PARAMETER
+stop`` for every end token and turn marker, and the training system prompt.
 ``tests/test_modelfiles_*.py`` parse the result the way ``ollama create`` does and render it with
 Go's text/template (``tests/gotemplate``) to prove it reproduces the training text.
 """

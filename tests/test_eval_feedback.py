@@ -66,7 +66,8 @@ def test_corrections_become_validated_rows_in_the_train_split(tmp_path):
     assert record["considered"] == 3 and record["rows"] == 2
     assert record["dropped"] == {"unknown-opcode": 1}
     assert not (work / "splits").exists()  # the command writes its own folder only
-    rows = [json.loads(line) for line in (work / "feedback" / "rows.jsonl").read_text().splitlines()]
+    rows = [json.loads(line)
+            for line in (work / "feedback" / "rows.jsonl").read_text().splitlines()]
     chat, fim = rows
     assert chat["messages"][:-1] == CHAT and "poscil" in chat["messages"][-1]["content"]
     assert fim["middle"] == "poscil 0.3, 440\n" and fim["meta"]["feedback_id"] == ids["fim"]
