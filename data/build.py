@@ -17,10 +17,11 @@ import resource
 import time
 from pathlib import Path
 
-from csound_assistant.artifacts import sha256_file, stage_output, write_record
+from csound_assistant.artifacts import stage_output
 from csound_assistant.errors import DataError
 from csound_assistant.manual import DEFAULT_MANUAL_DIR
 from csound_assistant.prompt_format import row_kind
+from csound_assistant.stage_records import Data
 
 from . import csdcode, minimal, patches, rows
 from .examples import Example, load_manual
@@ -57,6 +58,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                   limit: int | None = None, workers: int = 2, force: bool = False,
                   cache_dir: str | Path | None = None, use_cache: bool = True,
                   fixes_per_example: int = FIXES_PER_EXAMPLE, fim_cuts: int = FIM_CUTS,
+                  fim_kinds: tuple = rows.FIM_KINDS, fim_context_share: float = 0.0,
                   max_tokens: int | None = 2048,
                   strip_comments: bool = False, patch_count: int = patches.COUNT,
                   progress: bool = False, log=print) -> dict:
@@ -114,7 +116,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
     # a limited (quick) build makes page rows only for the opcodes its examples are about
     page_names = {ex.opcode for ex in examples} if limit else set(manual.pages)
     out_rows = _make_rows(good, aliases, fragments, fixes, manual, page_names, counts,
-                          fim_cuts)
+                          fim_cuts, fim_kinds, fim_context_share)
     out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
     out_rows += _patch_rows(patch_count, verifier, counts, assets)
 
@@ -159,9 +161,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
         with open(tmp / ROWS_NAME, "w") as fh:
             for row in out_rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        record = write_record(
-            tmp, "data",
-            rows=len(out_rows), rows_file=ROWS_NAME, rows_sha256=sha256_file(tmp / ROWS_NAME),
+        record = Data.write(
+            tmp, rows=len(out_rows), rows_file=ROWS_NAME,
             code_answers_checked=len(answers),
             rows_with_code=sum(1 for row in out_rows if rows.code_answers(row)),
             rows_by_task=dict(sorted(by_task.items())), rows_by_format=dict(by_format),
@@ -172,6 +173,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
             workers=workers,
             fixes_per_example=fixes_per_example, fim_cuts=fim_cuts, max_tokens=max_tokens,
+            **({"fim_kinds": list(fim_kinds), "fim_context_share": fim_context_share}
+               if (tuple(fim_kinds), fim_context_share) != (rows.FIM_KINDS, 0.0) else {}),
             patches={"candidates": patch_count, "seed": patches.SEED},
             render_seconds=RENDER_SECONDS,
             cache={"hits": verifier.hits, "misses": verifier.misses,
@@ -271,8 +274,10 @@ def _fixes(good, known, synopses, verifier, counts, per_example: int) -> dict[st
 
 
 def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts,
-               fim_cuts: int = FIM_CUTS) -> list[dict]:
+               fim_cuts: int = FIM_CUTS, fim_kinds: tuple = rows.FIM_KINDS,
+               fim_context_share: float = 0.0) -> list[dict]:
     pages, known = manual.pages, manual.known
+    pool = rows.fim_context_pool([ex for ex, _ in good], known) if fim_context_share else None
     out: list[dict] = []
     page_example: dict[str, tuple[Example, dict]] = {}
     good_by_name = {ex.name: (ex, r) for ex, r in good}
@@ -298,7 +303,7 @@ def _make_rows(good, aliases, fragments, fixes, manual, page_names, counts,
             out.append(rows.orchestra_row(ex, page, fblock, text, frender))
         if small and block is not None:
             out.append(rows.completion_row(ex, block))
-            out += rows.fim_rows(ex, known, fim_cuts)
+            out += rows.fim_rows(ex, known, fim_cuts, fim_kinds, pool, fim_context_share)
         for breakage, error in fixes.get(ex.name, []):
             out.append(rows.fix_row(ex, breakage, error))
     for page in pages.values():

@@ -42,6 +42,13 @@ def cli():
               help="Fill-in-the-middle rows of each kind per example, at different statements. "
                    "The extra ones are for training only: `data split` keeps them out of "
                    "validation and test (the shipped starter was trained on 5).")
+@click.option("--fim-kinds", default="fim-line,fim-expression", show_default=True,
+              help="FIM cut kinds, comma-separated: fim-line, fim-expression (today's), and "
+                   "fim-opcode, fim-argument, fim-score, fim-snippet, fim-eof (issue 26).")
+@click.option("--fim-context-share", type=click.FloatRange(0, 1), default=0.0,
+              show_default=True,
+              help="Share of FIM rows given repository context (input_extra: other examples' "
+                   "instruments or UDOs), as llama.vscode sends it.")
 @click.option("--max-tokens", type=click.IntRange(min=0), default=2048, show_default=True,
               help="Drop rows longer than this many tokens (estimated at 2.5 characters per "
                    "token, as the chatml prompt renders them); 0 keeps all.")
@@ -57,7 +64,7 @@ def cli():
 @run_option
 @force_option
 def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, fim_cuts,
-          max_tokens, strip_comments, patch_count, work_dir, run, force):
+          fim_kinds, fim_context_share, max_tokens, strip_comments, patch_count, work_dir, run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -76,6 +83,8 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
         record = build_dataset(out_dir, manual_dir=manual_dir, limit=limit, workers=workers,
                                force=force, cache_dir=cache_dir, use_cache=not no_cache,
                                fixes_per_example=fixes_per_example, fim_cuts=fim_cuts,
+                               fim_kinds=tuple(k.strip() for k in fim_kinds.split(",") if k.strip()),
+                               fim_context_share=fim_context_share,
                                strip_comments=strip_comments,
                                max_tokens=max_tokens or None, patch_count=patch_count,
                                progress=True,

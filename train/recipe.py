@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 from csound_assistant.artifacts import (
-    read_record, sha256_file, stage_output, work_dir as default_work_dir, write_json, write_record,
+    read_record, sha256_file, stage_output, work_dir as default_work_dir, write_json,
 )
 from csound_assistant.errors import ArtifactError
 from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import get_format
 from csound_assistant.row_identity import unique_rows
+from csound_assistant.stage_records import Adapter
 
 from . import checkpoint, sharding, starter
 from .backend import choose_backend, load_model
@@ -94,7 +95,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
                 say(f"train: {repeated} train rows repeat another's content; each trains once")
             rows = weight_tasks(rows, cfg.task_weights)
             fresh = starter.unseen_rows(init, rows) if init else set()
-        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups)
+        splits[name] = encode_split(tokenizer, fmt, rows, cfg.max_length, ids, name, lookups,
+                                    cfg.lookup_share)
         s = splits[name]
         say(f"train: {name}: {len(s.examples)} rows, {s.tokens} tokens {s.kinds}"
             + (f", {s.dropped_too_long} dropped as longer than {cfg.max_length}"
@@ -285,9 +287,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
             (tmp / "train_config.yaml").write_text(dump_config(cfg))
             write_json(tmp / "metrics.json", metrics)
             plot_loss_curve(state["train_loss"], state["val_loss"], tmp / "loss_curve.png")
-            write_record(
-                tmp, "train", base_dir=str(base_dir.resolve()), base=_base_identity(base_dir),
-                splits_dir=str(splits_dir.resolve()),
+            Adapter.write(
+                tmp, base_dir=base_dir, base=_base_identity(base_dir), splits_dir=splits_dir,
                 splits={n: sha256_file(splits_dir / f"{n}.jsonl") for n in splits},
                 prompt_format=fmt.name, backend=backend.describe(), method=backend.method,
                 config=cfg.to_dict(), metrics={k: v for k, v in metrics.items()
