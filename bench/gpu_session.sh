@@ -61,7 +61,8 @@ csound_setup() {  # Debian's Csound and bubblewrap, the manual, llama.cpp for ex
     for f in $REPO/.csound/debs/*.deb; do dpkg -x "$f" $deb; done
     cp -a $deb/usr/lib/x86_64-linux-gnu/lib*.so* /usr/local/lib/
     cp -a $deb/usr/lib/x86_64-linux-gnu/csound/plugins64-6.0 /usr/local/lib/csound/
-    cp $deb/usr/bin/csound $C/csound && cp $deb/usr/bin/bwrap /usr/local/bin/bwrap
+    # bwrap in /usr/bin: the sandbox starts it with PATH=/usr/bin:/bin (isolation.run)
+    cp $deb/usr/bin/csound $C/csound && cp $deb/usr/bin/bwrap /usr/bin/bwrap
     ldconfig
     mkdir -p /usr/share/doc/csound-doc && tar -C /usr/share/doc/csound-doc -xJf $REPO/.csound/manual.tar.xz
     mkdir -p /tmp/llama-site && tar -C /tmp/llama-site -xJf $REPO/.llama/site.tar.xz
