@@ -11,7 +11,7 @@ import importlib.metadata
 import shutil
 from pathlib import Path
 
-from csound_assistant.artifacts import sha256_file, stage_output, write_record
+from csound_assistant.artifacts import sha256_file, stage_output
 from csound_assistant.constants import (
     EMBEDDED_DISTRIBUTION,
     EMBEDDED_GGUF_NAME,
@@ -20,6 +20,7 @@ from csound_assistant.constants import (
 )
 from csound_assistant.errors import ModelLoadError
 from csound_assistant.prompt_format import format_for_model
+from csound_assistant.stage_records import Base
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -125,9 +126,8 @@ def import_base(
         tokenizer.save_pretrained(tmp)
         if path.is_dir() and (path / "LICENSE").is_file():
             shutil.copy(path / "LICENSE", tmp / "LICENSE")
-        write_record(
+        Base.write(
             tmp,
-            "base",
             source=provenance,
             dtype=dtype,
             architecture=model.config.architectures,

@@ -3,9 +3,10 @@
 A stage writes its outputs and ``record.json`` (``artifacts.write_record``); every later stage,
 command or the pipeline reads that folder through the class here (``Export.read(folder)``,
 ``Export.in_run(run_dir)``) and takes file names from its fields (``Export.packaged_gguf``,
-``Export.gguf("Q4_K_M")``), never by rebuilding names or globbing. Where this module writes a
-record (``Export.write``, ``Splits.write``, ``Package.write``, ``Feedback.write``,
-``BaseGguf.write``), the producing stage calls it, so writer and reader cannot drift apart.
+``Export.gguf("Q4_K_M")``), never by rebuilding names or globbing. Each class's ``write`` is the
+one the producing stage calls (``Base.write`` in ``base import``, ``Data.write`` in ``data
+build``...), so writer and reader cannot drift apart: the fields the reader needs are its
+required arguments.
 
 A record from an older version that lacks a field the reader needs fails with the command that
 rebuilds it (``ArtifactError``); the raw record stays available as ``.raw``.
@@ -103,6 +104,12 @@ class Base(StageRecord):
         return {"prompt_format": _format_name(raw["prompt_format"]),
                 "source": raw.get("source") or {}}
 
+    @staticmethod
+    def write(tmp: Path, *, source: dict, prompt_format: str, **extra) -> dict:
+        """``source``: where the weights came from (path, digest, package...)."""
+        return write_record(tmp, Base.STAGE, source=source, prompt_format=prompt_format,
+                            **extra)
+
 
 @dataclass(frozen=True)
 class Data(StageRecord):
@@ -113,6 +120,15 @@ class Data(StageRecord):
     @classmethod
     def _fields(cls, folder, raw):
         return {"rows_path": folder / raw["rows_file"], "rows": raw["rows"]}
+
+    @staticmethod
+    def write(tmp: Path, *, rows_file: str, rows: int, **extra) -> dict:
+        """The record of ``tmp``, whose ``rows_file`` holds ``rows`` rows (hashed here)."""
+        path = tmp / rows_file
+        if not path.is_file():
+            raise ArtifactError(f"{tmp} lacks {rows_file}: write the rows before the record")
+        return write_record(tmp, Data.STAGE, rows=rows, rows_file=rows_file,
+                            rows_sha256=sha256_file(path), **extra)
 
 
 SPLITS = ("train", "validation", "test")
@@ -165,6 +181,14 @@ class Adapter(StageRecord):
             return Path(raw[key]) if raw.get(key) else None
         return {"prompt_format": _format_name(raw["prompt_format"]),
                 "base_dir": path("base_dir"), "splits_dir": path("splits_dir")}
+
+    @staticmethod
+    def write(tmp: Path, *, prompt_format: str, base_dir: Path, splits_dir: Path,
+              **extra) -> dict:
+        """The folders are recorded as absolute paths: a later stage may run elsewhere."""
+        return write_record(tmp, Adapter.STAGE, prompt_format=prompt_format,
+                            base_dir=str(Path(base_dir).resolve()),
+                            splits_dir=str(Path(splits_dir).resolve()), **extra)
 
 
 @dataclass(frozen=True)
@@ -299,6 +323,13 @@ class Eval(StageRecord):
     @classmethod
     def _fields(cls, folder, raw):
         return {"metrics": raw.get("metrics") or {}}
+
+    @staticmethod
+    def write(tmp: Path, *, metrics: dict, **extra) -> dict:
+        """``metrics``: model label -> headline numbers; ``report.json`` is written first."""
+        if not (tmp / "report.json").is_file():
+            raise ArtifactError(f"{tmp} lacks report.json: write the report before the record")
+        return write_record(tmp, Eval.STAGE, metrics=metrics, **extra)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 from csound_assistant import sandbox
-from csound_assistant.artifacts import sha256_file, stage_output, write_json, write_record
+from csound_assistant.artifacts import sha256_file, stage_output, write_json
 from csound_assistant.errors import ConfigError
 from csound_assistant.extract import extract_code, opcodes_present
 from csound_assistant.sampling import eval_temperature
+from csound_assistant.stage_records import Eval
 
 from .models import load_model
 from .tasks import (
@@ -316,7 +317,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
             inputs["tasks"] = {"path": str(path), "sha256": sha256_file(path)}
         if test_path:
             inputs["test"] = {"path": str(test_path), "sha256": sha256_file(test_path)}
-        write_record(tmp, "eval", models=described, inputs=inputs, settings=settings,
-                     metrics={label: {m: report["summary"][label]["overall"].get(m)
-                                      for m in (*METRICS, "latency_s")} for label in labels})
+        Eval.write(tmp, models=described, inputs=inputs, settings=settings,
+                   metrics={label: {m: report["summary"][label]["overall"].get(m)
+                                    for m in (*METRICS, "latency_s")} for label in labels})
     return report

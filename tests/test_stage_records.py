@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from csound_assistant.artifacts import write_record
+from csound_assistant.artifacts import sha256_file, write_record
 from csound_assistant.errors import ArtifactError
 from csound_assistant.prompt_format import get_format
-from csound_assistant.stage_records import Adapter, Base, Export, Package, recorded_format_name
+from csound_assistant.stage_records import (
+    Adapter, Base, Data, Eval, Export, Package, recorded_format_name,
+)
 
 
 def export_folder(tmp_path, quants=("Q8_0", "Q4_K_M"), **extra):
@@ -95,3 +97,36 @@ def test_export_command_and_pipeline_share_their_defaults():
     assert tuple(defaults["quant_types"]) == EXPORT_DEFAULTS.quant_types
     assert (defaults["gate"], defaults["gate_tokens"]) == (EXPORT_DEFAULTS.gate,
                                                            EXPORT_DEFAULTS.gate_tokens)
+
+
+def test_base_data_adapter_and_eval_are_written_and_read_by_the_same_class(tmp_path):
+    run = tmp_path / "run"
+    Base.write(run / "base", source={"kind": "gguf"}, prompt_format="chatml", dtype="float32")
+    assert Base.in_run(run).prompt_format == "chatml" and Base.in_run(run).source == {
+        "kind": "gguf"}
+
+    (run / "data").mkdir()
+    (run / "data" / "rows.jsonl").write_text('{"messages": []}\n')
+    Data.write(run / "data", rows_file="rows.jsonl", rows=1, limit=None)
+    data = Data.in_run(run)
+    assert (data.rows_path, data.rows) == (run / "data" / "rows.jsonl", 1)
+    assert data.raw["rows_sha256"] == sha256_file(data.rows_path) and data.raw["limit"] is None
+    with pytest.raises(ArtifactError, match="lacks rows.jsonl: write the rows"):
+        Data.write(tmp_path, rows_file="rows.jsonl", rows=0)
+
+    # relative folders are recorded absolute: the next stage may run from another directory
+    (run / "adapter").mkdir()
+    Adapter.write(run / "adapter", prompt_format="chatml", base_dir=run / "base",
+                  splits_dir=run / "splits", method="lora")
+    adapter = Adapter.in_run(run)
+    assert adapter.base_dir == (run / "base").resolve() and adapter.base_dir.is_absolute()
+    assert adapter.splits_dir == (run / "splits").resolve() and adapter.prompt_format == "chatml"
+    assert adapter.raw["stage"] == "train" and adapter.raw["method"] == "lora"
+
+    (run / "eval").mkdir()
+    with pytest.raises(ArtifactError, match="lacks report.json"):
+        Eval.write(run / "eval", metrics={})
+    (run / "eval" / "report.json").write_text("{}")
+    Eval.write(run / "eval", metrics={"base": {"compile@1": 0.5}}, settings={"samples": 1})
+    assert Eval.in_run(run).metrics == {"base": {"compile@1": 0.5}}
+    assert Eval.in_run(run).report_json == run / "eval" / "report.json"
