@@ -92,10 +92,10 @@ def _parse_models(model, compare) -> dict[str, str]:
 def _exported_gguf(work: Path) -> Path:
     """The GGUF ``modelfile`` would package from the run's export folder."""
     from csound_assistant.errors import ArtifactError
-    from csound_assistant.modelfiles.render import read_export
+    from csound_assistant.stage_records import Export
 
     try:
-        return read_export(work / "export").gguf
+        return Export.in_run(work).packaged_gguf
     except ArtifactError as exc:
         raise click.UsageError(f"no MODEL given and no usable export in {work / 'export'} "
                                f"({exc}); name a .gguf, `embedded` or a URL") from exc
@@ -214,7 +214,7 @@ def feedback(completion_id, good, correction, db, show, work_dir, run):
         csound-assistant eval feedback 13 --bad --correction fixed.csd
     """
     from csound_assistant.logtext import shorten
-    from csound_assistant.runtime.feedback import FeedbackStore
+    from csound_assistant.feedback_store import FeedbackStore
 
     db = db or _work(work_dir, run) / "feedback.db"
     if not db.is_file():

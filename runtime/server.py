@@ -65,7 +65,7 @@ class Service:
         self.engine.start()
         self.checks.start()
         if self.settings.feedback_db:
-            from .feedback import FeedbackStore
+            from csound_assistant.feedback_store import FeedbackStore
 
             # sqlite connections belong to one thread: the store lives in its own.
             self._feedback_pool = ThreadPoolExecutor(1, thread_name_prefix="feedback")
@@ -338,7 +338,7 @@ async def feedback(request: Request):
     svc: Service = request.app.state.service
     if svc.feedback is None:
         raise ApiError(501, "feedback is off: start the server with --feedback-db PATH")
-    from .feedback import completion_key
+    from csound_assistant.feedback_store import completion_key
 
     f = Fields(await read_json(request))
     key = None

@@ -144,7 +144,7 @@ def test_check_command_prints_lines_and_exit_status(tmp_path):
 
 def test_eval_package_does_not_import_torch():
     code = ("import sys, csound_assistant.eval.runner, csound_assistant.eval.cli, "
-            "csound_assistant.eval.feedback_rows; "
+            "csound_assistant.data.from_feedback; "
             "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

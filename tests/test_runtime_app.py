@@ -495,7 +495,7 @@ def test_csound_check_returns_diagnostics_with_line_numbers(client):
 
 
 def test_feedback_records_completions_and_marks_them(tmp_path):
-    from csound_assistant.runtime.feedback import FeedbackStore
+    from csound_assistant.feedback_store import FeedbackStore
 
     db = tmp_path / "feedback.sqlite"
     with make_client(FakeBackend("aout oscili"), feedback_db=db, prompt_format="chatml") as c:
