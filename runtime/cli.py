@@ -1,15 +1,23 @@
-"""Commands of the runtime stage: ``csound-assistant serve MODEL.gguf``."""
+"""Commands of the runtime stage: ``csound-assistant serve MODEL.gguf`` (or ``--run NAME``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from csound_assistant.clicommon import domain_errors
+from csound_assistant.clicommon import domain_errors, work_dir_option
 from csound_assistant.constants import DEFAULT_MODEL_NAME
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False), envvar="CSOUND_ASSISTANT_MODEL_PATH")
+@click.argument("model", required=False, type=click.Path(dir_okay=False),
+                envvar="CSOUND_ASSISTANT_MODEL_PATH")
+@click.option("--run", default=None,
+              help="Serve a run's packaged GGUF in the prompt format it was trained in, both "
+                   "from its export record: a run name (a folder of --work-dir) or a run folder; "
+                   "instead of MODEL.")
+@work_dir_option
 @click.option("--lora", "lora_path", type=click.Path(dir_okay=False), default=None,
               envvar="CSOUND_ASSISTANT_LORA_PATH", help="A GGUF LoRA adapter to apply.")
 @click.option("--model-name", default=None, envvar="CSOUND_ASSISTANT_MODEL_NAME",
@@ -77,16 +85,18 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
                    "trained with them (its GGUF says so) [default: on].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def cli(model, log_level, **options):
-    """Serve MODEL (a GGUF) over OpenAI, Ollama and llama.cpp-style HTTP APIs.
+def cli(model, run, work_dir, log_level, **options):
+    """Serve MODEL (a GGUF), or the GGUF a run packages (--run), over OpenAI, Ollama and
+    llama.cpp-style HTTP APIs.
 
     \b
     Routes: /v1/models /v1/chat/completions /v1/completions (suffix = FIM)
             /infill /completion (llama.vscode) /api/generate /api/chat /api/tags /api/show
             /complete /v1/csound/check /v1/feedback /health /metrics
     \b
-    Example (the embedded SmolLM2 with the project's ChatML format):
-        csound-assistant serve runs/default/export/csound-assistant.Q4_K_M.gguf
+    Examples:
+        csound-assistant serve --run default
+        csound-assistant serve runs/default/export/csound-assistant.Q8_0.gguf
         csound-assistant serve model.gguf --prompt-format chatml --api-key secret --port 8080
     """
     import logging
@@ -98,8 +108,15 @@ def cli(model, log_level, **options):
     from .settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if model and run:
+        raise click.UsageError("give MODEL (a .gguf) or --run, not both")
     with domain_errors():
+        if run:
+            model, recorded_format = packaged_model(run, work_dir)
+            options["prompt_format"] = options["prompt_format"] or recorded_format
         settings = Settings.from_env(model_path=model, **options)
+        if settings.model_path is None:
+            raise click.UsageError("give MODEL (a .gguf) or --run NAME (a run's packaged GGUF)")
         backend = LlamaBackend(
             settings.model_path, lora_path=settings.lora_path, n_ctx=settings.n_ctx,
             n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
@@ -126,3 +143,16 @@ def cli(model, log_level, **options):
                f"(OpenAI base URL http://{settings.host}:{settings.port}/v1)", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
                 timeout_graceful_shutdown=5)
+
+
+def packaged_model(run: str, work_dir: str | None) -> tuple[Path, str]:
+    """The GGUF a run packages and the name of the prompt format it was trained in, read from
+    the run's export record; ``run`` is a run folder when it holds one (or names a path)."""
+    from csound_assistant.artifacts import work_dir as run_dir
+    from csound_assistant.stage_records import Export
+
+    folder = Path(run)
+    if not ((folder / Export.FOLDER).is_dir() or "/" in run):
+        folder = run_dir(work_dir, run)
+    export = Export.in_run(folder)
+    return export.packaged_gguf, export.prompt_format.name
