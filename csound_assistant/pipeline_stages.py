@@ -21,18 +21,24 @@ from .stage_records import Adapter, Base, BaseGguf, Data, Eval, Export, Feedback
 CONTINUE_CONFIG = "config.yaml"  # written into the package folder
 
 
-def data_code_sha() -> str:
-    """One hash of the data builder's and the sandbox's source files."""
-    import hashlib
-
+def data_code_files() -> list[Path]:
+    """The source files that decide the data stage's rows: the builder's own, the core's that
+    make row text (the manual's reader, the fix-the-bug request) and the sandbox's."""
     import csound_assistant.data as data_package
 
-    from . import isolation, sandbox, sandbox_plugins
+    from . import fix_request, isolation, manual, sandbox, sandbox_plugins
 
     files = sorted(Path(data_package.__file__).parent.glob("*.py"))
-    files += [Path(m.__file__) for m in (sandbox, sandbox_plugins, isolation)]
+    return files + [Path(m.__file__)
+                    for m in (manual, fix_request, sandbox, sandbox_plugins, isolation)]
+
+
+def data_code_sha() -> str:
+    """One hash of ``data_code_files()``."""
+    import hashlib
+
     digest = hashlib.sha256()
-    for path in files:
+    for path in data_code_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
