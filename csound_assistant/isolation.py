@@ -133,13 +133,19 @@ def _csound_binary(csound: str) -> str:
     return os.path.realpath(found)
 
 
+def bwrap_path() -> str | None:
+    """bwrap's absolute path, looked up on the caller's PATH: runs start with a cleared
+    environment (PATH=/usr/bin:/bin), where a bwrap in /usr/local/bin would not be found."""
+    return shutil.which("bwrap")
+
+
 def bwrap_args(csound: str, workdir: Path, *, plugins: str | None,
                writable: tuple[str, ...] = ()) -> list[str]:
     """The bubblewrap command line that runs ``csound`` in ``workdir`` (mounted read-only at
     /sandbox, but for the ``writable`` file names in it)."""
     binary = _csound_binary(csound)
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-            "--new-session", *_system_binds()]
+    args = [bwrap_path(), "--unshare-all", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--new-session", *_system_binds()]
     if not any(binary.startswith(d + "/") for d in _LIBRARY_DIRS):
         args += ["--ro-bind", binary, binary]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
@@ -161,7 +167,7 @@ def bwrap_args(csound: str, workdir: Path, *, plugins: str | None,
 @functools.lru_cache(maxsize=4)
 def probe(csound: str) -> str | None:
     """None when bubblewrap can confine ``csound`` here, else why not (said once, cached)."""
-    if not shutil.which("bwrap"):
+    if not bwrap_path():
         return ("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` (scripts/"
                 "setup.sh installs it)")
     with tempfile.TemporaryDirectory(prefix="csound-probe-") as tmp:
