@@ -2,9 +2,9 @@
 
 Both answer ``chat(messages)`` and ``fim(prefix, suffix)`` with a ``Generation``. A GGUF is
 prompted in the project's prompt format (``csound_assistant.prompt_format``): the one named by
-the stage folder holding it (``stage_records.recorded_format_name``), else the one its
-architecture/name implies (``chatml`` for the
-embedded SmolLM2). ``llama_cpp`` is imported only when a GGUF is loaded.
+the stage folder holding it (``generation.format_for_gguf``), else the one its
+architecture/name implies (``chatml`` for the embedded SmolLM2). ``llama_cpp`` is imported
+only when a GGUF is loaded.
 """
 
 from __future__ import annotations
@@ -14,26 +14,17 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from csound_assistant.constants import GGUF_GENERAL_NAME
 from csound_assistant.errors import ConfigError, ModelLoadError
 from csound_assistant.opcode_reference import Lookups
-from csound_assistant.prompt_format import PromptFormat, format_for_model, get_format
+from csound_assistant.prompt_format import get_format
+from csound_assistant.runtime.fim_trim import trim_middle
+from csound_assistant.sampling import TOP_K, TOP_P
+
+from .generation import Generation, format_for_gguf
 
 EMBEDDED = "embedded"  # a model spec naming the embedded base GGUF
-
-
-@dataclass
-class Generation:
-    text: str
-    latency: float  # seconds for the whole answer
-    tokens: int  # generated tokens (0 when the server does not say)
-    prompt_tokens: int = 0
-    verified: str | None = None  # RuntimeModel with --verify: how the answer was chosen
-    first_text: str | None = None  # ... and the first candidate, what an unverified server says
-    repairs: int = 0
 
 
 def looping(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
@@ -107,17 +98,6 @@ def load_model(spec: str, *, prompt_format: str | None = None, n_ctx: int = 2048
                      n_threads=n_threads or auto_threads())
 
 
-def _format_for_gguf(path: Path, metadata: dict) -> PromptFormat:
-    """The prompt format named by the stage folder holding the GGUF (an export or package),
-    else the default for the model's name."""
-    from csound_assistant.stage_records import recorded_format_name
-
-    name = recorded_format_name(path.parent)
-    if name:
-        return get_format(name)
-    return format_for_model(f"{metadata.get(GGUF_GENERAL_NAME, '')} {path.name}")
-
-
 class GGUFModel:
     def __init__(self, path: Path, *, prompt_format: str | None = None, n_ctx: int = 2048,
                  n_threads: int = 2):
@@ -135,7 +115,7 @@ class GGUFModel:
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
                                    n_threads_batch=n_threads, verbose=False, seed=0)
         self.format = (get_format(prompt_format) if prompt_format
-                       else _format_for_gguf(path, self.llm.metadata))
+                       else format_for_gguf(path, self.llm.metadata))
         self.lookups = Lookups.of_gguf(self.llm.metadata)
         self.stop_ids = {self._one_token(t) for t in self.format.stop} | {self.llm.token_eos()}
 
@@ -160,7 +140,7 @@ class GGUFModel:
             tokens = tokens[-(self.llm.n_ctx() - max_tokens - 1):]
         self.llm.set_seed(seed)
         start, out = time.monotonic(), []
-        for token in self.llm.generate(tokens, temp=temperature, top_p=0.95, top_k=40,
+        for token in self.llm.generate(tokens, temp=temperature, top_p=TOP_P, top_k=TOP_K,
                                        repeat_penalty=repeat_penalty, reset=True):
             if token in self.stop_ids:
                 break
@@ -193,12 +173,15 @@ class GGUFModel:
         def plain(text):  # code text never turns into special tokens
             return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         f = self.format
-        prefix = self.lookups.fim_prefix(prefix, suffix)
+        raw_prefix, prefix = prefix, self.lookups.fim_prefix(prefix, suffix)
         bos = [self._one_token(f.bos)] if f.bos else []
         tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
                   self._one_token(f.fim_suffix.strip()), *plain(suffix),
                   self._one_token(f.fim_middle.strip())]
-        return self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
+        gen = self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
+        # the server's FIM routes trim the middle where an editor would cut it; so does this
+        gen.text = trim_middle(raw_prefix, gen.text, suffix)
+        return gen
 
     def close(self) -> None:
         self.llm.close()
@@ -263,3 +246,6 @@ class OpenAIModel:
 
     def close(self) -> None:
         pass
+
+
+_format_for_gguf = format_for_gguf  # improve/sampling.py's name for it

@@ -12,9 +12,10 @@ import asyncio
 import time
 from pathlib import Path
 
+from csound_assistant.runtime.fim_trim import trim_middle
 from csound_assistant.sampling import MIN_P, TOP_K, TOP_P
 
-from .models import Generation, _format_for_gguf
+from .generation import Generation, format_for_gguf
 
 
 class RuntimeModel:
@@ -39,7 +40,7 @@ class RuntimeModel:
         # The batched context's cells are shared by its sequences: each gets the eval's n_ctx.
         backend = LlamaBackend(path, n_ctx=n_ctx * parallel, n_threads=n_threads,
                                cache_slots=0, parallel=parallel, decoder=decoder)
-        fmt = prompt_format or _format_for_gguf(path, backend.metadata).name
+        fmt = prompt_format or format_for_gguf(path, backend.metadata).name
         settings = Settings(model_path=path, prompt_format=fmt, n_ctx=n_ctx * parallel,
                             n_threads=n_threads, parallel=parallel, verify=verify,
                             verify_seconds=verify_seconds, decoder=decoder,
@@ -89,8 +90,10 @@ class RuntimeModel:
         budget = svc.backend.n_ctx - min(max_tokens, svc.backend.n_ctx // 2)
         tokens, truncated = svc.prompts.fim_tokens(prefix, suffix, budget=budget)
         sampling = self._sampling(max_tokens, temperature, seed, repeat_penalty)
-        return self._answer(lambda: svc.complete_fim_checked(None, tokens, sampling, prefix,
-                                                             suffix, truncated=truncated))
+        gen = self._answer(lambda: svc.complete_fim_checked(None, tokens, sampling, prefix,
+                                                            suffix, truncated=truncated))
+        gen.text = trim_middle(prefix, gen.text, suffix)  # as the server's FIM routes do
+        return gen
 
     def close(self) -> None:
         self.service.stop()

@@ -25,6 +25,7 @@ from csound_assistant.constants import (
 )
 from csound_assistant.errors import ArtifactError, ConfigError
 from csound_assistant.prompt_format import PromptFormat, get_format, stop_strings
+from csound_assistant.sampling import REPEAT_PENALTY, TOP_P
 from csound_assistant.stage_records import Export, Package
 
 TEMPLATE_PATH = Path(__file__).with_name("csound-assistant.Modelfile.tmpl")
@@ -35,7 +36,8 @@ LINK_MODES = ("symlink", "copy", "path")
 # repeat_penalty 1.0: Ollama's default (1.1) penalises tokens seen in the last 64, and code
 # repeats itself by nature; SmolLM2 and Llama tokenizers spell numbers digit by digit, so the
 # penalty turned "sr = 44100" into "sr = 440" (eval/README.md).
-DEFAULT_PARAMETERS = {"temperature": 0.2, "top_p": 0.95, "num_ctx": 4096, "repeat_penalty": 1.0}
+DEFAULT_PARAMETERS = {"temperature": 0.2, "top_p": TOP_P, "num_ctx": 4096,
+                      "repeat_penalty": REPEAT_PENALTY}
 
 LICENSE_TEXTS = {
     EMBEDDED_LICENSE: (
