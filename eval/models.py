@@ -19,6 +19,7 @@ from pathlib import Path
 from csound_assistant.errors import ConfigError, ModelLoadError
 from csound_assistant.opcode_reference import Lookups
 from csound_assistant.prompt_format import get_format
+from csound_assistant.runtime.fim_trim import trim_middle
 from csound_assistant.sampling import TOP_K, TOP_P
 
 from .generation import Generation, format_for_gguf
@@ -172,12 +173,15 @@ class GGUFModel:
         def plain(text):  # code text never turns into special tokens
             return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
         f = self.format
-        prefix = self.lookups.fim_prefix(prefix, suffix)
+        raw_prefix, prefix = prefix, self.lookups.fim_prefix(prefix, suffix)
         bos = [self._one_token(f.bos)] if f.bos else []
         tokens = [*bos, self._one_token(f.fim_prefix.strip()), *plain(prefix),
                   self._one_token(f.fim_suffix.strip()), *plain(suffix),
                   self._one_token(f.fim_middle.strip())]
-        return self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
+        gen = self._run(tokens, max_tokens, temperature, seed, repeat_penalty)
+        # the server's FIM routes trim the middle where an editor would cut it; so does this
+        gen.text = trim_middle(raw_prefix, gen.text, suffix)
+        return gen
 
     def close(self) -> None:
         self.llm.close()

@@ -12,6 +12,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from csound_assistant.runtime.fim_trim import trim_middle
 from csound_assistant.sampling import MIN_P, TOP_K, TOP_P
 
 from .generation import Generation, format_for_gguf
@@ -89,8 +90,10 @@ class RuntimeModel:
         budget = svc.backend.n_ctx - min(max_tokens, svc.backend.n_ctx // 2)
         tokens, truncated = svc.prompts.fim_tokens(prefix, suffix, budget=budget)
         sampling = self._sampling(max_tokens, temperature, seed, repeat_penalty)
-        return self._answer(lambda: svc.complete_fim_checked(None, tokens, sampling, prefix,
-                                                             suffix, truncated=truncated))
+        gen = self._answer(lambda: svc.complete_fim_checked(None, tokens, sampling, prefix,
+                                                            suffix, truncated=truncated))
+        gen.text = trim_middle(prefix, gen.text, suffix)  # as the server's FIM routes do
+        return gen
 
     def close(self) -> None:
         self.service.stop()
