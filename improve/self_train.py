@@ -192,19 +192,24 @@ def _round(cfg: SelfTrainConfig, root: Path, n: int, adapter: Path, log, progres
 
 
 def _export(cfg: SelfTrainConfig, root: Path, folder: Path, adapter: Path, log) -> Path:
-    """The GGUF of ``adapter`` the round samples (``quant_type``), reused when it is there."""
+    """The GGUF of ``adapter`` the round samples (``quant_type``), reused when it is there.
+    Exported as F16 and quantized here: the export's quantization gate, which renders held-out
+    text through both files, has nothing to decide for a model that is only sampled."""
     from csound_assistant.constants import DEFAULT_MODEL_NAME
     from csound_assistant.convert.export import export
+    from csound_assistant.convert.quantize import quantize
 
     out = folder / "model"
-    quant = () if cfg.quant_type == "F16" else (cfg.quant_type,)
     gguf = out / f"{DEFAULT_MODEL_NAME}.{cfg.quant_type}.gguf"
     if is_complete(out) and gguf.is_file() and \
             read_record(out).get("adapter_sha256") == _weights_sha(adapter):
         return gguf
-    export(adapter, out, quant_types=quant, gate=False, lora=False, imatrix=False, force=True,
+    export(adapter, out, quant_types=(), gate=False, lora=False, imatrix=False, force=True,
            merged_dir=folder / "merged", splits_dir=root / "splits", base_dir=root / "base",
            log=log)
+    if cfg.quant_type != "F16":
+        log(f"quantize: {cfg.quant_type}")
+        quantize(out / f"{DEFAULT_MODEL_NAME}.F16.gguf", gguf, cfg.quant_type)
     record = json.loads((out / "record.json").read_text())
     write_json(out / "record.json", {**record, "adapter_sha256": _weights_sha(adapter)})
     return gguf

@@ -191,7 +191,7 @@ natural_per_round: 1
 samples: 2
 max_new_tokens: 8
 max_budget: 8
-quant_type: F16
+quant_type: Q8_0
 parallel: 2
 n_ctx: 512
 n_threads: 2
