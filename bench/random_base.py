@@ -60,16 +60,15 @@ def build(out: Path, layers: int | None = None, tokenizer_dir: str | None = None
     if device == "cuda":
         torch.cuda.empty_cache()
     if tokenizer is not None:
-        from csound_assistant.artifacts import write_record
+        from csound_assistant.stage_records import Base
 
         tokenizer.save_pretrained(out)
         if (Path(tokenizer_dir) / "prompt_format.json").is_file():
             import shutil
 
             shutil.copy(Path(tokenizer_dir) / "prompt_format.json", out)
-        write_record(out, "base", source={"kind": "random-init", "shape": shape_name,
-                                          "layers": layers}, dtype=dtype,
-                     prompt_format=prompt_format, architecture=["LlamaForCausalLM"])
+        Base.write(out, source={"kind": "random-init", "shape": shape_name, "layers": layers},
+                   dtype=dtype, prompt_format=prompt_format, architecture=["LlamaForCausalLM"])
     print(f"random base {out} ({layers} layers, vocab {shape['vocab_size']}) in "
           f"{time.perf_counter() - t:.0f} s", flush=True)
     return out

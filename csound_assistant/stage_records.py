@@ -183,12 +183,13 @@ class Adapter(StageRecord):
                 "base_dir": path("base_dir"), "splits_dir": path("splits_dir")}
 
     @staticmethod
-    def write(tmp: Path, *, prompt_format: str, base_dir: Path, splits_dir: Path,
+    def write(tmp: Path, *, prompt_format: str, base_dir: Path, splits_dir: Path | None,
               **extra) -> dict:
-        """The folders are recorded as absolute paths: a later stage may run elsewhere."""
+        """The folders are recorded as absolute paths: a later stage may run elsewhere.
+        ``splits_dir`` None: an adapter made without our splits (a test's random LoRA)."""
+        splits = {"splits_dir": str(Path(splits_dir).resolve())} if splits_dir else {}
         return write_record(tmp, Adapter.STAGE, prompt_format=prompt_format,
-                            base_dir=str(Path(base_dir).resolve()),
-                            splits_dir=str(Path(splits_dir).resolve()), **extra)
+                            base_dir=str(Path(base_dir).resolve()), **splits, **extra)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory, embedded_gguf) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from csound_assistant.artifacts import write_record
+    from csound_assistant.stage_records import Base
 
     out = tmp_path_factory.mktemp("tiny") / "base"
     tokenizer = AutoTokenizer.from_pretrained(embedded_gguf.parent, gguf_file=embedded_gguf.name)
@@ -62,8 +62,8 @@ def tiny_model_dir(tmp_path_factory, embedded_gguf) -> Path:
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    write_record(out, "base", source={"kind": "random-init", "layers": 2}, dtype="float32",
-                 prompt_format="chatml", architecture=["LlamaForCausalLM"])
+    Base.write(out, source={"kind": "random-init", "layers": 2}, dtype="float32",
+               prompt_format="chatml", architecture=["LlamaForCausalLM"])
     return out
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from csound_assistant.artifacts import write_record
 from csound_assistant.prompt_format import get_format
+from csound_assistant.stage_records import Adapter
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,7 +35,7 @@ def make_adapter(base_dir: Path, out_dir: Path, *, r: int = 4, b_std: float = 0.
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
     fmt = get_format(prompt_format)
     (out_dir / "prompt_format.json").write_text(json.dumps(fmt.to_record(), indent=2))
-    write_record(out_dir, "adapter", base_dir=str(base_dir), method="lora",
-                 config={"lora_r": r, "lora_alpha": 2 * r, "target_modules": TARGETS},
-                 prompt_format=prompt_format, metrics={})
+    Adapter.write(out_dir, base_dir=base_dir, splits_dir=None, method="lora",
+                  config={"lora_r": r, "lora_alpha": 2 * r, "target_modules": TARGETS},
+                  prompt_format=prompt_format, metrics={})
     return out_dir

@@ -40,7 +40,7 @@ def llama_cpp_guarded():
 def gpu_base(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from csound_assistant.artifacts import write_record
+    from csound_assistant.stage_records import Base
 
     carried = os.environ.get("CSOUND_ASSISTANT_GPU_TOKENIZER")
     if carried:
@@ -61,8 +61,8 @@ def gpu_base(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    write_record(out, "base", source={"kind": "random-init", "layers": 2}, dtype="float32",
-                 prompt_format="chatml", architecture=["LlamaForCausalLM"])
+    Base.write(out, source={"kind": "random-init", "layers": 2}, dtype="float32",
+               prompt_format="chatml", architecture=["LlamaForCausalLM"])
     return out
 
 
