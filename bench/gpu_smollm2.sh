@@ -11,8 +11,8 @@
 #   bash bench/gpu_smollm2.sh unpack DIR runs/gpu-smollm2   # here: DIR = the reply's files_at
 # or, in place of `train`, the recipe sweep of bench/budget_sweep.py (answers come back to $OUT):
 #   bash bench/gpu_smollm2.sh sweep NAME:key=v,key=v ...   # device, carry .whl .gpu/splits .gpu/sweep
-# or, for self-training, sampled answers of one adapter to train prompts (see budget_sweep.py):
-#   bash bench/gpu_smollm2.sh sample --items=.gpu/sweep/prompts.json --adapter=NAME=DIR --samples=4
+# (self-training on a GPU is the product command: csound-assistant improve self-train with
+#  --set n_gpu_layers=-1; improve/README.md)
 # where --opt=value arguments go to `budget_sweep.py train` as they are (--config=..., --items=...,
 # --keep-adapters, --adapter=ref=DIR, --jobs=3 to train three at once, --no-answers); a kept
 # adapter comes home with `unpack DIR DEST NAME`. A variant's splits=DIR trains on other splits.
@@ -85,11 +85,6 @@ R.from_manual().save('.gpu/splits/opcode_reference.json')"
     # the log is written as it goes: a call cut at its time limit still sends it back
     python3 bench/budget_sweep.py train --work $W --items .gpu/sweep/items.json --out "$OUT" \
       "${args[@]}" 2>&1 | grep --line-buffered -v "it/s]$" | tee "$OUT"/sweep.log ;;
-  sample)  # sampled answers of one adapter to train prompts (budget_sweep.py prompts/sample)
-    test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
-    shift; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-    install_site ${WHEELS:-.whl}/*.whl
-    python3 bench/budget_sweep.py sample --work $W --out "$OUT" "$@" 2>&1 | tee "$OUT"/sample.log ;;
   unpack)  # NAME: a sweep variant's kept adapter (NAME-adapter.tar.gz.NN) instead of train's
     FROM=$(cd "${2:?the folder the files came back to}" && pwd); DEST=${3:?e.g. runs/gpu-smollm2}
     PACK=${4:+$4-}adapter
