@@ -5,11 +5,12 @@
    answer's own next token on top (the model's favourite), so greedy judges one token where
    that is valid and sampling (top_k 40) judges until 40 valid ones are found. Prints the share
    of steps judged and microseconds per judged step.
-2. GBNF: the same model decodes with llama.cpp's grammar sampler holding only the opcode names
+2. Decode speed: the same chat requests, greedy, plain and csound alternating in one process.
+3. GBNF: the same model decodes with llama.cpp's grammar sampler holding only the opcode names
    (a code block whose lines are ``outputs opcode args``), against no grammar: tokens/s.
 
     nice .venv/bin/python bench/decoder_cost.py runs/default/export/csound-assistant.Q8_0.gguf \
-        --answers bench/results/decoder/main-dev-plain/report.json
+        --answers bench/results/decoder/main-dev-plain/report.json --tokens 128
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def grammar_speed(model_path: Path, names: list[str], tokens: int, threads: int)
                            ("gbnf", llama_cpp.LlamaGrammar.from_string(gbnf(names),
                                                                        verbose=False))):
         llm.reset()
-        n, start, first = 0, time.perf_counter(), None
+        n, first = 0, None
         for _ in llm.generate(prompt, temp=0, grammar=grammar, reset=True):
             first = first or time.perf_counter()
             n += 1
@@ -84,6 +85,35 @@ def grammar_speed(model_path: Path, names: list[str], tokens: int, threads: int)
         out[label] = {"tokens": n, "tokens_per_s": (n - 1) / (time.perf_counter() - first)}
     llm.close()
     return out
+
+
+def decode_speed(model_path: Path, requests: list[str], tokens: int, threads: int) -> dict:
+    """Greedy decode tokens/s of the same chat requests, plain and csound alternating in one
+    process (each generation runs ``tokens`` tokens past any end, so lengths are equal)."""
+    from csound_assistant.runtime.backend import LlamaBackend, Sampling
+    from csound_assistant.runtime.prompts import PromptBuilder
+
+    backends = {name: LlamaBackend(model_path, n_ctx=1024, n_threads=threads, cache_slots=0,
+                                   decoder=name) for name in ("plain", "csound")}
+    seconds = {name: 0.0 for name in backends}
+    try:
+        for text in requests:
+            for name, backend in backends.items():
+                prompt = PromptBuilder(backend).chat_tokens([{"role": "user", "content": text}])
+                sampling = Sampling(temperature=0, max_tokens=tokens)
+                constraint = backend.constraint(prompt, sampling)
+                gen = backend.generate(prompt, sampling, constraint=constraint)
+                next(gen)
+                start = time.perf_counter()
+                for _ in range(tokens - 1):
+                    next(gen)
+                seconds[name] += time.perf_counter() - start
+                gen.close()
+    finally:
+        for backend in backends.values():
+            backend.close()
+    n = len(requests) * (tokens - 1)
+    return {name: {"tokens": n, "tokens_per_s": n / s} for name, s in seconds.items()}
 
 
 def main(argv=None) -> dict:
@@ -96,6 +126,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed-requests", type=int, default=6)
+    ap.add_argument("--grammar-tokens", type=int, default=32)
+    ap.add_argument("--tasks", type=Path, default=Path("eval/natural/dev.jsonl"),
+                    help="requests for the decode-speed part")
     args = ap.parse_args(argv)
     rows = json.loads(args.answers.read_text())["rows"]
     answers = [r["answer"] for r in rows if "```" in r["answer"]][: args.limit]
@@ -105,8 +139,11 @@ def main(argv=None) -> dict:
         report = {"mask": [mask_cost(backend, answers, t) for t in (0.0, 0.7)]}
     finally:
         backend.close()
-    report["grammar"] = grammar_speed(args.model, OpcodeTable.from_manual().names, args.tokens,
-                                      args.threads)
+    requests = [json.loads(line)["prompt"] for line in args.tasks.read_text().splitlines()
+                if line.strip()][: args.speed_requests]
+    report["decode"] = decode_speed(args.model, requests, args.tokens, args.threads)
+    report["grammar"] = grammar_speed(args.model, OpcodeTable.from_manual().names,
+                                      args.grammar_tokens, args.threads)
     print(json.dumps(report, indent=1))
     return report
 

@@ -5,7 +5,8 @@ process kind for both decoders, so compile@1, sound@1 and tokens/s compare.
     nice .venv/bin/python bench/decoder_natural.py runs/default/export/csound-assistant.Q8_0.gguf \
         --decoder csound --verify 4 --tasks eval/natural/dev.jsonl --out bench/results/decoder/x
 
-Writes ``report.json`` (rows, summary, settings, the engine's decode tokens/s, load average
+``--split runs/default/splits/validation.jsonl`` scores a data split's items instead (FIM
+middles among them). Writes ``report.json`` (rows, summary, settings, the engine's decode tokens/s, load average
 before and after) and prints the summary line. Choose on the dev half only.
 """
 
@@ -28,16 +29,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--verify", type=int, default=0)
     ap.add_argument("--verify-seconds", type=float, default=30.0)
     ap.add_argument("--tasks", type=Path, default=Path("eval/natural/dev.jsonl"))
+    ap.add_argument("--split", type=Path, default=None,
+                    help="a data split JSONL (validation: FIM items) instead of --tasks")
     ap.add_argument("--limit", type=int, default=0, help="items (0: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    if "heldout" in args.tasks.name:
-        raise SystemExit("the held-out half is reported once by the lead; choose on dev.jsonl")
+    if "heldout" in args.tasks.name or (args.split and "test" in args.split.name):
+        raise SystemExit("held-out and test items are reported once by the lead; choose on "
+                         "eval/natural/dev.jsonl or the validation split")
 
     load_before = os.getloadavg()
-    items = collect_items(args.tasks, None, limit=args.limit or None, use_tasks=True, log=print)
+    items = collect_items(None if args.split else args.tasks, args.split,
+                          limit=args.limit or None, use_tasks=not args.split, log=print)
     model = RuntimeModel.from_gguf(args.model, prompt_format=None, n_ctx=args.n_ctx,
                                    n_threads=args.threads, verify=args.verify,
                                    verify_seconds=args.verify_seconds, decoder=args.decoder)

@@ -79,7 +79,8 @@ from csound_assistant.constants import DEFAULT_MODEL_NAME
               envvar="CSOUND_ASSISTANT_DECODER",
               help="csound: where Csound expects an opcode only real opcodes can be sampled, "
                    "with as many outputs and arguments as their synopses take (code blocks "
-                   "and FIM middles only; prose is never touched) [default: plain].")
+                   "and FIM middles only; prose is never touched); plain: the model's own "
+                   "choice [default: csound].")
 @click.option("--opcode-reference/--no-opcode-reference", default=None,
               help="Add the manual's synopses of the opcodes a chat request names, for a model "
                    "trained with them (its GGUF says so) [default: on].")

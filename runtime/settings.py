@@ -62,9 +62,9 @@ class Settings:
                 "(0: off; runtime/verify.py)"})
     verify_seconds: float = field(default=60.0, metadata={
         "help": "seconds one verified request may take, generation and checks together"})
-    decoder: str = field(default="plain", metadata={
-        "help": "plain, or csound: only real opcodes (and calls that fit their synopses) can "
-                "be sampled where Csound expects one (runtime/decoder.py)"})
+    decoder: str = field(default="csound", metadata={
+        "help": "csound: only real opcodes (and calls that fit their synopses) can be sampled "
+                "where Csound expects one (runtime/decoder.py); plain: the model's own choice"})
     opcode_reference: bool = field(default=True, metadata={
         "help": "add the manual's synopses of the opcodes a chat request names, for a model "
                 "trained with them (its GGUF says so); false serves plain prompts"})
