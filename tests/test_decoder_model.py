@@ -114,6 +114,8 @@ def test_greedy_decoding_after_an_output_writes_a_real_opcode(embedded_gguf, par
     assert "csound_assistant_decoder_csound_total 2" in metrics
 
 
-def test_an_unknown_decoder_is_refused():
+def test_serve_decodes_csound_unless_told_plain_and_refuses_unknown_decoders():
+    assert Settings().decoder == "csound"
+    assert Settings.from_env({"CSOUND_ASSISTANT_DECODER": "plain"}).decoder == "plain"
     with pytest.raises(ConfigError, match="decoder must be one of plain, csound"):
         Settings(decoder="grammar")
