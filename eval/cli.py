@@ -134,6 +134,11 @@ def _exported_gguf(work: Path) -> Path:
                    "score the first candidate.")
 @click.option("--verify-seconds", type=click.FloatRange(min=0.1), default=60.0,
               show_default=True, help="Seconds one verified answer may take (with --verify).")
+@click.option("--decoder", type=click.Choice(["csound", "plain"]), default=None,
+              help="How a GGUF decodes, as `serve --decoder` [default: csound, serve's "
+                   "default]: csound allows only real opcodes with the argument counts their "
+                   "synopses take in Csound code; plain is the model's own choice. A URL "
+                   "decodes as that server does.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads [default: 1 on a busy machine, else up to 4].")
 @click.option("--n-ctx", type=click.IntRange(min=256), default=2048, show_default=True)
@@ -149,7 +154,7 @@ def _exported_gguf(work: Path) -> Path:
 @force_option
 def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit, samples,
                 temperature, max_new_tokens, repeat_penalty, repair, verify, verify_seconds,
-                threads, n_ctx, prompt_format, api_model, out_dir, work_dir, run, force):
+                decoder, threads, n_ctx, prompt_format, api_model, out_dir, work_dir, run, force):
     """Score models on Csound: compile@1, sound@1, required-opcode coverage, latency (and
     pass@k with --samples k), on the curated task file and the run's test split. MODEL is a
     .gguf file, `embedded` (the embedded SmolLM2 base) or an OpenAI-compatible URL, each
@@ -182,7 +187,7 @@ def run_command(model, compare, tasks_path, no_tasks, test_path, no_test, limit,
             test_path=None if no_test else test_path, use_tasks=not no_tasks,
             max_new_tokens=max_new_tokens, limit=limit or None, samples=samples,
             temperature=temperature, repeat_penalty=repeat_penalty, repair=repair,
-            verify=verify, verify_seconds=verify_seconds, n_threads=threads,
+            verify=verify, verify_seconds=verify_seconds, decoder=decoder, n_threads=threads,
             n_ctx=n_ctx, prompt_format=prompt_format, api_model=api_model, force=force,
             log=lambda m: click.echo(m, err=True))
     from .report import markdown

@@ -25,6 +25,7 @@ from csound_assistant.sampling import TOP_K, TOP_P
 from .generation import Generation, format_for_gguf
 
 EMBEDDED = "embedded"  # a model spec naming the embedded base GGUF
+DEFAULT_DECODER = "csound"  # serve's default (runtime/settings.py): the eval scores what it serves
 
 
 def looping(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
@@ -79,21 +80,26 @@ def _idle_cores(seconds: float) -> float | None:
 
 def load_model(spec: str, *, prompt_format: str | None = None, n_ctx: int = 2048,
                n_threads: int | None = None, api_model: str | None = None,
-               verify: int = 0, verify_seconds: float = 60.0):
-    """A model for ``spec``; with ``verify`` N, a GGUF answers through the server's own path
-    (``RuntimeModel``), N candidates checked per chat answer as ``serve --verify N`` does."""
+               verify: int = 0, verify_seconds: float = 60.0, decoder: str | None = None):
+    """A model for ``spec``. A GGUF answers through the server's own path (``RuntimeModel``)
+    with ``decoder`` (None: serve's default, ``csound``) and, with ``verify`` N, N candidates
+    checked per chat answer as ``serve --verify N`` does; ``decoder="plain"`` without
+    ``verify`` is llama-cpp-python's own decode (``GGUFModel``, the same tokens). A URL is
+    scored as that server answers: its decoder is the server's."""
     spec = resolve_spec(spec)
     if spec.startswith(("http://", "https://")):
-        if verify:
-            raise ConfigError(f"--verify needs a GGUF, not the server {spec}: start that "
-                              "server with `csound-assistant serve --verify N` instead")
+        if verify or decoder:
+            flag = "--verify N" if verify else f"--decoder {decoder}"
+            raise ConfigError(f"{flag.split()[0]} needs a GGUF, not the server {spec}: start "
+                              f"that server with `csound-assistant serve {flag}` instead")
         return OpenAIModel(spec, model=api_model)
-    if verify:
+    decoder = decoder or DEFAULT_DECODER
+    if verify or decoder != "plain":
         from .runtime_model import RuntimeModel
 
         return RuntimeModel.from_gguf(Path(spec), prompt_format=prompt_format, n_ctx=n_ctx,
                                       n_threads=n_threads or auto_threads(), verify=verify,
-                                      verify_seconds=verify_seconds)
+                                      verify_seconds=verify_seconds, decoder=decoder)
     return GGUFModel(Path(spec), prompt_format=prompt_format, n_ctx=n_ctx,
                      n_threads=n_threads or auto_threads())
 

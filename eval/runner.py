@@ -258,7 +258,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
              use_tasks: bool = True, max_new_tokens: int = 256, limit: int | None = 20,
              samples: int = 1, temperature: float | None = None, repeat_penalty: float = 1.0,
              repair: int = 0, verify: int = 0, verify_seconds: float = 60.0,
-             n_threads: int | None = None,
+             decoder: str | None = None, n_threads: int | None = None,
              n_ctx: int = 2048, prompt_format: str | None = None,
              prompt_formats: dict[str, str] | None = None, api_model: str | None = None,
              force: bool = False, progress: bool = True, log=print) -> dict:
@@ -282,7 +282,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
             fmt = (prompt_formats or {}).get(label, prompt_format)
             model = load_model(spec, prompt_format=fmt, n_ctx=n_ctx,
                                n_threads=n_threads, api_model=api_model, verify=verify,
-                               verify_seconds=verify_seconds)
+                               verify_seconds=verify_seconds, decoder=decoder)
             try:
                 described[label] = {"spec": spec, **model.describe()}
                 rows += evaluate_model(model, items, label=label, samples=samples,
@@ -298,6 +298,7 @@ def run_eval(models: dict[str, str], out_dir: str | Path, *, tasks_path=None, te
                     "temperature": eval_temperature(samples, temperature),
                     "repeat_penalty": repeat_penalty, "repair": repair, "verify": verify,
                     "verify_seconds": verify_seconds if verify else None,
+                    "decoder": decoder or "csound for a GGUF, the server's for a URL",
                     "n_threads": n_threads, "n_ctx": n_ctx,
                     "early_stop": "greedy token loops; a closed </CsoundSynthesizer>"}
         summary = summarize(rows, labels, samples)

@@ -380,7 +380,7 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                 LlamaBackend, settings.model_path, lora_path=settings.lora_path,
                 n_ctx=settings.n_ctx, n_threads=settings.n_threads,
                 n_gpu_layers=settings.n_gpu_layers, cache_slots=settings.cache_slots,
-                parallel=settings.parallel)
+                parallel=settings.parallel, decoder=settings.decoder)
             holder["service"] = Service(settings, loaded)
         service = holder["service"]
         app.state.service = service
