@@ -188,7 +188,10 @@ def test_fim_lookups_name_the_cursor_lines_opcodes_and_every_runtime_builds_them
     try:
         assert model.describe()["lookups"] == ["fim"]
         tokens = []
-        model._run = lambda ids, *a, **k: tokens.extend(ids)  # the prompt, not the answer
+        from csound_assistant.eval.generation import Generation
+
+        # the prompt, not the answer
+        model._run = lambda ids, *a, **k: tokens.extend(ids) or Generation("", 0.0, 0)
         model.fim(prefix, suffix)
         assert text.startswith(model.llm.detokenize(tokens, special=True).decode())
         assert comments in model.llm.detokenize(tokens, special=True).decode()
