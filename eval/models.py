@@ -252,6 +252,3 @@ class OpenAIModel:
 
     def close(self) -> None:
         pass
-
-
-_format_for_gguf = format_for_gguf  # improve/sampling.py's name for it

@@ -36,7 +36,7 @@ def sample(gguf: Path, requests: list[tuple[Item, int]], out: Path, *, samples: 
            progress: bool = True) -> dict[str, str]:
     """``samples`` answers to each (item, token budget) from ``gguf`` (with the GGUF LoRA
     ``lora``), appended to ``out``; returns them all, earlier runs' included. Sample k of an item has its own seed (``seed``, k, the item id)."""
-    from csound_assistant.eval.models import _format_for_gguf
+    from csound_assistant.eval.generation import format_for_gguf
     from csound_assistant.runtime.backend import LlamaBackend
     from csound_assistant.runtime.server import Service
     from csound_assistant.runtime.settings import Settings
@@ -50,7 +50,7 @@ def sample(gguf: Path, requests: list[tuple[Item, int]], out: Path, *, samples: 
                            n_threads=n_threads or None,
                            n_gpu_layers=n_gpu_layers, cache_slots=0, parallel=parallel)
     settings = Settings(model_path=gguf, lora_path=lora,
-                        prompt_format=_format_for_gguf(gguf, backend.metadata).name,
+                        prompt_format=format_for_gguf(gguf, backend.metadata).name,
                         n_ctx=n_ctx * parallel, n_threads=n_threads or None,
                         n_gpu_layers=n_gpu_layers, parallel=parallel, max_queue=4 * parallel,
                         request_timeout=3600.0)
