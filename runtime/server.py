@@ -443,7 +443,7 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                            allow_methods=["GET", "POST"], max_age=600,
                            allow_headers=["Authorization", "Content-Type", "x-api-key"],
                            expose_headers=["Retry-After", "X-Csound-Repairs", "X-Csound-Verified",
-                                           "X-Csound-Verdict"])
+                                           "X-Csound-Verdict", "X-Csound-Decoder"])
     app.add_middleware(GuardMiddleware, origins=origins, port=settings.port,
                        hosts=HostPolicy.from_settings(settings.allowed_host_list(),
                                                       settings.host))
