@@ -8,10 +8,15 @@ prompt it was given and fails the test if two generations ever overlap.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
+import httpx
+import pytest
 import uvicorn
 
 from csound_assistant.prompt_format import get_format
@@ -147,6 +152,44 @@ def running_server(app, *, timeout: float = 30.0):
         server.should_exit = True
         thread.join(10)
 
+
+
+@contextlib.contextmanager
+def embedded_server(gguf, **settings):
+    """The real app on the embedded GGUF (chatml, 1,024 tokens, 1 thread) on a loopback port;
+    yields its base URL. ``settings``: further ``Settings`` fields (``api_key``...)."""
+    from csound_assistant.runtime.server import create_app
+    from csound_assistant.runtime.settings import Settings
+
+    app = create_app(Settings(model_path=gguf, prompt_format="chatml", n_ctx=1024,
+                              n_threads=1, **settings))
+    with running_server(app, timeout=120) as url:
+        yield url
+
+
+def serve_process(args: list[str], log) -> tuple[subprocess.Popen, str]:
+    """``csound-assistant serve ARGS`` in a subprocess on a free port, its output to the open
+    file ``log``; returns (process, base URL) once /health answers, or fails the test with the
+    server's last output."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csound_assistant.cli", "serve", *args, "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the server exited: {log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the server did not become healthy in 120 s")
+        time.sleep(0.2)
 
 # A CSD that plays, and two that Csound refuses (repair and --verify tests)
 GOOD = """<CsoundSynthesizer>

@@ -22,10 +22,8 @@ import pytest
 from csound_assistant.editors.continue_config import autocomplete_template, render_autocomplete
 from csound_assistant.prompt_format import stop_strings
 from csound_assistant.prompt_format import get_format
-from csound_assistant.runtime.server import create_app
-from csound_assistant.runtime.settings import Settings
 
-from runtime_helpers import running_server
+from runtime_helpers import embedded_server
 
 KEY = "compat-key"
 MODEL = "csound-assistant"
@@ -38,9 +36,7 @@ CHUNKS = [{"text": "opcode Gain, a, ak\n  xout ain * kgain\nendop\n",
 
 @pytest.fixture(scope="module")
 def server(embedded_gguf):
-    app = create_app(Settings(model_path=embedded_gguf, prompt_format="chatml", n_ctx=1024,
-                              n_threads=1, api_key=KEY))
-    with running_server(app, timeout=120) as url:
+    with embedded_server(embedded_gguf, api_key=KEY) as url:
         yield url
 
 

@@ -21,10 +21,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from csound_assistant.runtime.server import create_app
-from csound_assistant.runtime.settings import Settings
 
-from runtime_helpers import running_server
+from runtime_helpers import embedded_server
 
 # litellm fetches its model price list from the network on import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -44,9 +42,7 @@ SUFFIX = "\nendin\n</CsInstruments>\n"
 
 @pytest.fixture(scope="module")
 def server(embedded_gguf):
-    app = create_app(Settings(model_path=embedded_gguf, prompt_format="chatml", n_ctx=1024,
-                              n_threads=1, api_key=KEY))
-    with running_server(app, timeout=120) as url:
+    with embedded_server(embedded_gguf, api_key=KEY) as url:
         yield url
 
 

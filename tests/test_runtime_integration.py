@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import subprocess
-import sys
 import time
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 from csound_assistant.runtime.backend import LlamaBackend
 from csound_assistant.runtime.prompts import PromptBuilder
 
-from runtime_helpers import free_port
+from runtime_helpers import serve_process
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -30,28 +28,10 @@ CSOUND_PREFIX = "".join(
 
 @pytest.fixture(scope="module")
 def server(embedded_gguf, tmp_path_factory):
-    port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "csound_assistant.cli", "serve", str(embedded_gguf),
-         "--prompt-format", "chatml", "--port", str(port), "--n-ctx", "2048",
-         "--max-queue", "64", "--api-key", KEY, "--threads", "1", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"the server exited: {log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the server did not become healthy in 120 s")
-        time.sleep(0.2)
+    proc, url = serve_process(
+        [str(embedded_gguf), "--prompt-format", "chatml", "--n-ctx", "2048", "--max-queue", "64",
+         "--api-key", KEY, "--threads", "1", "--log-level", "warning"], log)
     yield url, proc
     proc.terminate()
     try:

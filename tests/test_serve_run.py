@@ -4,57 +4,29 @@ SmolLM2 GGUF)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
-import pytest
 from click.testing import CliRunner
 
 from csound_assistant.cli import main
 from csound_assistant.prompt_format import get_format
 
 from modelfiles_helpers import fake_export
-from runtime_helpers import free_port
-
-
-def serve(args: list[str], log_path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "csound_assistant.cli", "serve", *args, "--port", str(port),
-         "--n-ctx", "512", "--threads", "1", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"the server exited: {log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the server did not become healthy in 120 s")
-        time.sleep(0.2)
+from runtime_helpers import serve_process
 
 
 def test_serve_run_takes_the_packaged_gguf_and_trained_format(tmp_path, embedded_gguf):
     export = fake_export(tmp_path / "runs" / "r1" / "export", embedded_gguf,
                          record={"quant_types": ["Q8_0", "Q4_K_M"]})
     (export / "csound-assistant.Q8_0.gguf").symlink_to(embedded_gguf)
-    proc, url = serve(["--run", "r1", "--work-dir", str(tmp_path / "runs")],
-                      tmp_path / "server.log")
-    try:
-        show = httpx.post(f"{url}/api/show", json={"model": "csound-assistant"}, timeout=30)
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with open(tmp_path / "server.log", "w+") as log:
+        proc, url = serve_process(["--run", "r1", "--work-dir", str(tmp_path / "runs"),
+                                   "--n-ctx", "512", "--threads", "1", "--log-level", "warning"],
+                                  log)
+        try:
+            show = httpx.post(f"{url}/api/show", json={"model": "csound-assistant"}, timeout=30)
+        finally:
+            proc.terminate()
+            proc.wait(20)
     assert show.status_code == 200, show.text
     body = show.json()
     # the first quant type the export was asked for, in the export folder
