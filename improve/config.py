@@ -114,42 +114,13 @@ def _coerce(name: str, value, where: str):
     return value
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"self-training config {name_or_path!r} is neither a file nor a shipped "
-                      f"config ({names})")
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None
                 ) -> SelfTrainConfig:
-    """Defaults < YAML ``path`` < ``overrides`` (``["key=value", ...]``)."""
-    known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
-    values, problems = {}, []
+    """Defaults < YAML ``path`` (a file or a shipped config's name) < ``overrides``
+    (``["key=value", ...]``), read as the train config is."""
+    from csound_assistant.train.config import read_values, resolve_config_path
+
     if path is not None:
-        path = resolve_config_path(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
-        for key, value in loaded.items():
-            if key not in known:
-                problems.append(f"{path}: unknown key {key!r}")
-            else:
-                values[key] = _coerce(key, value, str(path))
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            problems.append(f"override {item!r}: write key=value")
-        elif key not in known:
-            problems.append(f"override: unknown key {key!r}")
-        else:
-            values[key] = _coerce(key, yaml.safe_load(text) if text.strip() else "", "override")
-    if problems:
-        raise ConfigError("\n".join(problems) + f"\nknown keys: {', '.join(sorted(known))}")
-    return SelfTrainConfig(**values)
+        path = resolve_config_path(path, CONFIG_DIR, "self-training config")
+    known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
+    return SelfTrainConfig(**read_values(path, overrides, known, _coerce))

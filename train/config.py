@@ -170,26 +170,27 @@ def _coerce(name: str, value, where: str):
         raise bad from None
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a shipped config (``cpu-smollm2``)."""
+def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR,
+                        what: str = "config") -> Path:
+    """A YAML path, or the name of a config shipped in ``config_dir`` (``cpu-smollm2``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    shipped = config_dir / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config ({names})")
+    names = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
+    raise ConfigError(f"{what} {name_or_path!r} is neither a file nor a shipped config ({names})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None
-                ) -> TrainConfig:
-    """Defaults < YAML file ``path`` < ``overrides`` (``["key=value", ...]`` or a dict)."""
+def read_values(path: Path | None, overrides: list[str] | dict | None, known: set[str],
+                coerce) -> dict:
+    """The values of a YAML file ``path`` then ``overrides`` (``["key=value", ...]`` or a
+    dict), each checked by ``coerce(key, value, where)``; every unknown key and bad override
+    is reported at once. Shared by the train and self-training configs."""
     values: dict = {}
-    known = set(field_help())
     problems = []
     if path is not None:
-        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -201,7 +202,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             if key not in known:
                 problems.append(f"{path}: unknown key {key!r}")
             else:
-                values[key] = _coerce(key, value, str(path))
+                values[key] = coerce(key, value, str(path))
     if isinstance(overrides, dict):
         overrides = [f"{k}={v}" if not isinstance(v, list) else (k, v)
                      for k, v in overrides.items()]
@@ -218,10 +219,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if key not in known:
             problems.append(f"override: unknown key {key!r}")
         else:
-            values[key] = _coerce(key, value, "override")
+            values[key] = coerce(key, value, "override")
     if problems:
         raise ConfigError("\n".join(problems) + f"\nknown keys: {', '.join(sorted(known))}")
-    return TrainConfig(**values)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None
+                ) -> TrainConfig:
+    """Defaults < YAML file ``path`` < ``overrides`` (``["key=value", ...]`` or a dict)."""
+    path = resolve_config_path(path) if path is not None else None
+    return TrainConfig(**read_values(path, overrides, set(field_help()), _coerce))
 
 
 def dump_config(cfg: TrainConfig) -> str:
