@@ -20,6 +20,7 @@ orchestra: then its candidates are compiled (not rendered) and the first that co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -53,6 +54,7 @@ class Verdict:
     passed: bool = False  # plays (chat) or compiles (FIM)
     errors: tuple[str, ...] = ()
     code: str | None = None
+    elapsed: float = 0.0  # seconds Csound itself ran in the sandbox
 
     def rank(self) -> tuple:
         """Higher is better: passed, then ran (compiled), then fewer errors, then judged."""
@@ -83,6 +85,7 @@ class Answer:
     repairs: int = 0
     spent: list[Result] = field(default_factory=list)  # every generation made for it
     first: Result | None = None  # the first candidate: what an unverified server returns
+    waited: dict[str, float] = field(default_factory=dict)  # seconds blocked on each phase
 
     def headers(self, *, repair: bool) -> dict:
         out = {"X-Csound-Repairs": str(self.repairs)} if repair else {}
@@ -116,14 +119,16 @@ def _render_verdict(code: str, timeout: float) -> Verdict:
     from csound_assistant import sandbox
 
     result = sandbox.render(code, seconds=RENDER_SECONDS, timeout=timeout)
-    return Verdict(result.category, result.audible, tuple(str(d) for d in result.errors), code)
+    return Verdict(result.category, result.audible, tuple(str(d) for d in result.errors), code,
+                   result.elapsed or 0.0)
 
 
 def _compile_verdict(code: str, timeout: float) -> Verdict:
     from csound_assistant import sandbox
 
     result = sandbox.check(code, timeout=timeout)
-    return Verdict(result.category, result.ok, tuple(str(d) for d in result.errors), code)
+    return Verdict(result.category, result.ok, tuple(str(d) for d in result.errors), code,
+                   result.elapsed or 0.0)
 
 
 def _bounded(fn, seconds: float):
@@ -144,6 +149,18 @@ class Verification:
         self.counts = svc.engine.metrics.counts
         self.spent: list[Result] = []
         self.sandbox_ok = True
+        self.started = time.monotonic()
+        # seconds this request spent blocked on each phase (decode, check, repair-*): where a
+        # verified answer's time goes, for bench/verify_latency.py and the logs
+        self.waited: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def blocked(self, phase: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.waited[phase] += time.monotonic() - start
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -171,6 +188,7 @@ class Verification:
             log.info("verification stopped: %s", exc)
             self.sandbox_ok = False
             return Verdict("unchecked", code=code)
+        self.waited["csound"] += verdict.elapsed  # inside "check": Csound's own run
         return verdict
 
     async def candidates(self, tokens, sampling: Sampling, n: int, judge, **kw):
@@ -193,7 +211,8 @@ class Verification:
                 if k > len(tasks):  # not started: the budget had no room for it
                     return
                 try:
-                    result = await tasks[k - 1]
+                    with self.blocked("decode"):
+                        result = await tasks[k - 1]
                 except (ApiError, PromptError):
                     if k == 1:
                         raise  # nothing to return: the request fails as an unverified one would
@@ -201,7 +220,9 @@ class Verification:
                 self.counts["verify_candidates"] += 1
                 if len(tasks) < n and self.generate_by - time.monotonic() > MIN_CHECK_S:
                     launch()
-                yield k, result, await judge(result.text)
+                with self.blocked("check"):
+                    verdict = await judge(result.text)
+                yield k, result, verdict
                 if self.left() < MIN_CHECK_S or not self.sandbox_ok:
                     return
         finally:
@@ -235,13 +256,16 @@ async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answe
             v.generate_by - time.monotonic() > MIN_CHECK_S:
         try:
             fix_tokens = svc.prompts.chat_tokens(todo.request())
-            result = await v.generate(fix_tokens, replace(sampling, seed=sampling_seed(sampling)))
+            with v.blocked("repair-decode"):
+                result = await v.generate(fix_tokens,
+                                          replace(sampling, seed=sampling_seed(sampling)))
         except (ApiError, PromptError) as exc:  # e.g. code + error exceed the context
             log.info("verification's repair skipped: %s", exc)
             break
         repairs += 1
         svc.engine.metrics.counts["repair_requests"] += 1
-        verdict = await judge(result.text)
+        with v.blocked("repair-check"):
+            verdict = await judge(result.text)
         if verdict.passed:
             return _done(v, result, "repair", "plays", first, repairs)
         seen.append((result, verdict))
@@ -275,7 +299,10 @@ async def verified_fim(svc, request, tokens, sampling: Sampling, prefix: str, su
 def _done(v: Verification, result: Result, path: str, verdict: str, first: Result | None,
           repairs: int = 0) -> Answer:
     v.counts["verified_" + path.replace("-", "_")] += 1
-    return Answer(result, path, verdict, repairs, list(v.spent), first)
+    waited = {**v.waited, "total": time.monotonic() - v.started}
+    log.debug("verified answer: %s after %s", path,
+              ", ".join(f"{k} {s:.2f} s" for k, s in waited.items()))
+    return Answer(result, path, verdict, repairs, list(v.spent), first, waited)
 
 
 async def pieces(answer: Answer, size: int = 48):
