@@ -22,6 +22,9 @@ DEFAULT_SYSTEM = (
 ROW_KINDS = ("chat", "instruction", "completion", "fim")
 
 Segment = tuple[str, bool]  # (text, trained)
+# What an editor's whole-file prefix starts with: Ollama's TEMPLATE takes a lone user turn that
+# starts so for a cursor at the end of the file (PromptFormat._ollama_template).
+OLLAMA_FILE_START = "<CsoundSynthesizer>"
 # llama.cpp's server, for a model without FIM_REP/FIM_SEP tokens (ours), puts each chunk of an
 # /infill request's ``input_extra`` after this separator, before the FIM prefix token.
 SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
@@ -120,10 +123,33 @@ class PromptFormat:
     def ollama_template(self) -> str:
         raise NotImplementedError
 
-    def _ollama_fim_branch(self) -> str:
-        """The opening of every Ollama TEMPLATE: FIM when a request carries a suffix."""
-        return ("{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
-                + "{{ .Suffix }}" + self.fim_middle + "\n{{- else }}")
+    def _ollama_template(self, chat: str) -> str:
+        """An Ollama TEMPLATE: FIM for a request with a suffix or for an editor's cursor at the
+        end of a file, else ``chat`` (the format's turns over ``.Messages``).
+
+        Ollama's ``/api/generate`` reads ``suffix`` into a plain string and sets ``.Suffix``
+        only when it is not empty, so a cursor at the end of a file (an empty suffix) arrives
+        as the chat values: the Modelfile's system message and one user message, the file.
+        A conversation of one user turn that is a CSD file is taken for that cursor."""
+        # `and` stops at its first false argument, so `slice` never runs past a short message
+        starts_as_file = (f"(ge (len .Content) {len(OLLAMA_FILE_START)}) (eq (slice .Content 0 "
+                          f"{len(OLLAMA_FILE_START)}) {_go_str(OLLAMA_FILE_START)})")
+        return (
+            "{{- if .Suffix }}" + self.fim_prefix + "{{ .Prompt }}" + self.fim_suffix
+            + "{{ .Suffix }}" + self.fim_middle + "\n"
+            "{{- else }}{{- $file := \"\" }}{{- $chat := false }}"
+            "{{- range .Messages }}"
+            "{{- if eq .Role \"system\" }}"
+            "{{- else if and (eq .Role \"user\") (not $file) (not $chat) " + starts_as_file +
+            " }}{{- $file = .Content }}"
+            "{{- else }}{{- $chat = true }}{{- end }}"
+            "{{- end }}"
+            "{{- if and $file (not $chat) }}" + self.fim_prefix + "{{ $file }}" + self.fim_suffix
+            + self.fim_middle + "\n"
+            # no trim before the first end: a chat template's last text may end in a newline
+            "{{- else }}" + chat + "{{ end }}"
+            "{{- end }}"
+        )
 
     def to_record(self) -> dict:
         return {**asdict(self), "stop": self.stop}
@@ -157,13 +183,11 @@ class ChatML(PromptFormat):
         )
 
     def ollama_template(self):
-        return (
-            self._ollama_fim_branch() +
+        return self._ollama_template(
             "{{- if ne (index .Messages 0).Role \"system\" }}<|im_start|>system\n{{ "
             + _go_str(self.system) + " }}<|im_end|>\n{{ end }}"
             "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
             "<|im_start|>assistant\n"
-            "{{ end }}"
         )
 
 
@@ -202,8 +226,7 @@ class Llama2Inst(PromptFormat):
         )
 
     def ollama_template(self):
-        return (
-            self._ollama_fim_branch() +
+        return self._ollama_template(
             "{{- $system := " + _go_str(self.system) + " }}{{- $first := true }}"
             "{{- range .Messages }}"
             "{{- if eq .Role \"system\" }}{{ $system = .Content }}"
@@ -212,7 +235,6 @@ class Llama2Inst(PromptFormat):
             "{{- $first = false }}"
             "{{- else }}" + self.bos + "[INST] {{ .Content }} [/INST]{{ end }}"
             "{{- else }} {{ .Content }} " + self.eos + "{{ end }}"
-            "{{- end }}"
             "{{- end }}"
         )
 

@@ -3,7 +3,8 @@
 The Modelfile points at the export stage's packaged GGUF (``Export.packaged_gguf``, the first
 quant type the export was asked for: ``FROM ./<name>.Q8_0.gguf``) or at a base plus the LoRA GGUF
 (``FROM <base>`` + ``ADAPTER ./<name>.lora.gguf``), carries the TEMPLATE from
-``PromptFormat.ollama_template()`` (with its ``{{ if .Suffix }}`` FIM branch), a ``PARAMETER
+``PromptFormat.ollama_template()`` (FIM for ``{{ if .Suffix }}`` and for a lone CSD file, the
+end-of-file cursor Ollama sends without a suffix: README.md), a ``PARAMETER
 stop`` for every end token and turn marker, and the training system prompt.
 ``tests/test_modelfiles_*.py`` parse the result the way ``ollama create`` does and render it with
 Go's text/template (``tests/gotemplate``) to prove it reproduces the training text.

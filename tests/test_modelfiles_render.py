@@ -126,6 +126,44 @@ def test_fim_renders_the_training_prompt(packaged, go, prefix, suffix):
     assert rendered == fmt.fim_prompt(prefix, suffix)
 
 
+FILE = ("<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\ninstr 1\n  aSig poscil 0.3, 440\n"
+        "  outs aSig, aSig\nendin\n</CsInstruments>\n<CsScore>\n")
+
+
+@pytest.mark.parametrize("request_shape", [
+    # Continue's Ollama provider at the end of a file: `suffix` present and empty; Ollama reads
+    # it into a plain string, so its template sees the chat values of a prompt without suffix.
+    {"generate": {"prompt": FILE, "suffix": ""}},
+    {"generate": {"prompt": FILE, "suffix": "", "system": "Be brief."}},
+    {"chat": {"messages": [{"role": "user", "content": FILE}]}},
+])
+def test_a_cursor_at_the_end_of_a_file_renders_the_training_fim_prompt(packaged, go,
+                                                                         request_shape):
+    fmt, commands, _ = packaged
+    row = {"prefix": FILE, "middle": "i 1 0 2\ne\n</CsScore>\n</CsoundSynthesizer>\n",
+           "suffix": ""}
+    rendered = _ollama(go, commands, **request_shape)
+    assert fmt.bos + rendered == _prompt_part(fmt, row)
+    assert rendered == fmt.fim_prompt(FILE, "")
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "Hi."}],  # shorter than the file marker: `slice` must not run
+    [{"role": "user", "content": "Complete this.\n\n" + FILE}],
+    [{"role": "user", "content": FILE}, {"role": "assistant", "content": CODE},
+     {"role": "user", "content": "Now in stereo."}],
+    [{"role": "user", "content": "Explain this."}, {"role": "assistant", "content": CODE},
+     {"role": "user", "content": FILE}],
+], ids=["short", "question-then-file", "file-then-chat", "chat-then-file"])
+def test_a_conversation_is_never_taken_for_a_file(packaged, go, messages):
+    fmt, commands, _ = packaged
+    assert fmt.bos + _ollama(go, commands, chat={"messages": messages}) \
+        == fmt.chat_prompt(messages)
+    if len(messages) == 1:  # /api/generate without suffix, as `ollama run` or a script sends
+        rendered = _ollama(go, commands, generate={"prompt": messages[0]["content"]})
+        assert fmt.bos + rendered == fmt.chat_prompt(messages)
+
+
 def test_template_alone_adds_the_default_system_turn(packaged, go):
     """Even without the Modelfile's SYSTEM (a derived model may drop it) the text matches."""
     fmt, commands, _ = packaged
