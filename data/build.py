@@ -10,6 +10,7 @@ them the same way; turn what survived into rows; confirm every code answer compi
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -23,8 +24,8 @@ from csound_assistant.manual import DEFAULT_MANUAL_DIR
 from csound_assistant.prompt_format import row_kind
 from csound_assistant.stage_records import Data
 
-from . import csdcode, minimal, patches, rows
-from .examples import Example, load_manual
+from . import csdcode, minimal, patches, rows, self_source
+from .examples import Example, load_manual, opcodes_used
 from .validate import CHARS_PER_TOKEN, row_text
 from .verify import PROVEN_BY_RENDER, Verifier
 
@@ -34,6 +35,9 @@ MAX_CODE_CHARS = 5000  # longer examples still count, but make no code-answer ro
 MAX_FIX_CHARS = 3500
 FIM_CUTS = 1  # FIM splits of each kind per example (data/rows.py fim_rows)
 FIXES_PER_EXAMPLE = 1  # kinds rotate over examples; 2 doubles the fix rows and the check time
+# Examples that read a sound file the user lacks become variants that make their own source
+# (data/self_source.py) where one plays: a demanding user expects answers that play (issue 24)
+SELF_SOURCE = True
 # Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
 KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "gui", "timeout"}
 # Render outcomes after which a syntax check decides whether the example compiled.
@@ -61,12 +65,13 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                   fim_kinds: tuple = rows.FIM_KINDS, fim_context_share: float = 0.0,
                   max_tokens: int | None = 2048,
                   strip_comments: bool = False, patch_count: int = patches.COUNT,
-                  progress: bool = False, log=print) -> dict:
+                  self_source: bool = SELF_SOURCE, progress: bool = False, log=print) -> dict:
     """Build ``out_dir/rows.jsonl`` + ``record.json``; return the record.
 
     ``limit`` keeps N manual examples spread over the manual (quick runs and tests);
-    ``strip_comments`` drops the examples' comments (shorter answers for small models). Verdicts
-    are cached by content (``cache_dir``), so a rebuild only re-checks what changed.
+    ``strip_comments`` drops the examples' comments (shorter answers for small models);
+    ``self_source`` puts self-sourcing variants in place of examples that read a sound file.
+    Verdicts are cached by content (``cache_dir``), so a rebuild only re-checks what changed.
     """
     t0, cpu0, load0 = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
     out_dir = Path(out_dir)
@@ -106,6 +111,8 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             counts["example_dropped"][category] += 1
         else:
             good.append((ex, _render_flags(r)))
+    if self_source:
+        good = _self_sourced(good, manual, verifier, counts)
     good, aliases = _dedupe_and_group(good, known, counts)
 
     # 2. orchestra fragments (the main instrument alone) and broken variants, verified
@@ -119,6 +126,11 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
                           fim_cuts, fim_kinds, fim_context_share)
     out_rows += _minimal_rows(manual, page_names, out_rows, verifier, counts, assets)
     out_rows += _patch_rows(patch_count, verifier, counts, assets)
+    sourced = {f"examples/{ex.path.name}": render["self_source"] for ex, render in good
+               if "self_source" in render}
+    for row in out_rows:  # every row made from a variant says what stands in for the file
+        if row["meta"].get("source") in sourced:
+            row["meta"]["self_source"] = sourced[row["meta"]["source"]]
 
     # 4. every code answer once more: it must compile, and carry its render flags
     answers = [(i, code) for i, row in enumerate(out_rows) for code in rows.code_answers(row)]
@@ -173,6 +185,7 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             manual_dir=str(manual.directory), limit=limit, strip_comments=strip_comments,
             workers=workers,
             fixes_per_example=fixes_per_example, fim_cuts=fim_cuts, max_tokens=max_tokens,
+            self_source=self_source,
             **({"fim_kinds": list(fim_kinds), "fim_context_share": fim_context_share}
                if (tuple(fim_kinds), fim_context_share) != (rows.FIM_KINDS, 0.0) else {}),
             patches={"candidates": patch_count, "seed": patches.SEED},
@@ -185,6 +198,44 @@ def build_dataset(out_dir: str | Path, *, manual_dir: str | Path = DEFAULT_MANUA
             license=LICENSE, attribution=ATTRIBUTION,
         )
     return record
+
+
+def _self_sourced(good, manual, verifier, counts) -> list[tuple[Example, dict]]:
+    """``good`` with each example that reads a sound file replaced by its self-sourcing variant
+    (``data/self_source.py``) where the variant renders cleanly and audibly *without* the
+    manual's files and the request does not ask for a file. Counted in ``counts["self_source"]``
+    by outcome, and in ``counts["self_source_plays"]`` by what was replaced."""
+    proposals: dict[int, self_source.Variant] = {}
+    for i, (ex, _) in enumerate(good):
+        if not self_source.reads_file(ex.code):
+            continue
+        try:
+            proposals[i] = self_source.variant(ex.code)
+        except self_source.NotConverted as exc:
+            counts["self_source"][f"not-converted:{exc.reason}"] += 1
+    # no assets: a variant that still reads a file fails here as it would for the user
+    renders = verifier.render([v.code for v in proposals.values()], RENDER_SECONDS,
+                              "self-sourcing variants")
+    out = list(good)
+    for (i, found), r in zip(proposals.items(), renders):
+        ex = good[i][0]
+        for what, n in found.replaced.items():
+            counts["self_source_tried"][what] += n
+        if r["category"] != "ok":
+            counts["self_source"][f"variant-{r['category']}"] += 1
+            continue
+        for what, n in found.replaced.items():
+            counts["self_source_plays"][what] += n
+        used = opcodes_used(found.code, manual.known)
+        page = manual.pages.get(ex.opcode or "")
+        if self_source.asks_for_file(ex.opcode, page.summary if page else "", used,
+                                     manual.known):
+            counts["self_source"]["original-kept:asks-for-a-file"] += 1
+            continue
+        counts["self_source"]["replaced"] += 1
+        out[i] = (dataclasses.replace(ex, code=found.code, opcodes=used),
+                  _render_flags(r) | {"self_source": found.description})
+    return out
 
 
 def _dedupe_and_group(good, known, counts) -> tuple[list, dict[str, str]]:

@@ -60,11 +60,17 @@ def cli():
               help="Patches to draw (a source, envelope, filter and effect in one short "
                    "instrument, asked for in words); the ones Csound plays cleanly become rows. "
                    "0 for none.")
+@click.option("--self-source/--no-self-source", default=True, show_default=True,
+              help="Put, in place of an example that reads a sound file (fox.wav, beats.wav, "
+                   "a GEN01 table), a variant that makes its own source, where that variant "
+                   "plays without the file; the original stays where the request asks for a "
+                   "file (the pipeline's data key `self_source`).")
 @work_dir_option
 @run_option
 @force_option
 def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_example, fim_cuts,
-          fim_kinds, fim_context_share, max_tokens, strip_comments, patch_count, work_dir, run, force):
+          fim_kinds, fim_context_share, max_tokens, strip_comments, patch_count, self_source,
+          work_dir, run, force):
     """Build a Csound-verified training set from the installed manual: instruction, chat,
     completion, fill-in-the-middle and fix-the-bug rows, every code answer checked and rendered
     by Csound in the sandbox. Writes rows.jsonl and record.json (counts by reason).
@@ -87,7 +93,7 @@ def build(out_dir, manual_dir, limit, workers, cache_dir, no_cache, fixes_per_ex
                                fim_context_share=fim_context_share,
                                strip_comments=strip_comments,
                                max_tokens=max_tokens or None, patch_count=patch_count,
-                               progress=True,
+                               self_source=self_source, progress=True,
                                log=lambda m: click.echo(m, err=True))
     click.echo(summary(record))
     click.echo(f"rows written to {out_dir / record['rows_file']}")
@@ -104,7 +110,7 @@ def summary(record: dict) -> str:
              f"{record['load_average']['start']} -> {record['load_average']['end']} on "
              f"{record['load_average']['cores']} cores)",
              "examples: " + ", ".join(f"{k} {v}" for k, v in record["examples"].items())]
-    for key in ("example_render", "example_dropped", "fix_verified",
+    for key in ("example_render", "example_dropped", "self_source", "fix_verified",
                 "fix_rejected_still_compiles", "fragment", "row_dropped"):
         if record["counts"].get(key):
             lines.append(f"{key}: " + _counts(record["counts"][key]))

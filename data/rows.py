@@ -164,6 +164,10 @@ def _others(example: Example, skip: set[str], n: int = 2) -> list[str]:
 def after_note(example: Example, render: dict | None) -> str:
     """One sentence after the code: how to run it, or what it needs."""
     category = (render or {}).get("category", "ok")
+    if source := (render or {}).get("self_source"):  # data/self_source.py: needs no file
+        files = " or ".join(f"`{f}`" for f in source["replaces"])
+        return (f"Instead of reading {files}, it makes its own source ({source['with']}), so it "
+                "plays without any sound file.")
     files = re.findall(r'"([^"/]+\.(?:wav|aif|aiff|mp3|ogg|flac|sf2|mid|txt|pvx|ats|het|lpc))"',
                        example.code, flags=re.I)
     if files:
