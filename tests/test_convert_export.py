@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from convert_helpers import make_adapter
+from convert_helpers import TARGETS as TARGET_NAMES, make_adapter
 from csound_assistant import constants as C
 from csound_assistant.convert import gate as gate_mod
 from csound_assistant.convert.export import export, push
@@ -180,6 +180,77 @@ def test_adapter_problems_are_reported_together(tmp_path):
         assert problem in message
     with pytest.raises(ArtifactError, match="not found"):
         resolve_adapter(tmp_path / "missing")
+
+
+# --- merge of a bf16 base -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bf16_adapter(tiny_model_dir, tmp_path_factory):
+    """A bf16 copy of the tiny base and an adapter whose B is large enough that merging in bf16
+    moves the logits by more than 3% of the largest (what refused the random 7B's merge)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path_factory.mktemp("bf16-run")
+    base = run / "base"
+    shutil.copytree(tiny_model_dir, base)
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(base)
+    assert json.loads((base / "config.json").read_text())["dtype"] == "bfloat16"
+    return make_adapter(base, run / "adapter", b_std=0.5)
+
+
+def test_merge_of_a_bf16_base_is_checked_in_float32_and_saved_rounded_once(bf16_adapter):
+    import torch
+    from safetensors.torch import load_file
+
+    merged = merge(bf16_adapter, bf16_adapter.parent / "merged", **QUIET)
+    check = json.loads((merged / "record.json").read_text())["logits_check"]
+    assert check["compared_in"] == "float32"
+    assert check["max_abs_diff_merged_vs_adapter"] <= check["tolerance"]
+    # bf16 alone moves the logits by more than the old 3%-of-the-largest tolerance allowed.
+    assert check["max_abs_diff_bfloat16_vs_float32"] > 0.03 * check["largest_logit"]
+    assert check["weights_read_back"] > 0
+    # Weight level, from the files alone: merged W = bf16(W + (alpha/r) B @ A) within bf16's
+    # rounding, for every adapted module, and every other weight is the base's, bit for bit.
+    base = load_file(bf16_adapter.parent / "base" / "model.safetensors")
+    lora = load_file(bf16_adapter / "adapter_model.safetensors")
+    config = json.loads((bf16_adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    out = load_file(merged / "model.safetensors")
+    adapted = {k.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+               for k in lora if k.endswith(".lora_A.weight")}
+    assert len(adapted) == 2 * len(TARGET_NAMES)
+    for name, weight in base.items():
+        module = name.removesuffix(".weight")
+        assert out[name].dtype == torch.bfloat16
+        if module not in adapted:
+            assert torch.equal(out[name], weight), name
+            continue
+        a = lora[f"base_model.model.{module}.lora_A.weight"].float()
+        b = lora[f"base_model.model.{module}.lora_B.weight"].float()
+        expected = weight.float() + scale * (b @ a)
+        torch.testing.assert_close(out[name].float(), expected, rtol=2**-8, atol=1e-6, msg=name)
+        assert (out[name].float() - weight.float()).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("fault", ["scale 5% high", "one module left out"])
+def test_merge_refuses_a_wrong_merge_of_a_bf16_base(bf16_adapter, tmp_path, monkeypatch, fault):
+    """A merge bug the bf16 check's 3% tolerance could hide is refused in float32."""
+    from peft.tuners.lora.layer import Linear
+
+    real = Linear.get_delta_weight
+    calls = []
+
+    def faulty(self, adapter):
+        calls.append(self)
+        delta = real(self, adapter)
+        if fault == "scale 5% high":
+            return 1.05 * delta
+        return delta * 0 if len(calls) == 1 else delta
+
+    monkeypatch.setattr(Linear, "get_delta_weight", faulty)
+    with pytest.raises(ExportError, match="(?s)in float32.*not folded in.*nothing written"):
+        merge(bf16_adapter, tmp_path / "merged", **QUIET)
+    assert calls and not (tmp_path / "merged").exists()
 
 
 # --- convert, LoRA, quantize ---------------------------------------------------------------------
