@@ -4,7 +4,8 @@ subprocesses with the project's Python, then the prompt format written into the 
 ``convert_hf_to_gguf.py`` turns the merged HF folder into an F16 GGUF; ``convert_lora_to_gguf.py``
 turns the peft adapter into a GGUF LoRA (for Ollama ``ADAPTER`` and llama-cpp-python
 ``lora_path``). The chat template, stop tokens, pad and FIM token ids, name, base model, dataset
-and licence are then written with gguf-py (a metadata-only copy of the file) and read back to
+and licence, and the manual's opcode table for the Csound-aware decoder (so that it travels with
+the model) are then written with gguf-py (a metadata-only copy of the file) and read back to
 check. Every output appears under its final name only when complete.
 """
 
@@ -18,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from csound_assistant import constants as C
-from csound_assistant.errors import ExportError
+from csound_assistant.errors import ConfigError, DataError, ExportError
+from csound_assistant.opcode_table import OpcodeTable
 from csound_assistant.prompt_format import PromptFormat
 
 from .llama_cpp_tools import LlamaCppTools, find
@@ -89,6 +91,10 @@ def convert(merged_dir: str | Path, gguf_path: str | Path, *, prompt_format: Pro
         finally:
             raw.unlink(missing_ok=True)
         verify_metadata(tmp, prompt_format, metadata)
+    table, why_not = opcode_table()
+    if table is None:
+        log(f"convert: no opcode table written into {gguf_path.name} ({why_not}); the server "
+            "will use the manual installed where it runs, or decode plain without one")
     return gguf_path
 
 
@@ -180,6 +186,14 @@ def general_values(metadata: dict) -> dict:
     return out
 
 
+def opcode_table() -> tuple[str | None, str]:
+    """(the manual's opcode table as the GGUF value, '') or (None, why there is none)."""
+    try:
+        return OpcodeTable.from_manual().to_gguf(), ""
+    except (DataError, ConfigError) as exc:
+        return None, str(exc)
+
+
 def metadata_values(tokens: list[str], fmt: PromptFormat, metadata: dict) -> dict:
     """key -> (value, GGUFValueType) for everything ``export`` writes into a model GGUF."""
     from gguf import GGUFValueType as T
@@ -190,6 +204,9 @@ def metadata_values(tokens: list[str], fmt: PromptFormat, metadata: dict) -> dic
         out[C.GGUF_OPCODE_REFERENCE] = (True, T.BOOL)
     if fmt.fim_reference:
         out[C.GGUF_FIM_REFERENCE] = (True, T.BOOL)
+    table, _ = opcode_table()
+    if table is not None:  # the decoder's opcodes: those of the manual the model learned from
+        out[C.GGUF_OPCODE_TABLE] = (table, T.STRING)
     return {**out, **general_values(metadata)}
 
 

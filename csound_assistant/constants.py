@@ -59,6 +59,8 @@ GGUF_ARCHITECTURE = "general.architecture"
 # Ours: the model was trained with manual synopses added to requests (opcode_reference.py).
 GGUF_OPCODE_REFERENCE = "csound_assistant.opcode_reference"
 GGUF_FIM_REFERENCE = "csound_assistant.fim_reference"  # the same, as comments before FIM prefixes
+# The manual's opcode shapes for the Csound-aware decoder (opcode_table.py, OpcodeTable.to_gguf).
+GGUF_OPCODE_TABLE = "csound_assistant.opcode_table"
 
 # Ollama Modelfile directives.
 MODELFILE_FROM = "FROM"

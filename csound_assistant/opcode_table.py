@@ -8,15 +8,26 @@ function form ``NAME(x)``. Bracketed items are optional, ``...`` makes a list op
 is the first letter of a name after an optional ``g`` (``gir``: i); ``x`` and letters that are
 no rate (``tab``) accept any. Only what the synopsis says surely is kept: where a line cannot be
 read it allows everything.
+
+The table travels with the model: ``export`` writes it into the GGUF (``to_gguf``, key
+``csound_assistant.opcode_table``) and the server reads it from there (``model_table``), so the
+decoder knows the opcodes of the manual the model was trained from on a machine without one.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import functools
+import gzip
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
+
+from .constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_TABLE
+from .errors import ConfigError, DataError
 
 RATES = frozenset("aikSfw")
 # Rate conversion functions and operators-as-functions that have no synopsis of their own.
@@ -113,7 +124,16 @@ class OpcodeTable:
                     forms[key].append(ANY)
                 else:
                     forms.setdefault(parsed[0], []).append(parsed[1])
-        self.forms = {name: tuple(f) or (ANY,) for name, f in forms.items()}
+        self._index({name: tuple(f) or (ANY,) for name, f in forms.items()})
+
+    @classmethod
+    def from_forms(cls, forms: dict[str, tuple[Form, ...]]) -> OpcodeTable:
+        table = cls.__new__(cls)
+        table._index(forms)
+        return table
+
+    def _index(self, forms: dict[str, tuple[Form, ...]]) -> None:
+        self.forms = forms
         self.names = sorted(self.forms)
         self.functions = frozenset(self.forms) | EXTRA_FUNCTIONS
         # Opcodes a statement may start with although their name looks like a variable
@@ -123,7 +143,38 @@ class OpcodeTable:
 
     @classmethod
     def from_manual(cls) -> OpcodeTable:
-        return _manual_table()
+        """The installed manual's table (or the saved synopses ENV_OPCODE_REFERENCE names);
+        DataError or ConfigError when there is neither."""
+        return _manual_table(os.environ.get(ENV_OPCODE_REFERENCE))
+
+    # --- in a GGUF: one string, gzipped compact JSON in base64 ---------------------------------
+    def to_gguf(self) -> str:
+        """``{"version": 1, "forms": {name: [[out_min, out_max, out_rates, arg_min, arg_max],
+        ...]}}`` with -1 for "no limit", gzipped and base64-encoded (about 11 kB)."""
+        rows = {name: [[f.out_min, _count(f.out_max), "".join(f.out_rates), f.arg_min,
+                        _count(f.arg_max)] for f in forms]
+                for name, forms in sorted(self.forms.items())}
+        blob = json.dumps({"version": TABLE_VERSION, "forms": rows}, separators=(",", ":"))
+        return base64.b64encode(gzip.compress(blob.encode(), mtime=0)).decode("ascii")
+
+    @classmethod
+    def from_gguf(cls, value: str) -> OpcodeTable:
+        """The table ``to_gguf`` wrote; ValueError when ``value`` is not one."""
+        try:
+            data = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
+            if data.get("version") != TABLE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, this reader knows "
+                                 f"{TABLE_VERSION}")
+            forms = {str(name): tuple(Form(int(o0), _limit(o1), tuple(rates), int(a0),
+                                           _limit(a1))
+                                      for o0, o1, rates, a0, a1 in rows)
+                     for name, rows in data["forms"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError) as exc:
+            raise ValueError(f"not an opcode table written by OpcodeTable.to_gguf: {exc}") \
+                from None
+        if not forms or not all(forms.values()):
+            raise ValueError("not an opcode table written by OpcodeTable.to_gguf: no opcodes")
+        return cls.from_forms(forms)
 
     def __contains__(self, name: str) -> bool:
         return name in self.forms
@@ -147,8 +198,48 @@ class OpcodeTable:
         return i < len(names) and names[i].startswith(prefix)
 
 
-@functools.lru_cache(maxsize=1)
-def _manual_table() -> OpcodeTable:
+TABLE_VERSION = 1
+
+
+def _count(bound: float) -> int:
+    return -1 if bound == math.inf else int(bound)
+
+
+def _limit(value) -> float:
+    return math.inf if value == -1 else int(value)
+
+
+@functools.lru_cache(maxsize=2)
+def _manual_table(saved: str | None) -> OpcodeTable:  # keyed by the saved file in use
     from csound_assistant.opcode_reference import OpcodeReference
 
     return OpcodeTable(OpcodeReference.from_manual().synopses)
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    """The table a model's decoder uses: ``source`` "gguf" (the model's own), "manual" (the
+    installed one) or None (neither: decode plain); ``note`` says why not the GGUF's."""
+
+    table: OpcodeTable | None
+    source: str | None
+    note: str = ""
+
+
+def model_table(gguf_metadata: dict) -> TableChoice:
+    """The GGUF's table (key GGUF_OPCODE_TABLE, written by ``export``), else the installed
+    manual's, else none; never raises."""
+    value = gguf_metadata.get(GGUF_OPCODE_TABLE)
+    note = ""
+    if value:
+        try:
+            return TableChoice(OpcodeTable.from_gguf(value), "gguf")
+        except ValueError as exc:
+            note = f"the GGUF's {GGUF_OPCODE_TABLE} cannot be read ({exc}); "
+    else:
+        note = f"the GGUF has no {GGUF_OPCODE_TABLE} (a re-export writes it); "
+    try:
+        return TableChoice(OpcodeTable.from_manual(), "manual",
+                           note + "using the installed manual's")
+    except (DataError, ConfigError) as exc:
+        return TableChoice(None, None, note + f"no manual either: {exc}")
