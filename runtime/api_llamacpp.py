@@ -34,6 +34,7 @@ from .api_openai import SSE_HEADERS, sse
 from .backend import Sampling
 from .engine import Result
 from .fim_trim import trim_middle, trimmed
+from .headers import csound_headers
 from .validation import ApiError, Fields, read_json
 
 MAX_RESPONSE_FIELDS = 64
@@ -272,7 +273,8 @@ async def _respond(request, svc, tokens, opts: Options, truncated, record_prompt
     kw = {"truncated": truncated, "clear_cache": not opts.cache_prompt}
     if opts.warm:  # the prompt is read into the prefix cache; the sampled token is dropped
         result = await svc.complete(request, tokens, opts.sampling, **kw)
-        return JSONResponse(_select(_final(svc, result, opts, "", None), opts.fields))
+        return JSONResponse(_select(_final(svc, result, opts, "", None), opts.fields),
+                            headers=csound_headers(svc))
     if not opts.stream:
         # Submitted together: with --parallel they decode in one batch, else one by one.
         tasks = [asyncio.create_task(_one(
@@ -287,10 +289,11 @@ async def _respond(request, svc, tokens, opts: Options, truncated, record_prompt
             raise
         bodies = [_select(body, opts.fields) for body in bodies]
         if len(bodies) > 1:
-            return JSONResponse(bodies)
+            return JSONResponse(bodies, headers=csound_headers(svc))
         completion_id = bodies[0].get("completion_id")
-        return JSONResponse(bodies[0],
-                            headers={"X-Completion-Id": completion_id} if completion_id else {})
+        return JSONResponse(bodies[0], headers={
+            **({"X-Completion-Id": completion_id} if completion_id else {}),
+            **csound_headers(svc)})
     job = await svc.start_job(request, tokens, opts.sampling, **kw)
 
     async def events():
@@ -306,7 +309,8 @@ async def _respond(request, svc, tokens, opts: Options, truncated, record_prompt
         yield sse(_select(_final(svc, pieces.result, opts, "", completion_id,
                                  timed_out=pieces.timed_out), opts.fields))
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **csound_headers(svc)})
 
 
 routes = [

@@ -21,6 +21,7 @@ from csound_assistant.constants import GGUF_FILE_TYPES
 from . import verify
 from .engine import Result
 from .fim_trim import trim_middle, trimmed
+from .headers import csound_headers
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -174,7 +175,7 @@ async def _respond(request, svc, tokens, sampling, stream, truncated, head, reco
     elif fim and svc.settings.verify:  # a FIM middle, compiled when the file is whole
         answer = await svc.complete_fim_checked(request, tokens, sampling, *fim,
                                                 truncated=truncated)
-    headers = svc.answer_headers(answer) if answer else {}
+    headers = csound_headers(svc, answer)
     verified = {"csound_verified": answer.path} if answer and answer.path else {}
     if not stream:
         result = answer.result if answer else \

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from . import verify
 from .engine import Result
 from .fim_trim import trim_middle, trimmed
+from .headers import csound_headers
 from .prompts import normalize_messages
 from .validation import ApiError, Fields, read_json
 
@@ -84,7 +85,7 @@ async def chat_completions(request: Request):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                          "logprobs": None, "finish_reason": FINISH[result.finish_reason]}],
             "usage": usage(result), **_cid(completion_id)},
-            headers={**_hdr(completion_id), **svc.answer_headers(answer)})
+            headers={**_hdr(completion_id), **csound_headers(svc, answer)})
     # --verify: the answer is checked first, then streamed
     answer = await svc.complete_checked(request, tokens, sampling) if svc.settings.verify \
         else None
@@ -110,11 +111,7 @@ async def chat_completions(request: Request):
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, **_verified(svc, answer)})
-
-
-def _verified(svc, answer) -> dict:
-    return svc.answer_headers(answer) if answer else {}
+                             headers={**SSE_HEADERS, **csound_headers(svc, answer)})
 
 
 async def completions(request: Request):
@@ -153,7 +150,7 @@ async def completions(request: Request):
             **head, "choices": [{"text": lead + text, "index": 0, "logprobs": None,
                                  "finish_reason": FINISH[result.finish_reason]}],
             "usage": usage(result), **_cid(completion_id)},
-            headers={**_hdr(completion_id), **_verified(svc, answer)})
+            headers={**_hdr(completion_id), **csound_headers(svc, answer)})
     job = None if answer else await svc.start_job(request, tokens, sampling, truncated=truncated)
 
     async def events():
@@ -176,7 +173,7 @@ async def completions(request: Request):
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, **_verified(svc, answer)})
+                             headers={**SSE_HEADERS, **csound_headers(svc, answer)})
 
 
 def _ident(prefix: str) -> str:

@@ -27,8 +27,10 @@ from csound_assistant.errors import IsolationUnavailable, SandboxRefused
 
 from .backend import Sampling
 from .checks import CheckGate, CheckTimeout, default_timeout
+from .decoder_setup import settle
 from .engine import Engine, QueueFull, QueueTimeout, Result
 from .guard import BodyTooLarge, GuardMiddleware, HostPolicy, OriginPolicy, SafetyMiddleware
+from .headers import EXPOSED, csound_headers
 from .prompts import PromptBuilder, PromptError
 from .settings import Settings
 from .validation import ApiError, Fields, error_response, read_json, sampling_from
@@ -56,6 +58,7 @@ class Service:
                                  request_timeout=settings.request_timeout)
         self.checks = CheckGate(workers=settings.check_workers, max_queue=settings.max_queue,
                                 request_timeout=settings.request_timeout)
+        self.decoder = settle(backend)  # which decoder runs, and why (/health)
         self._feedback_pool = None
         self.feedback = None
         self.started = time.time()
@@ -241,6 +244,7 @@ async def health(request: Request):
         "busy": svc.engine.busy, "max_queue": svc.settings.max_queue,
         "retry_after_s": svc.engine.retry_after(), "checks": svc.checks.describe(),
         "opcode_reference": svc.prompts.lookups.describe(), "lookups": svc.prompts.lookups.names,
+        "decoder": svc.decoder.describe(),
         **svc.engine.metrics.summary(),
     })
 
@@ -277,7 +281,7 @@ async def complete(request: Request):
     body = {"completion": result.text}
     if completion_id:
         body["completion_id"] = completion_id
-    return JSONResponse(body, headers=_id_header(completion_id))
+    return JSONResponse(body, headers={**_id_header(completion_id), **csound_headers(svc)})
 
 
 def _id_header(completion_id):
@@ -374,19 +378,16 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
     async def lifespan(app):
         owned = holder["service"] is None
         if owned:
-            from .backend import LlamaBackend
+            from .decoder_setup import load_backend
 
-            loaded = await run_in_threadpool(
-                LlamaBackend, settings.model_path, lora_path=settings.lora_path,
-                n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                n_gpu_layers=settings.n_gpu_layers, cache_slots=settings.cache_slots,
-                parallel=settings.parallel, decoder=settings.decoder)
+            loaded = await run_in_threadpool(load_backend, settings)
             holder["service"] = Service(settings, loaded)
         service = holder["service"]
         app.state.service = service
         service.start()
-        log.info("serving %s as %r (chat template: %s, FIM: %s)", settings.model_path,
-                 settings.model_name, service.prompts.template_source, service.prompts.fim_source)
+        log.info("serving %s as %r (chat template: %s, FIM: %s, decoder: %s)",
+                 settings.model_path, settings.model_name, service.prompts.template_source,
+                 service.prompts.fim_source, service.decoder.active)
         try:
             yield
         finally:
@@ -442,8 +443,7 @@ def create_app(settings: Settings | None = None, backend=None) -> Starlette:
                            allow_origin_regex=origins.cors_regex(),
                            allow_methods=["GET", "POST"], max_age=600,
                            allow_headers=["Authorization", "Content-Type", "x-api-key"],
-                           expose_headers=["Retry-After", "X-Csound-Repairs", "X-Csound-Verified",
-                                           "X-Csound-Verdict", "X-Csound-Decoder"])
+                           expose_headers=EXPOSED)
     app.add_middleware(GuardMiddleware, origins=origins, port=settings.port,
                        hosts=HostPolicy.from_settings(settings.allowed_host_list(),
                                                       settings.host))
