@@ -38,6 +38,7 @@ FIXES_PER_EXAMPLE = 1  # kinds rotate over examples; 2 doubles the fix rows and 
 # Examples that read a sound file the user lacks become variants that make their own source
 # (data/self_source.py) where one plays: a demanding user expects answers that play (issue 24)
 SELF_SOURCE = True
+QUIETER = 0.25  # the level of a second try at a variant that clipped
 # Render outcomes that keep a compiling example (flagged in meta.render); others drop it.
 KEEP_RENDER = {"ok", "silent", "clipping", "needs-input-file", "realtime", "gui", "timeout"}
 # Render outcomes after which a syntax check decides whether the example compiled.
@@ -214,11 +215,19 @@ def _self_sourced(good, manual, verifier, counts) -> list[tuple[Example, dict]]:
         except self_source.NotConverted as exc:
             counts["self_source"][f"not-converted:{exc.reason}"] += 1
     # no assets: a variant that still reads a file fails here as it would for the user
-    renders = verifier.render([v.code for v in proposals.values()], RENDER_SECONDS,
-                              "self-sourcing variants")
+    renders = dict(zip(proposals, verifier.render([v.code for v in proposals.values()],
+                                                  RENDER_SECONDS, "self-sourcing variants")))
+    quieter = {i: self_source.variant(good[i][0].code, QUIETER) for i, r in renders.items()
+               if r["category"] == "clipping"}  # a steady source can be louder than the file
+    again = verifier.render([v.code for v in quieter.values()], RENDER_SECONDS,
+                            "quieter self-sourcing variants")
+    for (i, found), r in zip(quieter.items(), again):
+        if r["category"] == "ok":
+            proposals[i], renders[i] = found, r
+            counts["self_source"]["quieter-try-plays"] += 1
     out = list(good)
-    for (i, found), r in zip(proposals.items(), renders):
-        ex = good[i][0]
+    for i, found in proposals.items():
+        ex, r = good[i][0], renders[i]
         for what, n in found.replaced.items():
             counts["self_source_tried"][what] += n
         if r["category"] != "ok":

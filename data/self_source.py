@@ -39,27 +39,29 @@ _NAME = r"[A-Za-z_]\w*"
 
 @dataclass(frozen=True)
 class Source:
-    """A sound made in place of a file: set-up lines, the call whose output replaces the file's,
-    and the fields of a table holding the same kind of sound (``{n}``: partial numbers)."""
+    """A sound made in place of a file: set-up lines and the call whose output replaces the
+    file's; and a table of the same kind of sound: GEN09 partials (harmonic number, amplitude),
+    or GEN21 noise where there are none. Tables are not normalised (negative GEN numbers) and
+    peak near 0.5: GEN01's normalised tables peak at 1, and a steady sound has more energy."""
 
     describe: str
     setup: tuple[str, ...]
     opcode: str
     args: str  # ``{amp}``: the file's level in the orchestra's 0dbfs
-    table: str
+    partials: tuple[tuple[int, float], ...]
     table_describe: str
 
 
 SOURCES = {
     "drums": Source("noise bursts, four a second", ("kBurst lfo 1, 4, 5",),
-                    "noise", "{amp}*kBurst, 0", "-21, 3, 0.5", "a table of noise"),
+                    "noise", "{amp}*kBurst, 0", (), "a table of noise"),
     "plucked": Source("a plucked string", (), "pluck", f"{{amp}}, {PITCH:g}, {PITCH:g}, 0, 1",
-                      "-9, {n}, 0.3, 0, {n2}, 0.12, 0, {n3}, 0.06, 0",
-                      f"a table holding a {PITCH:g} Hz tone"),
+                      ((1, 0.3), (2, 0.12), (3, 0.06)), f"a table holding a {PITCH:g} Hz tone"),
     "tone": Source("a sawtooth", (), "vco2", f"{{amp}}, {PITCH:g}",
-                   "-9, {n}, 0.24, 0, {n2}, 0.12, 0, {n3}, 0.08, 0, {n4}, 0.06, 0",
+                   ((1, 0.24), (2, 0.12), (3, 0.08), (4, 0.06)),
                    f"a table holding a {PITCH:g} Hz tone"),
 }
+NOISE_LEVEL = 0.5
 _KINDS = (("drums", ("beat", "drum", "kick", "jungle", "loop", "break", "perc")),
           ("plucked", ("pluk", "pluck", "marimba", "guitar", "harp", "piano", "mandolin")))
 
@@ -110,14 +112,15 @@ def _code_only(code: str) -> str:
     return "\n".join(code_part(line) for line in code.split("\n"))
 
 
-def variant(code: str) -> Variant:
+def variant(code: str, scale: float = 1.0) -> Variant:
     """The self-sourcing version of ``code``; raises ``NotConverted`` when a file read remains
-    that this module cannot replace (a name from the score or a UDO argument, an analysis file)."""
+    that this module cannot replace (a name from the score or a UDO argument, an analysis file).
+    ``scale`` multiplies the level of every source (a quieter try where the first one clips)."""
     if not reads_file(code):
         raise NotConverted("reads-no-file")
     if DATA_FILE.search(SOUND_FILE.sub('""', _code_only(code))):
         raise NotConverted("reads-an-analysis-or-data-file")
-    edit = _Edit(code)
+    edit = _Edit(code, scale)
     lines = code.split("\n")
     out: list[str] = []
     section = ""
@@ -142,7 +145,8 @@ class _Edit:
     """The state of one conversion: the orchestra's level and rate, the string variables that
     name files, and what has been replaced so far."""
 
-    def __init__(self, code: str):
+    def __init__(self, code: str, scale: float = 1.0):
+        self.scale = scale
         orc = _code_only(code)
         level = re.search(r"^\s*0dbfs\s*=\s*([\d.]+)", orc, re.M)
         rate = re.search(r"^\s*sr\s*=\s*([\d.]+)", orc, re.M)
@@ -165,7 +169,7 @@ class _Edit:
         return self.strings.get(arg)
 
     def amp(self) -> str:
-        amp = LEVEL * self.level
+        amp = LEVEL * self.scale * self.level
         return f"{amp:g}" if self.level == 1 else f"{round(amp)}"
 
     def _count(self, what: str, file: str, source: str | None = None) -> None:
@@ -242,14 +246,20 @@ class _Edit:
         if file is None:
             return m.group(0)
         size = _size(args[2])
-        new = args[:2] + [size, self._table(file, size)]
+        new = args[:2] + [size, self._table(file, size, raw=args[GEN01_ARG].strip() == "-1")]
         self._count("GEN01", file, SOURCES[source_for(file)].table_describe)
         return f"{m.group(1)}{opener}{', '.join(new)}{close}"
 
-    def _table(self, file: str, size: str) -> str:
+    def _table(self, file: str, size: str, raw: bool) -> str:
+        """GEN and arguments of a table in place of GEN01's; ``raw`` (GEN -1): the file's
+        samples are not normalised, so they are in the orchestra's 0dbfs."""
+        scale = self.scale * (self.level if raw else 1.0)
+        src = SOURCES[source_for(file)]
+        if not src.partials:
+            return f"-21, 3, {NOISE_LEVEL * scale:.4g}"
         samples = int(float(size)) if _number(size) else TABLE_SIZE
-        n = max(1, round(PITCH * samples / self.rate))  # partial n sounds at PITCH Hz
-        return SOURCES[source_for(file)].table.format(n=n, n2=2 * n, n3=3 * n, n4=4 * n)
+        n = max(1, round(PITCH * samples / self.rate))  # harmonic 1 sounds at PITCH Hz
+        return "-9, " + ", ".join(f"{k * n}, {amp * scale:.4g}, 0" for k, amp in src.partials)
 
     def score_line(self, line: str) -> str:
         line = self._drop_comment(line)
@@ -259,7 +269,7 @@ class _Edit:
             return line
         size = _size(m.group(2))
         self._count("GEN01", m.group(4), SOURCES[source_for(m.group(4))].table_describe)
-        fields = self._table(m.group(4), size).replace(",", "")
+        fields = self._table(m.group(4), size, raw=m.group(3) == "-1").replace(",", "")
         return f"{m.group(1)}{size} {fields}" + line[len(code):]
 
     def finish(self, text: str) -> str:

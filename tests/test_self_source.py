@@ -83,6 +83,11 @@ i 1 0 1
     assert "f 2 0 65536 -9 327 0.3 0 654 0.12 0 981 0.06 0" in found.code  # a plucked sound
     assert "ftlen(1)" in found.code and "nsamp" not in found.code
     assert found.replaced == {"GEN01": 3}
+    # GEN -1 keeps the file's samples in the orchestra's 0dbfs (32768 by default); GEN 1
+    # normalises them: the generated tables follow, and a quieter try scales both
+    quiet = self_source.variant(code.replace("0dbfs = 1\n", ""), scale=0.25).code
+    assert "gitab ftgen 0, 0, 131072, -21, 3, 4096" in quiet
+    assert "f 1 0 131072 -9 654 0.06 0 1308 0.03 0 1962 0.02 0 2616 0.015 0" in quiet
 
 
 @pytest.mark.parametrize("code, reason", [
