@@ -5,6 +5,7 @@ Run on an NVIDIA GPU (`bash bench/gpu_session.sh bench`, results in bench/NOTES.
 
     python bench/train_throughput.py --out-dir results/ [--rows seed-sft,default,...]
         [--lengths bench/results/train-lengths-smollm2.json]
+    python bench/train_throughput.py --rows seed-sft,default,shipped-before --dry-run
 
 It builds a random-init CodeLlama-7B-shaped Llama (`random_base.py`; throughput does not depend
 on the weights' values), then runs each row as a child process (this script with ``--row``,
@@ -13,9 +14,13 @@ or `seed_sft.py` for the seed) so that no row's peak memory holds another's mode
   gemm-peak  a bf16 matrix product at the layers' shapes: the FLOP/s the utilisation is of
   seed-sft   the seed: trl's SFTTrainer with the seed guide's arguments (`seed_sft.py`)
   default    the project's recipe as shipped (train/configs/codellama-7b-qlora.yaml: packed
-             8,192-token micro-batches, varlen attention, Liger, gradient checkpointing), its
-             model loaded by the recipe's own `load_model`; also checks that packing keeps
-             documents apart and profiles one step
+             8,192-token micro-batches, varlen attention, Liger, gradient checkpointing, LoRA
+             dropout 0, the fused LoRA forward by lora_kernel=auto), its model loaded and its
+             LoRA kernel applied by the recipe's own `load_model` and `apply_lora_kernel`;
+             also checks that packing keeps documents apart and fused = peft, and profiles
+             one step
+  shipped-before  the shipped config before dropout 0 and the fused forward (dropout 0.05,
+             peft's LoRA forward): `--rows seed-sft,default,shipped-before` is the table
   others     the same with one or more knobs changed (ROWS below); ``probe-T`` rows measure
              peak memory against the number of un-checkpointed layers at T tokens per
              micro-batch, and the parent then times ``T-keepK`` with the largest K that stays
@@ -48,21 +53,25 @@ MARGIN_GIB = 0.15
 
 # name -> overrides of the shipped config, plus bench-only knobs: keep (layers not
 # checkpointed), compile (torch.compile each decoder layer), probe (keep values to measure),
-# fused_lora (fused_lora.py's LoRA forward).
+# profile (one step's kernels, and the packing and fused = peft checks). The rows that compare
+# LoRA forwards name dropout and kernel in full, so they mean what bench/NOTES.md measured
+# before the shipped config changed (every row in its tables up to then ran peft's forward).
 ROWS = {
     "default": {"profile": True},
-    "dropout0": {"lora_dropout": 0.0},
-    "12288": {"lora_dropout": 0.0, "batch_tokens": 12288},
-    "16384": {"lora_dropout": 0.0, "batch_tokens": 16384},
-    "probe-8192": {"lora_dropout": 0.0, "probe": [0, 4]},
-    "probe-4096": {"lora_dropout": 0.0, "batch_tokens": 4096, "probe": [0, 8]},
-    "probe-2048": {"lora_dropout": 0.0, "batch_tokens": 2048, "probe": [0, 16]},
-    "compile": {"lora_dropout": 0.0, "compile": True},
-    "fused": {"fused_lora": True},
-    "fused-dropout0": {"lora_dropout": 0.0, "fused_lora": True, "profile": True},
-    "no-liger": {"lora_dropout": 0.0, "liger": "false"},
+    "shipped-before": {"lora_dropout": 0.05, "lora_kernel": "peft"},
+    "dropout0": {"lora_dropout": 0.0, "lora_kernel": "peft"},
+    "fused": {"lora_dropout": 0.05, "lora_kernel": "fused"},
+    "fused-dropout0": {"lora_dropout": 0.0, "lora_kernel": "fused"},
+    "12288": {"batch_tokens": 12288},
+    "16384": {"batch_tokens": 16384},
+    "probe-8192": {"probe": [0, 4]},
+    "probe-4096": {"batch_tokens": 4096, "probe": [0, 8]},
+    "probe-2048": {"batch_tokens": 2048, "probe": [0, 16]},
+    "compile": {"compile": True},
+    "no-liger": {"liger": "false"},
 }
-DEFAULT_ROWS = "gemm-peak,seed-sft,default,dropout0,fused,fused-dropout0,12288"
+BENCH_ONLY = ("profile", "probe", "compile")
+DEFAULT_ROWS = "gemm-peak,seed-sft,default,shipped-before,dropout0,12288"
 
 
 def versions() -> dict:
@@ -113,31 +122,37 @@ def flops_per_token(docs, recompute: float) -> float:
 
 # --- child: one project row -------------------------------------------------------------------
 
+def row_config(name: str):
+    """The row's train config (the shipped one with its overrides), the overrides, and its
+    bench-only knobs."""
+    from csound_assistant.train.config import load_config
+
+    if name.split("-keep")[0] not in ROWS and "-keep" not in name:
+        raise SystemExit(f"unknown row {name!r}: choose seed-sft, gemm-peak, {', '.join(ROWS)} "
+                         "or T-keepK")
+    spec = dict(ROWS.get(name.split("-keep")[0], {}))
+    if "-keep" in name:
+        spec["batch_tokens"] = int(name.split("-keep")[0])
+    bench_only = {k: spec.pop(k) for k in BENCH_ONLY if k in spec}
+    return load_config(SHIPPED, {**spec, "progress": False}), spec, bench_only
+
+
 def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: str | None,
                 keep: int, out_dir: Path) -> dict:
     import torch
 
     from csound_assistant.train.backend import choose_backend, load_model
     from csound_assistant.train.batching import BatchPlan, collate_packed, trained_tokens
-    from csound_assistant.train.config import load_config
     from csound_assistant.train.encode import Encoded
+    from csound_assistant.train.fused_lora import apply_lora_kernel
 
-    spec = dict(ROWS.get(name.split("-keep")[0], {}))
-    if "-keep" in name:
-        spec["batch_tokens"] = int(name.split("-keep")[0])
-        spec["lora_dropout"] = 0.0
-    bench_only = {k: spec.pop(k) for k in ("profile", "probe", "compile", "fused_lora")
-                  if k in spec}
-    cfg = load_config(SHIPPED, {**spec, "progress": False})
+    cfg, spec, bench_only = row_config(name)
     backend = choose_backend(cfg)
     model = load_model(model_dir, cfg, backend)
+    lora_kernel = apply_lora_kernel(model, cfg.lora_kernel, backend)  # as train/recipe.py does
     layers = model.get_base_model().model.layers
     for layer in layers[len(layers) - keep:] if keep else []:
         layer.gradient_checkpointing = False
-    if bench_only.get("fused_lora"):
-        from fused_lora import fuse_lora
-
-        bench_only["fused_layers"] = fuse_lora(model)
     if bench_only.get("compile"):
         for layer in layers:
             layer.compile(dynamic=True)
@@ -150,7 +165,8 @@ def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: st
     extra = {"skip_logits": True} if backend.liger else {}
     result = {"config": {**spec, **bench_only, "keep_layers": keep,
                          "batch_tokens": cfg.batch_tokens, "lora_dropout": cfg.lora_dropout,
-                         "liger": backend.liger}, "backend": backend.describe()}
+                         "lora_kernel": lora_kernel, "liger": backend.liger},
+              "backend": backend.describe()}
 
     def step(s: int) -> int:
         micro = plan.step(s, cfg.grad_accum)
@@ -198,7 +214,7 @@ def project_row(name: str, model_dir: Path, steps: int, warmup: int, lengths: st
                   losses=[x.item() for x in losses], flops_per_token=flops_per_token(
                       docs, (len(layers) - keep) / len(layers)))
     checks = result.setdefault("checks", {})
-    if bench_only.get("fused_lora"):
+    if lora_kernel == "fused":
         checks["fused_vs_peft_lora"] = fused_check(model, examples[:6], extra)
     if bench_only.get("profile"):
         checks["packed_vs_unpacked"] = packing_check(model, examples[:6], extra)
@@ -233,9 +249,8 @@ def fused_check(model, examples, extra) -> dict:
     """The loss of a packed batch with the fused LoRA forward and with peft's own."""
     import torch
 
-    from fused_lora import fuse_lora, unfuse_lora
-
     from csound_assistant.train.batching import collate_packed, trained_tokens
+    from csound_assistant.train.fused_lora import fuse_lora, unfuse_lora
 
     batch = {k: v.cuda() if hasattr(v, "cuda") else v
              for k, v in collate_packed(examples).items()}
@@ -349,8 +364,9 @@ def keep_under(probe: dict, bar_gib: float, n_layers: int) -> int:
 def table(results: dict, docs) -> str:
     seed = results.get("seed-sft", {})
     gemm = results.get("gemm-peak", {}).get("tflops_mean")
-    lines = ["| row | real tokens/s | vs seed | peak GiB | <= seed's peak | useful TFLOP/s "
-             "| of measured GEMM rate |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | LoRA dropout, forward | real tokens/s | vs seed | peak GiB "
+             "| <= seed's peak | useful TFLOP/s | of measured GEMM rate |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "tokens_s" not in r:
             continue
@@ -359,14 +375,38 @@ def table(results: dict, docs) -> str:
         ratio = f"{r['tokens_s'] / seed['tokens_s']:.2f}x" if "tokens_s" in seed else "-"
         fits = ("yes" if r["peak_gib"] <= seed["peak_gib"] else "no") if "peak_gib" in seed else "-"
         util = f"{tflops / gemm:.0%}" if gemm else "-"
-        lines.append(f"| {name} | {r['tokens_s']:,.0f} | {ratio} | {r['peak_gib']:.2f} | {fits} "
-                     f"| {tflops:.0f} | {util} |")
+        c = r.get("config", {})
+        if name == "seed-sft":
+            from seed_sft import SEED
+
+            c = {"lora_dropout": SEED["lora_dropout"], "lora_kernel": "peft"}
+        lora = f"{c['lora_dropout']:g}, {c['lora_kernel']}" if "lora_kernel" in c else "-"
+        lines.append(f"| {name} | {lora} | {r['tokens_s']:,.0f} | {ratio} | {r['peak_gib']:.2f} "
+                     f"| {fits} | {tflops:.0f} | {util} |")
     if gemm:
         floor = gemm * 1e12 / flops_per_token(docs, 1.0)
         lines.append(f"\nmeasured bf16 GEMM rate {gemm:.0f} TFLOP/s; "
                      f"{flops_per_token(docs, 1.0) / 1e9:.1f} GFLOP per real token with full "
                      f"checkpointing: floor {floor:,.0f} tokens/s (no dequantisation, no overhead)")
     return "\n".join(lines)
+
+
+def dry_run(rows: list[str]) -> None:
+    from csound_assistant.train.config import load_config
+
+    shipped = load_config(SHIPPED, {"progress": False}).to_dict()
+    print(f"shipped: {SHIPPED.relative_to(HERE.parent)}: lora_dropout "
+          f"{shipped['lora_dropout']}, lora_kernel {shipped['lora_kernel']} (auto: fused on "
+          "CUDA, train/fused_lora.py)")
+    for name in rows:
+        if name in ("seed-sft", "gemm-peak"):
+            print(f"{name}: {'bench/seed_sft.py' if name == 'seed-sft' else 'bf16 GEMMs'}")
+            continue
+        cfg, _, bench_only = row_config(name)
+        changed = {k: v for k, v in cfg.to_dict().items() if v != shipped[k]}
+        kernel = "fused" if cfg.lora_kernel == "auto" else cfg.lora_kernel
+        print(f"{name}: {changed or 'the shipped config exactly'}; LoRA forward on CUDA "
+              f"{kernel}" + (f"; bench-only {bench_only}" if bench_only else ""))
 
 
 def main():
@@ -380,9 +420,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="of which untimed")
     ap.add_argument("--row-timeout", type=int, default=240, help="seconds per child")
     ap.add_argument("--budget", type=int, default=0, help="seconds: start no row after this")
+    ap.add_argument("--dry-run", action="store_true", help="print each row's train config "
+                    "against the shipped one and the LoRA forward it gets on CUDA; run nothing")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--keep", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.dry_run:
+        dry_run([r.strip() for r in args.rows.split(",") if r.strip()])
+        return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.row:
         result = (gemm_peak() if args.row == "gemm-peak" else
@@ -392,12 +437,15 @@ def main():
         (args.out_dir / f"row-{args.row}.json").write_text(json.dumps(result, indent=1))
         return
 
+    queue = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for name in queue:  # an unknown row fails now, not after the base is built
+        if name not in ("seed-sft", "gemm-peak"):
+            row_config(name)
     started = time.perf_counter()
     subprocess.run([sys.executable, str(HERE / "random_base.py"), str(args.model_dir)], check=True)
     docs = docs_for_bench(2000, args.lengths)
     results: dict = {}
     summary = args.out_dir / "train_throughput.json"
-    queue = [r.strip() for r in args.rows.split(",") if r.strip()]
     while queue:
         name = queue.pop(0)
         if args.budget and time.perf_counter() - started > args.budget:

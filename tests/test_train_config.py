@@ -60,11 +60,27 @@ def test_unknown_keys_are_errors_and_all_are_reported(tmp_path):
     ("method=full", "method='full'"),
     ("batch_tokens=100", "below max_length"),
     ("liger=sometimes", "liger=.sometimes."),
+    ("lora_kernel=triton", "lora_kernel='triton': choose one of auto, peft, fused"),
     ("lora_r", "write key=value"),
 ])
 def test_bad_values_are_explained(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, [override])
+
+
+def test_lora_kernel_key_and_the_shipped_7b_configs():
+    from csound_assistant.train.checkpoint import check_compatible
+
+    assert TrainConfig().lora_kernel == "auto"
+    assert load_config(None, ["lora_kernel=fused"]).lora_kernel == "fused"
+    for name in ("codellama-7b-qlora", "codellama-7b-qlora-2gpu"):
+        cfg = load_config(name)
+        # dropout's copies cost 18% at 7B; auto = the fused forward on CUDA (bench/NOTES.md)
+        assert (cfg.lora_dropout, cfg.lora_kernel) == (0.0, "auto")
+    # The kernel computes the same function: a run may resume with another one, and a
+    # checkpoint written before the key existed still resumes.
+    saved = {k: v for k, v in TrainConfig().to_dict().items() if k != "lora_kernel"}
+    check_compatible(saved, load_config(None, ["lora_kernel=peft"]), Path("ckpt"))
 
 
 def test_not_a_mapping_and_missing_config(tmp_path):

@@ -37,6 +37,7 @@ from .batching import (
 )
 from .config import TrainConfig, dump_config
 from .encode import IGNORE, encode_split, read_split, select_tasks, special_ids, weight_tasks
+from .fused_lora import apply_lora_kernel
 from .report import plot_loss_curve
 
 CHECKPOINTS = "train-checkpoints"
@@ -118,10 +119,12 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
 
     # --- 3. model, optimizer, schedule -----------------------------------------------------
     model = load_model(base_dir, cfg, backend, init)
+    lora_kernel = apply_lora_kernel(model, cfg.lora_kernel, backend)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
-    say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%)")
+    say(f"train: {n_trainable:,} trainable parameters ({100 * n_trainable / n_total:.2f}%), "
+        f"{lora_kernel} LoRA forward")
     if backend.fsdp:  # the optimizer gets each rank's shards of the LoRA weights
         model = sharding.shard(model, backend.fsdp)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -272,7 +275,8 @@ def train(cfg: TrainConfig, work_dir: str | os.PathLike | None = None, *, resume
         "tokens_per_second": round(tokens0 / max(elapsed - paused, 1e-9), 1),
         "world_size": backend.world_size, "cpu_seconds": round(time.process_time(), 1),
         "peak_gpu_gib": round(peak, 2) if peak is not None else None,
-        "trainable_parameters": n_trainable, "resumed_from_step": start or None,
+        "trainable_parameters": n_trainable, "lora_kernel": lora_kernel,
+        "resumed_from_step": start or None,
         "train_loss": state["train_loss"], "val_loss": state["val_loss"],
     }
     say(f"train: validation loss {metrics['val_loss_start']:.4f} -> "
