@@ -10,6 +10,8 @@ such an example into one that makes its own source, keeping the rest of the code
 - GEN01 tables (score ``f`` lines and ``ftgen``) become a table of the same kind of sound: noise
   (GEN21) for drums, a few partials at an audible pitch (GEN09) for the rest; ``nsamp``, which
   only GEN01 tables answer, becomes ``ftlen``;
+- a file name the score gives an instrument (``i 1 0 3 "fox.wav"`` read as ``p4``) leaves the
+  score, unless the instrument reads that p-field again;
 - string variables that only named the file, and comments that name it, go.
 
 Nothing here judges the result: ``data/build.py`` renders every variant in the sandbox without
@@ -21,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .csdcode import code_part, split_args
+from .csdcode import block_text, code_part, instruments, split_args
 
 SOUND_FILE = re.compile(r'"([^"\n]*\.(?:wav|aiff?|mp3|ogg|flac))"', re.I)
 # Analysis and data files need an analysis program to make: an example reading one is left alone
@@ -158,6 +160,17 @@ class _Edit:
             found.setdefault(m.group(1), []).append(m.group(2))
         self.strings = {name: values[0] for name, values in found.items()
                         if len(values) == 1 and name.lstrip("g").startswith("S")}
+        # file names the score gives as an i-statement's last p-field, by (instrument, p-field
+        # number), and the variables that hold a p-field (``Sfile = p4``)
+        score = re.search(r"<CsScore[^>]*>(.*?)</CsScore>", code, re.S)
+        self.score_files: dict[tuple[str, int], list[str]] = {}
+        for line in (score.group(1) if score else "").split("\n"):
+            if found_in_score := _score_file(code_part(line)):
+                self.score_files.setdefault(found_in_score[0], []).append(found_in_score[1])
+        self.pvars = {m.group(1): int(m.group(2))
+                      for m in re.finditer(rf"^\s*({_NAME})\s*=\s*p(\d+)\s*$", orc, re.M)}
+        self.instr: list[str] = []  # the names of the instrument being read
+        self.pfields: set[tuple[str, int]] = set()  # whose file names the score no longer needs
         self.files: list[str] = []
         self.sources: list[str] = []
         self.replaced: dict[str, int] = {}
@@ -166,6 +179,11 @@ class _Edit:
         arg = arg.strip()
         if m := re.fullmatch(r'"([^"\n]*)"', arg):
             return m.group(1)
+        n = int(m.group(1)) if (m := re.fullmatch(r"p(\d+)", arg)) else self.pvars.get(arg)
+        keys = [(name, n) for name in self.instr if (name, n) in self.score_files]
+        if keys:  # one source stands in for every file the score gives this instrument
+            self.pfields.update(keys)
+            return self.score_files[keys[0]][0]
         return self.strings.get(arg)
 
     def amp(self) -> str:
@@ -186,6 +204,8 @@ class _Edit:
     def orchestra_line(self, line: str) -> list[str]:
         line = self._drop_comment(line)
         code = code_part(line).rstrip()
+        if m := re.match(r"\s*instr\s+(.+)$", code):
+            self.instr = [name.strip().strip('"') for name in m.group(1).split(",")]
         readers = "|".join(READERS)
         m = re.match(rf"^(\s*)((?:{_NAME}\s*,\s*)*{_NAME})\s+({readers})(?::a)?\s+(.+)$", code)
         if m and (file := self.file_of(split_args(m.group(4))[0])):
@@ -264,6 +284,10 @@ class _Edit:
     def score_line(self, line: str) -> str:
         line = self._drop_comment(line)
         code = code_part(line).rstrip()
+        found = _score_file(code)
+        if found and found[0] in self.pfields:  # the file name goes with the read
+            self.files.append(found[1])
+            return code[:code.rindex('"', 0, len(code) - 1)].rstrip() + line[len(code):]
         m = re.match(r'^(\s*f\s*\d+\s+\S+\s+)(\S+)\s+(-?1)\s+"([^"\n]*)"[^;]*$', code)
         if not m:
             return line
@@ -276,14 +300,30 @@ class _Edit:
         if "GEN01" in self.replaced:  # nsamp answers only for GEN01 tables; theirs are full
             text = re.sub(r"\bnsamp\b", "ftlen", text)
         lines = text.split("\n")
-        for name, value in self.strings.items():
-            if value not in self.files:
-                continue
+        names = [name for name, value in self.strings.items() if value in self.files]
+        names += [name for name, n in self.pvars.items() if n in {n for _, n in self.pfields}]
+        for name in names:
             used = [i for i, line in enumerate(lines)
                     if re.search(rf"\b{name}\b", code_part(line))]
             if len(used) == 1:  # only its assignment is left
                 del lines[used[0]]
-        return "\n".join(lines)
+        text = "\n".join(lines)
+        for block in instruments(text):
+            names = [name.strip().strip('"') for name in block.name.split(",")]
+            for n in {n for name, n in self.pfields if name in names}:
+                if re.search(rf"\bp{n}\b", _code_only(block_text(text, block))):
+                    raise NotConverted("file-name-from-the-score-still-used")
+        return text
+
+
+def _score_file(code: str) -> tuple[tuple[str, int], str] | None:
+    """((instrument, p-field number), file name) of an i-statement whose last p-field names a
+    sound file: ``i 1 0 3 "fox.wav"`` -> (("1", 4), "fox.wav")."""
+    m = re.match(r'^\s*i\s*(.*?)\s+("[^"\n]*")$', code)
+    if not m or not SOUND_FILE.fullmatch(m.group(2)) or '"' in m.group(1):
+        return None
+    fields = m.group(1).split()
+    return (fields[0].split(".")[0], len(fields) + 1), m.group(2)[1:-1]
 
 
 def _number(text: str) -> bool:

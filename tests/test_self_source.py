@@ -90,9 +90,19 @@ i 1 0 1
     assert "f 1 0 131072 -9 654 0.06 0 1308 0.03 0 1962 0.02 0 2616 0.015 0" in quiet
 
 
+def test_a_file_name_from_the_score_goes_with_the_read():
+    code = FOX.replace('  Sfile = "fox.wav"\n', "").replace("diskin2 Sfile, 1", "diskin2 p4, 1") \
+        .replace("i 1 0 1", 'i 1 0 1 "fox.wav"\ni 1 1 1 "beats.wav"\ni 2 0 1 5')
+    found = self_source.variant(code)
+    assert "i 1 0 1\ni 1 1 1\ni 2 0 1 5\n" in found.code and "asig vco2 0.3, 220" in found.code
+    assert found.files == ["fox.wav", "beats.wav"]
+    with pytest.raises(self_source.NotConverted) as caught:  # p4 is read again: it must stay
+        self_source.variant(code.replace("  outs afilt", "  prints p4\n  outs afilt"))
+    assert caught.value.reason == "file-name-from-the-score-still-used"
+
+
 @pytest.mark.parametrize("code, reason", [
-    (FOX.replace("asig diskin2 Sfile, 1", "asig diskin2 p4, 1")
-     .replace("i 1 0 1", 'i 1 0 1 "fox.wav"'), "file-name-not-replaced"),
+    (FOX.replace('Sfile = "fox.wav"', 'Sfile sprintf "fox%d.wav", 1'), "file-name-not-replaced"),
     (FOX.replace('"fox.wav"', '"fox.pvx"'), "reads-an-analysis-or-data-file"),
     (FOX.replace('Sfile = "fox.wav"', "").replace("diskin2 Sfile, 1", "vco2 0.3, 220"),
      "reads-no-file"),
