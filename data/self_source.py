@@ -207,13 +207,14 @@ class _Edit:
         if m := re.match(r"\s*instr\s+(.+)$", code):
             self.instr = [name.strip().strip('"') for name in m.group(1).split(",")]
         readers = "|".join(READERS)
-        m = re.match(rf"^(\s*)((?:{_NAME}\s*,\s*)*{_NAME})\s+({readers})(?::a)?\s+(.+)$", code)
-        if m and (file := self.file_of(split_args(m.group(4))[0])):
+        m = re.match(rf"^(\s*)((?:{_NAME}\s*,\s*)*{_NAME})(\s+)({readers})(?::a)?(\s+)(.+)$", code)
+        if m and (file := self.file_of(split_args(m.group(6))[0])):
             indent, outs = m.group(1), [o.strip() for o in m.group(2).split(",")]
             src = SOURCES[source_for(file)]
-            self._count(m.group(3), file, src.describe)
+            self._count(m.group(4), file, src.describe)
             new = [f"{indent}{s}" for s in src.setup]
-            new.append(f"{indent}{outs[0]} {src.opcode} {src.args.format(amp=self.amp())}")
+            args = src.args.format(amp=self.amp())  # the code's own spacing is kept
+            new.append(f"{indent}{outs[0]}{m.group(3)}{src.opcode}{m.group(5)}{args}")
             new += [f"{indent}{o} = {outs[0]}" for o in outs[1:]]
             return new
         setup: list[str] = []
@@ -266,20 +267,24 @@ class _Edit:
         if file is None:
             return m.group(0)
         size = _size(args[2])
-        new = args[:2] + [size, self._table(file, size, raw=args[GEN01_ARG].strip() == "-1")]
-        self._count("GEN01", file, SOURCES[source_for(file)].table_describe)
+        table, what = self._table(file, size, raw=args[GEN01_ARG].strip() == "-1")
+        new = args[:2] + [size, table]
+        self._count("GEN01", file, what)
         return f"{m.group(1)}{opener}{', '.join(new)}{close}"
 
-    def _table(self, file: str, size: str, raw: bool) -> str:
-        """GEN and arguments of a table in place of GEN01's; ``raw`` (GEN -1): the file's
-        samples are not normalised, so they are in the orchestra's 0dbfs."""
+    def _table(self, file: str, size: str, raw: bool) -> tuple[str, str]:
+        """GEN and arguments of a table in place of GEN01's, and what it holds in words;
+        ``raw`` (GEN -1): the file's samples are not normalised, so are in the orchestra's
+        0dbfs."""
         scale = self.scale * (self.level if raw else 1.0)
         src = SOURCES[source_for(file)]
         if not src.partials:
-            return f"-21, 3, {NOISE_LEVEL * scale:.4g}"
+            return f"-21, 3, {NOISE_LEVEL * scale:.4g}", src.table_describe
         samples = int(float(size)) if _number(size) else TABLE_SIZE
         n = max(1, round(PITCH * samples / self.rate))  # harmonic 1 sounds at PITCH Hz
-        return "-9, " + ", ".join(f"{k * n}, {amp * scale:.4g}, 0" for k, amp in src.partials)
+        what = src.table_describe if n > 1 else "a table holding one cycle of a wave"
+        return "-9, " + ", ".join(f"{k * n}, {amp * scale:.4g}, 0"
+                                  for k, amp in src.partials), what
 
     def score_line(self, line: str) -> str:
         line = self._drop_comment(line)
@@ -292,8 +297,9 @@ class _Edit:
         if not m:
             return line
         size = _size(m.group(2))
-        self._count("GEN01", m.group(4), SOURCES[source_for(m.group(4))].table_describe)
-        fields = self._table(m.group(4), size, raw=m.group(3) == "-1").replace(",", "")
+        table, what = self._table(m.group(4), size, raw=m.group(3) == "-1")
+        self._count("GEN01", m.group(4), what)
+        fields = table.replace(",", "")
         return f"{m.group(1)}{size} {fields}" + line[len(code):]
 
     def finish(self, text: str) -> str:

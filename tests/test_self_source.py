@@ -72,6 +72,7 @@ endin
 <CsScore>
 f 1 0 0 1 "fox.wav" 0 0 0
 f 2 0 65536 1 "marimba.aif" 0 0 0
+f 3 0 256 1 "fwavblnk.aiff" 0 0 0
 i 1 0 1
 </CsScore>
 </CsoundSynthesizer>
@@ -82,7 +83,10 @@ i 1 0 1
     assert "f 1 0 131072 -9 654 0.24 0 1308 0.12 0 1962 0.08 0 2616 0.06 0" in found.code
     assert "f 2 0 65536 -9 327 0.3 0 654 0.12 0 981 0.06 0" in found.code  # a plucked sound
     assert "ftlen(1)" in found.code and "nsamp" not in found.code
-    assert found.replaced == {"GEN01": 3}
+    assert "f 3 0 256 -9 1 0.24 0 2 0.12 0 3 0.08 0 4 0.06 0" in found.code  # a waveform
+    assert found.replaced == {"GEN01": 4}
+    assert found.description["with"] == ("a table of noise and a table holding a 220 Hz tone "
+                                         "and a table holding one cycle of a wave")
     # GEN -1 keeps the file's samples in the orchestra's 0dbfs (32768 by default); GEN 1
     # normalises them: the generated tables follow, and a quieter try scales both
     quiet = self_source.variant(code.replace("0dbfs = 1\n", ""), scale=0.25).code
