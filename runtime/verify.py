@@ -192,36 +192,58 @@ class Verification:
         return verdict
 
     async def candidates(self, tokens, sampling: Sampling, n: int, judge, **kw):
-        """Yield (k, result, verdict) for candidates 1..n in order, until the caller stops;
-        keeps ``engine.slots`` + 1 in flight (batched when the engine decodes in parallel)."""
+        """Yield (k, result, verdict) for candidates 1..n in order, until the caller stops.
+
+        ``engine.slots`` + 1 decode at once (in one batch when the engine decodes in parallel).
+        Each is judged as soon as its own decode ends, while the ones before it still decode;
+        once candidate k passes, those after it are cancelled (the first that passes in order
+        is the answer, so none after k can be) and the ones before it decode in a smaller
+        batch. The order of the yields, and so the answer, is that of the candidates."""
         base = sampling_seed(sampling)
         window = min(n, getattr(self.svc.engine, "slots", 1) + 1)
         tasks: list[asyncio.Task] = []
+        decoded: dict[int, float] = {}  # k -> when its decode ended, for the waited split
+        last = n  # no candidate after the first that passed is needed
 
         def launch():
             k = len(tasks) + 1
-            tasks.append(asyncio.ensure_future(
-                self.generate(tokens, candidate_sampling(sampling, k, base), first=k == 1,
-                              **kw)))
+            tasks.append(asyncio.ensure_future(candidate(k)))
+
+        async def candidate(k: int) -> tuple[Result, Verdict]:
+            result = await self.generate(tokens, candidate_sampling(sampling, k, base),
+                                         first=k == 1, **kw)
+            decoded[k] = time.monotonic()
+            self.counts["verify_candidates"] += 1
+            if len(tasks) < last and self.generate_by - time.monotonic() > MIN_CHECK_S:
+                launch()
+            verdict = await judge(result.text)
+            if verdict.passed:
+                stop_after(k)
+            return result, verdict
+
+        def stop_after(k: int) -> None:
+            nonlocal last
+            last = min(last, k)
+            for task in tasks[last:]:
+                task.cancel()
 
         try:
             for _ in range(window):
                 launch()
             for k in range(1, n + 1):
-                if k > len(tasks):  # not started: the budget had no room for it
+                if k > min(len(tasks), last):  # not started: the budget had no room for it
                     return
+                waiting = time.monotonic()
                 try:
-                    with self.blocked("decode"):
-                        result = await tasks[k - 1]
+                    result, verdict = await tasks[k - 1]
                 except (ApiError, PromptError):
                     if k == 1:
                         raise  # nothing to return: the request fails as an unverified one would
                     return
-                self.counts["verify_candidates"] += 1
-                if len(tasks) < n and self.generate_by - time.monotonic() > MIN_CHECK_S:
-                    launch()
-                with self.blocked("check"):
-                    verdict = await judge(result.text)
+                finally:
+                    now, ended = time.monotonic(), decoded.get(k, time.monotonic())
+                    self.waited["decode"] += max(0.0, min(ended, now) - waiting)
+                    self.waited["check"] += now - max(waiting, min(ended, now))
                 yield k, result, verdict
                 if self.left() < MIN_CHECK_S or not self.sandbox_ok:
                     return
