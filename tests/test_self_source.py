@@ -164,8 +164,12 @@ def _build(manual: Path, out: Path, cache: Path, **kw) -> tuple[dict, list[dict]
 
 
 @pytest.fixture(scope="module")
-def builds(mini_manual, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def builds(mini_manual, cache, tmp_path_factory):
     on = _build(mini_manual, tmp_path_factory.mktemp("on") / "data", cache)
     off = _build(mini_manual, tmp_path_factory.mktemp("off") / "data", cache, self_source=False)
     return on, off
@@ -206,6 +210,24 @@ def test_build_keeps_the_originals_when_turned_off(builds):
     write = next(r for r in _by_group(rows, "pvsanal") if r["meta"]["task"] == "write")
     assert "fox.wav" in code_answers(write)[0]
     assert len(rows) == len(on_rows)  # the same row kinds, one answer in place of another
+
+
+def test_data_build_no_self_source_flag(builds, mini_manual, cache, tmp_path):
+    from click.testing import CliRunner
+
+    from csound_assistant.cli import main
+
+    out = tmp_path / "data"
+    args = ["data", "build", "--manual-dir", str(mini_manual), "--limit", str(len(EXAMPLES)),
+            "--patches", "0", "--cache-dir", str(cache), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--no-self-source"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "record.json").read_text())["self_source"] is False
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == len(builds[1][1])  # what build_dataset(self_source=False) made
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.exit_code == 0 and "self_source: " in result.output  # on by default
+    assert json.loads((out / "record.json").read_text())["self_source"] is True
 
 
 # --- verification: serve --verify and the eval's score ------------------------------------------
