@@ -116,7 +116,8 @@ def _code_only(code: str) -> str:
 
 def variant(code: str, scale: float = 1.0) -> Variant:
     """The self-sourcing version of ``code``; raises ``NotConverted`` when a file read remains
-    that this module cannot replace (a name from the score or a UDO argument, an analysis file).
+    that this module cannot replace (a name built at run time or passed to a UDO, an analysis
+    file, a p-field the instrument reads again).
     ``scale`` multiplies the level of every source (a quieter try where the first one clips)."""
     if not reads_file(code):
         raise NotConverted("reads-no-file")
