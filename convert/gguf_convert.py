@@ -4,9 +4,10 @@ subprocesses with the project's Python, then the prompt format written into the 
 ``convert_hf_to_gguf.py`` turns the merged HF folder into an F16 GGUF; ``convert_lora_to_gguf.py``
 turns the peft adapter into a GGUF LoRA (for Ollama ``ADAPTER`` and llama-cpp-python
 ``lora_path``). The chat template, stop tokens, pad and FIM token ids, name, base model, dataset
-and licence, and the manual's opcode table for the Csound-aware decoder (so that it travels with
-the model) are then written with gguf-py (a metadata-only copy of the file) and read back to
-check. Every output appears under its final name only when complete.
+and licence, and the manual the model learned from (its opcode table for the Csound-aware decoder,
+its synopses for the lookups, so that both travel with the model) are then written with gguf-py
+(a metadata-only copy of the file) and read back to check. Every output appears under its final
+name only when complete.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from csound_assistant import constants as C
 from csound_assistant.errors import ConfigError, DataError, ExportError
+from csound_assistant.opcode_reference import OpcodeReference
 from csound_assistant.opcode_table import OpcodeTable
 from csound_assistant.prompt_format import PromptFormat
 
@@ -91,10 +93,11 @@ def convert(merged_dir: str | Path, gguf_path: str | Path, *, prompt_format: Pro
         finally:
             raw.unlink(missing_ok=True)
         verify_metadata(tmp, prompt_format, metadata)
-    table, why_not = opcode_table()
-    if table is None:
-        log(f"convert: no opcode table written into {gguf_path.name} ({why_not}); the server "
-            "will use the manual installed where it runs, or decode plain without one")
+    values, why_not = manual_values()
+    if not values:
+        log(f"convert: no opcode table or synopses written into {gguf_path.name} ({why_not}); "
+            "the server will use the manual installed where it runs, or decode plain and answer "
+            "without lookups")
     return gguf_path
 
 
@@ -186,12 +189,14 @@ def general_values(metadata: dict) -> dict:
     return out
 
 
-def opcode_table() -> tuple[str | None, str]:
-    """(the manual's opcode table as the GGUF value, '') or (None, why there is none)."""
+def manual_values() -> tuple[dict[str, str], str]:
+    """The installed manual as a model GGUF carries it, ({key: value}, ''): its opcode table
+    (the decoder's) and its synopses (the lookups'); or ({}, why there is no manual)."""
     try:
-        return OpcodeTable.from_manual().to_gguf(), ""
+        return {C.GGUF_OPCODE_TABLE: OpcodeTable.from_manual().to_gguf(),
+                C.GGUF_SYNOPSES: OpcodeReference.from_manual().to_gguf()}, ""
     except (DataError, ConfigError) as exc:
-        return None, str(exc)
+        return {}, str(exc)
 
 
 def metadata_values(tokens: list[str], fmt: PromptFormat, metadata: dict) -> dict:
@@ -204,9 +209,8 @@ def metadata_values(tokens: list[str], fmt: PromptFormat, metadata: dict) -> dic
         out[C.GGUF_OPCODE_REFERENCE] = (True, T.BOOL)
     if fmt.fim_reference:
         out[C.GGUF_FIM_REFERENCE] = (True, T.BOOL)
-    table, _ = opcode_table()
-    if table is not None:  # the decoder's opcodes: those of the manual the model learned from
-        out[C.GGUF_OPCODE_TABLE] = (table, T.STRING)
+    # the decoder's opcodes and the lookups' synopses: those of the manual the model learned from
+    out.update({key: (value, T.STRING) for key, value in manual_values()[0].items()})
     return {**out, **general_values(metadata)}
 
 

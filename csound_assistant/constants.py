@@ -61,6 +61,8 @@ GGUF_OPCODE_REFERENCE = "csound_assistant.opcode_reference"
 GGUF_FIM_REFERENCE = "csound_assistant.fim_reference"  # the same, as comments before FIM prefixes
 # The manual's opcode shapes for the Csound-aware decoder (opcode_table.py, OpcodeTable.to_gguf).
 GGUF_OPCODE_TABLE = "csound_assistant.opcode_table"
+# The manual's synopses the model was trained to read as lookups (OpcodeReference.to_gguf).
+GGUF_SYNOPSES = "csound_assistant.synopses"
 
 # Ollama Modelfile directives.
 MODELFILE_FROM = "FROM"

@@ -21,12 +21,19 @@ Fill-in-the-middle requests have no prose: with ``fim_reference`` (a separate fl
 cursor's line go in front of the prefix as Csound comments (``; Csound manual:``, then
 ``; ares dust2 kamp, kdensity``): most wrong FIM middles of the GPU-trained model are that
 opcode's argument list.
+
+The synopses travel with the model: ``export`` writes them into the GGUF (``to_gguf``, key
+``csound_assistant.synopses``) and the server reads them from there (``model_synopses``), so a
+machine without csound-doc serves the lookups the model was trained with. Where neither the GGUF
+nor the installed manual has them, the server answers without lookups and says why in /health.
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -38,6 +45,7 @@ from csound_assistant.constants import (
     ENV_OPCODE_REFERENCE,
     GGUF_FIM_REFERENCE,
     GGUF_OPCODE_REFERENCE,
+    GGUF_SYNOPSES,
 )
 from csound_assistant.manual import DEFAULT_MANUAL_DIR, known_opcodes, opcode_pages
 
@@ -72,6 +80,30 @@ class OpcodeReference:
         if saved and manual_dir is None:
             return _read_saved(Path(saved))
         return _load(str(Path(manual_dir or DEFAULT_MANUAL_DIR).resolve()))
+
+    # --- in a GGUF: one string, gzipped compact JSON in base64 ---------------------------------
+    def to_gguf(self) -> str:
+        """``{"version": 1, "synopses": {opcode: [line, ...]}}`` gzipped and base64-encoded
+        (about 36 kB for the whole manual; unpacking takes a few milliseconds)."""
+        blob = json.dumps({"version": SYNOPSES_VERSION, "synopses": self.synopses},
+                          separators=(",", ":"), sort_keys=True)
+        return base64.b64encode(gzip.compress(blob.encode(), mtime=0)).decode("ascii")
+
+    @classmethod
+    def from_gguf(cls, value: str) -> OpcodeReference:
+        """The synopses ``to_gguf`` wrote; ValueError when ``value`` is not them."""
+        try:
+            data = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
+            if data.get("version") != SYNOPSES_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, this reader knows "
+                                 f"{SYNOPSES_VERSION}")
+            synopses = data["synopses"]
+        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError) as exc:
+            raise ValueError(f"not synopses written by OpcodeReference.to_gguf: {exc}") from None
+        if not _is_synopses(synopses) or not synopses:
+            raise ValueError("not synopses written by OpcodeReference.to_gguf: expected "
+                             "{opcode: [synopsis, ...]} with at least one opcode")
+        return cls(synopses)
 
     def save(self, path: str | Path) -> None:
         from csound_assistant.artifacts import write_json
@@ -143,6 +175,46 @@ class OpcodeReference:
         return out
 
 
+SYNOPSES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SynopsesChoice:
+    """The synopses one model's runtime uses: ``source`` "gguf" (the model's own), "manual"
+    (the installed one, or the file ENV_OPCODE_REFERENCE names) or None (neither); ``note``
+    says why not the GGUF's."""
+
+    reference: OpcodeReference | None
+    source: str | None
+    note: str = ""
+
+    @property
+    def synopses(self) -> dict[str, list[str]]:
+        """{opcode: [synopsis, ...]}, empty where there are none."""
+        return self.reference.synopses if self.reference else {}
+
+
+def model_synopses(gguf_metadata: dict) -> SynopsesChoice:
+    """The synopses for a GGUF (its metadata as llama-cpp-python or ``read_metadata`` gives
+    it): the GGUF's own (key GGUF_SYNOPSES, written by ``export``), else the installed
+    manual's, else none with the reason; never raises."""
+    from csound_assistant.errors import ConfigError, DataError
+
+    value = gguf_metadata.get(GGUF_SYNOPSES)
+    if value:
+        try:
+            return SynopsesChoice(OpcodeReference.from_gguf(value), "gguf")
+        except ValueError as exc:
+            note = f"the GGUF's {GGUF_SYNOPSES} cannot be read ({exc}); "
+    else:
+        note = f"the GGUF has no {GGUF_SYNOPSES} (a re-export writes it); "
+    try:
+        return SynopsesChoice(OpcodeReference.from_manual(), "manual",
+                              note + "using the installed manual's")
+    except (DataError, ConfigError) as exc:
+        return SynopsesChoice(None, None, note + f"no manual either: {exc}")
+
+
 @dataclass(frozen=True)
 class Lookups:
     """The lookups one model was trained with, applied as training applied them: training,
@@ -151,23 +223,40 @@ class Lookups:
     chat: bool = False  # synopses under the last user message (``opcode_reference``)
     fim: bool = False  # synopses as comments before a FIM prefix (``fim_reference``)
     reference: OpcodeReference | None = None  # loaded only when one of them is on
+    source: str | None = None  # where the synopses came from: gguf | manual
+    note: str = ""  # why not the GGUF's synopses, or why none although the model asks for them
 
     @classmethod
     def load(cls, chat: bool, fim: bool) -> Lookups:
-        return cls(chat, fim, OpcodeReference.from_manual() if chat or fim else None)
+        """The installed manual's (training, sweeps); DataError or ConfigError without one."""
+        if not (chat or fim):
+            return cls(chat, fim)
+        return cls(chat, fim, OpcodeReference.from_manual(), "manual")
 
     @classmethod
     def of_gguf(cls, gguf_metadata: dict, enabled: bool = True) -> Lookups:
-        """What a GGUF asks for; ``enabled=False`` (``serve --no-opcode-reference``): none."""
-        return cls.load(enabled and trained_with_reference(gguf_metadata),
-                        enabled and trained_with_reference(gguf_metadata, GGUF_FIM_REFERENCE))
+        """What a GGUF asks for, with the synopses ``model_synopses`` finds for it; where it
+        finds none, no lookups and a ``note`` saying why (never raises). ``enabled=False``
+        (``serve --no-opcode-reference``): none."""
+        chat = enabled and trained_with_reference(gguf_metadata)
+        fim = enabled and trained_with_reference(gguf_metadata, GGUF_FIM_REFERENCE)
+        if not (chat or fim):
+            return cls()
+        choice = model_synopses(gguf_metadata)
+        if choice.reference is None:
+            return cls(note="no lookups although the model was trained with them: "
+                            + choice.note)
+        return cls(chat, fim, choice.reference, choice.source, choice.note)
 
     @property
     def names(self) -> list[str]:
         return [name for name, on in (("chat", self.chat), ("fim", self.fim)) if on]
 
     def describe(self) -> dict | None:
-        return self.reference.describe() if self.reference else None
+        """The synopses in use and where they came from; None where the model asks for none."""
+        if self.reference:
+            return {**self.reference.describe(), "source": self.source, "note": self.note}
+        return {"opcodes": 0, "source": None, "note": self.note} if self.note else None
 
     def messages(self, messages: list[dict]) -> list[dict]:
         """A chat request as the model reads it."""
@@ -196,11 +285,15 @@ def _read_saved(path: Path) -> OpcodeReference:
         raise ConfigError(f"{ENV_OPCODE_REFERENCE}={path}: cannot read the saved synopses "
                           f"({exc}); write it with OpcodeReference.from_manual().save(FILE) "
                           "on a machine with csound-doc, or unset the variable") from None
-    if not isinstance(synopses, dict) or not all(
-            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in synopses.values()):
+    if not _is_synopses(synopses):
         raise ConfigError(f"{ENV_OPCODE_REFERENCE}={path}: expected {{opcode: [synopsis, ...]}} "
                           "as OpcodeReference.save writes it")
     return OpcodeReference(synopses)
+
+
+def _is_synopses(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values())
 
 
 def trained_with_reference(gguf_metadata: dict, key: str = GGUF_OPCODE_REFERENCE) -> bool:

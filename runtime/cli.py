@@ -104,7 +104,7 @@ def cli(model, run, work_dir, log_level, **options):
 
     import uvicorn
 
-    from .backend import LlamaBackend
+    from .decoder_setup import load_backend
     from .server import create_app
     from .settings import Settings
 
@@ -118,11 +118,8 @@ def cli(model, run, work_dir, log_level, **options):
         settings = Settings.from_env(model_path=model, **options)
         if settings.model_path is None:
             raise click.UsageError("give MODEL (a .gguf) or --run NAME (a run's packaged GGUF)")
-        backend = LlamaBackend(
-            settings.model_path, lora_path=settings.lora_path, n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads, n_gpu_layers=settings.n_gpu_layers,
-            cache_slots=settings.cache_slots, parallel=settings.parallel,
-            decoder=settings.decoder)
+        # the decoder's opcode table from the GGUF, else the manual, else plain: never a crash
+        backend = load_backend(settings)
         app = create_app(settings, backend)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         click.echo(f"warning: listening on {settings.host} without --api-key: anyone who can "

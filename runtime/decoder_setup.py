@@ -4,8 +4,9 @@
 (``csound_assistant.opcode_table``), so the model brings the opcodes of the manual it was
 trained from; a GGUF exported before that uses the installed manual (``csound-doc``); with
 neither the server decodes plain and says so once in its log and in /health, instead of failing
-to start. ``create_app`` loads its model through ``load_backend``; a backend built elsewhere
-(the CLI, the eval) is ``settle``d by ``Service``.
+to start. ``create_app`` and ``serve``'s CLI load their model through ``load_backend``; a
+backend built elsewhere (the eval) is ``settle``d by ``Service``. The lookups' synopses follow
+the same order (``opcode_reference.model_synopses``, runtime/prompts.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ Where the template and FIM tokens come from is decided once, at start:
   its vocabulary);
 - otherwise the GGUF's own ``tokenizer.chat_template`` and ``tokenizer.ggml.fim_*_token_id``.
 There is no silent fallback: without a chat template the server refuses to start, and without
-FIM tokens the FIM endpoints answer 501 saying which option to pass.
+FIM tokens the FIM endpoints answer 501 saying which option to pass. The manual's synopses a
+model was trained to read (lookups, ``opcode_reference.Lookups``) come from its GGUF
+(``csound_assistant.synopses``), else the installed manual; with neither it is served without
+them, said in the log and in /health.
 
 FIM text (prefix, suffix, extra chunks) is tokenized with special tokens NOT parsed, so code
 cannot inject a FIM marker; a rendered chat prompt is parsed with them, as llama.cpp does.
@@ -19,6 +22,7 @@ it. A FIM training row may carry such chunks (``input_extra``), rendered by the 
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 
 from csound_assistant.constants import (
@@ -42,6 +46,7 @@ from csound_assistant.prompt_format import (
     stop_strings,
 )
 
+log = logging.getLogger("csound_assistant.serve")
 # llama.cpp's format_infill: the repository line after FIM_REP and the file name after the last
 # FIM_SEP (both fixed there); without FIM_SEP, prompt_format.fim_extra_text's separator.
 FIM_REPO_NAME = "myproject\n"
@@ -71,8 +76,18 @@ class PromptBuilder:
                  opcode_reference: bool = True):
         self.backend = backend
         meta = backend.metadata
-        # Manual synopses in chat requests and before FIM prefixes, for a model trained so.
+        # Manual synopses in chat requests and before FIM prefixes, for a model trained so:
+        # the GGUF's own, else the installed manual's, else none (said once, here and in
+        # /health), so that a machine without csound-doc still serves.
         self.lookups = Lookups.of_gguf(meta, opcode_reference)
+        if self.lookups.reference is None and self.lookups.note:
+            log.warning("%s; re-export the model to carry its synopses, or install csound-doc",
+                        self.lookups.note)
+        elif self.lookups.reference is not None:
+            log.info("lookups (%s): %d opcodes' synopses from the %s%s",
+                     ", ".join(self.lookups.names), len(self.lookups.reference.synopses),
+                     "GGUF" if self.lookups.source == "gguf" else "installed manual",
+                     f" ({self.lookups.note})" if self.lookups.note else "")
         self.format = get_format(prompt_format) if prompt_format else None
         self.stop_ids: set[int] = set()
         if self.format:
