@@ -12,7 +12,6 @@ Writes ``report.json``, ``report.md``, ``report.png`` and ``record.json`` into o
 
 from __future__ import annotations
 
-import functools
 import random
 import statistics
 import time
@@ -49,7 +48,9 @@ def score_answer(item: Item, answer: str, *, render_timeout: float = 20.0) -> di
     if code is None:
         return {"code": None, "category": "no-code", "compiled": False, "sound": False,
                 "coverage": 0.0 if item.required_opcodes else None, "errors": []}
-    result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout, assets=_assets())
+    # no sound files staged, as `serve --verify` judges: an answer that reads fox.wav does not
+    # play for a user who lacks it (issue 24, item 3)
+    result = sandbox.render(code, seconds=item.seconds, timeout=render_timeout)
     present = opcodes_present(code, item.required_opcodes)
     return {
         "code": code, "category": result.category,
@@ -105,11 +106,6 @@ def _count(values) -> dict:
     return dict(sorted(counts.items()))
 
 
-@functools.lru_cache(maxsize=1)
-def _assets() -> dict:
-    return sandbox.manual_assets()
-
-
 def reference_code(item: Item) -> str | None:
     return item.prefix + item.reference + item.suffix if item.is_fim else item.reference
 
@@ -125,7 +121,7 @@ def playable(items: list[Item], limit: int | None, workers: int = 2) -> tuple[li
     while queue and (limit is None or len(kept) < limit):
         chunk, queue = queue[:batch], queue[batch:]
         results = sandbox.render_many([reference_code(i) or "" for i in chunk], workers=workers,
-                                      seconds=TEST_SECONDS, assets=_assets())
+                                      seconds=TEST_SECONDS)
         for item, result in zip(chunk, results):
             if result.audible and (limit is None or len(kept) < limit):
                 kept.append(item)

@@ -276,8 +276,6 @@ def test_the_eval_scores_the_variant_as_playing():
     assert score_answer(item, _answer(self_source.variant(FOX).code))["sound"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="eval/runner.py renders answers with the manual's sound "
-                   "files staged (_assets), so an answer reading fox.wav plays there")
 def test_the_eval_never_counts_an_answer_reading_a_missing_file_as_playing():
     from csound_assistant.eval.runner import score_answer
     from csound_assistant.eval.tasks import Item
