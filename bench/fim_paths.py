@@ -15,8 +15,9 @@ Paths (each answer greedy, scored by the eval's own judge, ``eval.runner.score_a
   autocomplete``, sent to ``/v1/completions`` without ``suffix`` (no lookups, no trimming; the
   config's stop words);
 - ``ollama``: the Modelfile's TEMPLATE rendered by Go's text/template as Ollama's /api/generate
-  does (tests/gotemplate; an empty suffix takes its chat branch), sent raw to llama.cpp with the
-  Modelfile's stop words (no lookups, no trimming).
+  does (tests/gotemplate: Ollama sends a request with an empty suffix, a cursor at the end of
+  the file, through the TEMPLATE's chat values), sent raw to llama.cpp with the Modelfile's stop
+  words (no lookups, no trimming); it prints how many requests rendered as FIM and as chat.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from csound_assistant.eval.models import Generation  # noqa: E402
 from csound_assistant.eval.natural_fim import CURSORS, cursor_of  # noqa: E402
 from csound_assistant.eval.runner import evaluate_model  # noqa: E402
 from csound_assistant.eval.tasks import load_tasks  # noqa: E402
+from csound_assistant.prompt_format import get_format  # noqa: E402
+from csound_assistant.stage_records import Package  # noqa: E402
 
 PATHS = ("infill", "infill-extra", "v1-suffix", "continue", "ollama")
 N_CTX = 2048
@@ -84,20 +87,27 @@ class OllamaPath:
 
     label = "ollama"
 
-    def __init__(self, gguf: Path, threads: int, modelfile: Path, renderer: GoTemplate):
+    def __init__(self, gguf: Path, threads: int, package: Package, renderer: GoTemplate):
         from csound_assistant.llamacpp import load
 
         self.llm = load().Llama(model_path=str(gguf), n_ctx=N_CTX, n_threads=threads,
                                 verbose=False, flash_attn=False)
-        commands = renderer.run([{"modelfile": modelfile.read_text()}])[0]["commands"]
+        commands = renderer.run([{"modelfile": package.modelfile.read_text()}])[0]["commands"]
         self.template = next(c["args"] for c in commands if c["name"] == "template")
         self.system = next((c["args"] for c in commands if c["name"] == "system"), "")
         self.stop = [c["args"] for c in commands if c["name"] == "stop"]
         self.renderer = renderer
+        self.fim_prefix = get_format(package.prompt_format).fim_prefix
+        # How the TEMPLATE rendered each request: an end-of-file cursor (empty suffix) that
+        # took the chat branch is answered in prose.
+        self.rendered_as: collections.Counter = collections.Counter()
 
     def fim(self, prefix, suffix, *, max_tokens, temperature, seed, repeat_penalty):
         (result,) = self.renderer.run([{"template": self.template, "system": self.system,
                                         "generate": {"prompt": prefix, "suffix": suffix}}])
+        if "error" in result:
+            raise SystemExit(f"the Modelfile's TEMPLATE does not render: {result['error']}")
+        self.rendered_as["fim" if result["prompt"].startswith(self.fim_prefix) else "chat"] += 1
         started = time.perf_counter()
         out = self.llm.create_completion(result["prompt"], max_tokens=max_tokens,
                                          temperature=temperature, seed=seed,
@@ -148,6 +158,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=48,
                     help="floor of each answer's budget (raised to fit the reference middle)")
+    ap.add_argument("--kinds", default=None,
+                    help=f"only these cursor kinds, comma-separated ({', '.join(CURSORS)})")
     ap.add_argument("--limit", type=int, default=None, help="first N items (a smoke run)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -158,7 +170,16 @@ def main() -> None:
     from csound_assistant.runtime.server import create_app
     from csound_assistant.runtime.settings import Settings
 
-    items = load_tasks(args.tasks)[:args.limit]
+    items = load_tasks(args.tasks)
+    run_name = args.tasks.stem  # a run of some kinds does not overwrite the whole table
+    if args.kinds:
+        kinds = args.kinds.split(",")
+        if unknown := set(kinds) - set(CURSORS):
+            raise SystemExit(f"unknown cursor kinds {sorted(unknown)}; choose from "
+                             f"{', '.join(CURSORS)}")
+        items = [item for item in items if cursor_of(item.id) in kinds]
+        run_name += "-" + "+".join(kinds)
+    items = items[:args.limit]
     paths = args.paths.split(",")
     if unknown := set(paths) - set(PATHS):
         raise SystemExit(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
@@ -172,7 +193,7 @@ def main() -> None:
     def run(model, label):
         rows = evaluate_model(model, items, label=label, max_new_tokens=args.max_new_tokens,
                               temperature=0.0)
-        (args.out / f"fim-{args.tasks.stem}-{label}.jsonl").write_text(
+        (args.out / f"fim-{run_name}-{label}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in rows))
         results[label] = rows
 
@@ -190,15 +211,17 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="fim-paths-"))
         try:
             renderer = GoTemplate(build_gotemplate(tmp))
-            run(OllamaPath(args.gguf, args.threads, args.package / "Modelfile", renderer),
-                "ollama")
+            ollama = OllamaPath(args.gguf, args.threads, Package.read(args.package), renderer)
+            run(ollama, "ollama")
+            print(f"ollama: the TEMPLATE rendered {dict(ollama.rendered_as)} of "
+                  f"{len(items)} requests")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     results = {p: results[p] for p in paths}
     print(f"\n{args.tasks.name}: {len(items)} items, {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.1f}; compile@1 per cursor kind (items)")
     print(table(results))
-    (args.out / f"fim-{args.tasks.stem}.md").write_text(table(results) + "\n")
+    (args.out / f"fim-{run_name}.md").write_text(table(results) + "\n")
 
 
 if __name__ == "__main__":
