@@ -131,11 +131,12 @@ def _compile_verdict(code: str, timeout: float) -> Verdict:
                    result.elapsed or 0.0)
 
 
-def _bounded(fn, seconds: float):
-    """``fn`` whose default ``timeout`` is ``seconds``: CheckGate takes the smaller of that and
-    the time its own --timeout leaves."""
-    def run(code, timeout=seconds):
-        return fn(code, timeout)
+def _bounded(fn, deadline: float):
+    """``fn`` whose default ``timeout`` is the time left until ``deadline``: CheckGate takes the
+    smaller of that and the time its own --timeout leaves; a check that waited for a sandbox
+    slot (a request's candidates are judged at once) gets only what is left after the wait."""
+    def run(code, timeout=max(deadline - time.monotonic(), 0.0)):
+        return fn(code, max(min(timeout, deadline - time.monotonic()), 0.01))
     return run
 
 
@@ -181,7 +182,7 @@ class Verification:
             return Verdict("unchecked", code=code)
         self.counts["verify_checks"] += 1
         try:
-            verdict, _ = await self.svc.checks.run(_bounded(fn, seconds), code)
+            verdict, _ = await self.svc.checks.run(_bounded(fn, self.deadline), code)
         except SandboxRefused:
             return Verdict("refused", code=code)
         except (QueueFull, CheckTimeout, IsolationUnavailable) as exc:
