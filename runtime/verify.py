@@ -115,6 +115,20 @@ def whole_program(prefix: str, suffix: str) -> bool:
     return opened > 0 and opened == closed and bool(re.search(r"(?:endin|endop)\s*\Z", text))
 
 
+_FIRST_BLOCK = re.compile(r"```[^\n]*\n(.*?)\n[ \t]*```[^\n]*\n", re.S)
+_CSD_TAG = re.compile(r"<CsoundSynthesizer>|<CsOptions>|<CsInstruments>", re.I)
+
+
+def settled_code(text: str) -> str | None:
+    """``text`` up to the end of its first fenced block when that block is closed and holds a
+    CSD: ``extract_code`` takes the first block holding a CSD, so any text that goes on from
+    here has the same code. None while later text could still change it."""
+    block = _FIRST_BLOCK.search(text)
+    if block is None or not _CSD_TAG.search(block.group(1)):
+        return None
+    return text[:block.end()]
+
+
 def _render_verdict(code: str, timeout: float) -> Verdict:
     from csound_assistant import sandbox
 
@@ -167,14 +181,24 @@ class Verification:
         return self.deadline - time.monotonic()
 
     async def generate(self, tokens, sampling: Sampling, *, first: bool = False,
-                       **kw) -> Result:
+                       on_text=None, **kw) -> Result:
+        """One generation; ``on_text`` sees its text so far after every piece."""
         # The first candidate is what the server answers without --verify: only --timeout
         # bounds it, so verification never cuts an answer short (a long fix request on a busy
         # machine would otherwise lose its code); the budget bounds the others and the checks.
         timeout = None if first else max(self.generate_by - time.monotonic(), 0.001)
-        result = await self.svc.complete(self.request, tokens, sampling, timeout=timeout, **kw)
-        self.spent.append(result)
-        return result
+        job = await self.svc.start_job(self.request, tokens, sampling, timeout=timeout, **kw)
+        text = ""
+        try:
+            async for piece in job.pieces():
+                text += piece
+                if on_text is not None:
+                    on_text(text)
+        finally:
+            job.cancel()
+            job.watcher.cancel()
+        self.spent.append(job.result)
+        return job.result
 
     async def judge(self, code: str, fn) -> Verdict:
         seconds = self.left()
@@ -192,14 +216,16 @@ class Verification:
         self.waited["csound"] += verdict.elapsed  # inside "check": Csound's own run
         return verdict
 
-    async def candidates(self, tokens, sampling: Sampling, n: int, judge, **kw):
+    async def candidates(self, tokens, sampling: Sampling, n: int, judge, *, settled=None,
+                         **kw):
         """Yield (k, result, verdict) for candidates 1..n in order, until the caller stops.
 
         ``engine.slots`` + 1 decode at once (in one batch when the engine decodes in parallel).
-        Each is judged as soon as its own decode ends, while the ones before it still decode;
-        once candidate k passes, those after it are cancelled (the first that passes in order
-        is the answer, so none after k can be) and the ones before it decode in a smaller
-        batch. The order of the yields, and so the answer, is that of the candidates."""
+        Each is judged as soon as its code is settled (``settled(text)``: the text so far once
+        no later text can change the code judged in it), else when its decode ends, while
+        the others still decode; once candidate k passes, those after it are cancelled (the
+        first that passes in order is the answer, so none after k can be) and the rest decode
+        in a smaller batch. The order of the yields, and so the answer, is the candidates'."""
         base = sampling_seed(sampling)
         window = min(n, getattr(self.svc.engine, "slots", 1) + 1)
         tasks: list[asyncio.Task] = []
@@ -211,13 +237,31 @@ class Verification:
             tasks.append(asyncio.ensure_future(candidate(k)))
 
         async def candidate(k: int) -> tuple[Result, Verdict]:
-            result = await self.generate(tokens, candidate_sampling(sampling, k, base),
-                                         first=k == 1, **kw)
-            decoded[k] = time.monotonic()
-            self.counts["verify_candidates"] += 1
-            if len(tasks) < last and self.generate_by - time.monotonic() > MIN_CHECK_S:
-                launch()
-            verdict = await judge(result.text)
+            early: list[asyncio.Task] = []
+
+            def on_text(text: str) -> None:
+                prefix = settled(text) if settled is not None and not early else None
+                if prefix is not None:
+                    early.append(asyncio.ensure_future(judge(prefix)))
+                    early[0].add_done_callback(stop_if_passed)
+
+            def stop_if_passed(task: asyncio.Task) -> None:
+                if not task.cancelled() and task.exception() is None and task.result().passed:
+                    stop_after(k)
+
+            try:
+                result = await self.generate(tokens, candidate_sampling(sampling, k, base),
+                                             first=k == 1, on_text=on_text, **kw)
+                decoded[k] = time.monotonic()
+                self.counts["verify_candidates"] += 1
+                if len(tasks) < last and self.generate_by - time.monotonic() > MIN_CHECK_S:
+                    launch()
+                verdict = await early[0] if early else None
+                if verdict is None or verdict.code != extract_code(result.text):
+                    verdict = await judge(result.text)  # no settled code, or it changed
+            finally:
+                for task in early:
+                    task.cancel()
             if verdict.passed:
                 stop_after(k)
             return result, verdict
@@ -264,7 +308,8 @@ async def verified_chat(svc, request, tokens, sampling: Sampling, **kw) -> Answe
         return Verdict("no-code") if code is None else await v.judge(code, _render_verdict)
 
     first = None
-    async with contextlib.aclosing(v.candidates(tokens, sampling, s.verify, judge, **kw)) as gen:
+    async with contextlib.aclosing(v.candidates(tokens, sampling, s.verify, judge,
+                                                settled=settled_code, **kw)) as gen:
         async for k, result, verdict in gen:
             first = first or result
             if verdict.passed:

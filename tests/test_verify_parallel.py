@@ -13,7 +13,9 @@ import pytest
 from csound_assistant.runtime.backend import Sampling
 from csound_assistant.runtime.engine import Engine, Job, Result
 from csound_assistant.runtime.server import Service
+from csound_assistant.extract import extract_code
 from csound_assistant.runtime.settings import Settings
+from csound_assistant.runtime.verify import settled_code
 
 from runtime_helpers import BROKEN, GOOD, FakeBackend
 
@@ -26,7 +28,8 @@ def answer(code: str) -> str:
 
 class ScriptedParallelEngine(Engine):
     """``slots`` candidates decode at once. Candidate k's reply ends when ``ends[k](service)``
-    turns True (polled), when it is cancelled, or when its deadline passes (cut: "length")."""
+    turns True (polled), when it is cancelled, or when its deadline passes (cut: "length").
+    A reply given as (head, tail) sends its head at once and its tail when it ends."""
 
     def __init__(self, service, replies, ends):
         super().__init__(service.backend)
@@ -52,6 +55,9 @@ class ScriptedParallelEngine(Engine):
 
     async def _decode(self, k: int, job: Job) -> None:
         job._post(("start", None))
+        reply = self.replies[k - 1]
+        head, tail = reply if isinstance(reply, tuple) else ("", reply)
+        job._post(("text", head))
         safety = time.monotonic() + SAFETY_S
         reason = "stop"
         while not self.ends[k - 1](self.service):
@@ -62,9 +68,9 @@ class ScriptedParallelEngine(Engine):
                 reason = "length" if time.monotonic() < safety else "safety"
                 break
             await asyncio.sleep(0.01)
-        text = self.replies[k - 1] if reason == "stop" else ""
+        text = head + tail if reason == "stop" else head
         self.finish[k] = reason
-        job._post(("text", text))
+        job._post(("text", text[len(head):]))
         job._post(("done", Result(text, reason, len(job.tokens), len(text), 0)))
 
 
@@ -132,3 +138,26 @@ def test_the_budget_cuts_candidates_that_would_not_end():
                          verify_seconds=1.0)
     assert [engine.finish[k] for k in (2, 3, 4)] == ["length"] * 3  # cut by the budget
     assert result.path == "unverified" and result.result.text == answer(BROKEN)
+
+
+PROSE = "\nRun it with `csound sine.csd`."
+
+
+def test_a_candidate_is_judged_once_its_code_is_settled_not_when_its_prose_ends():
+    # candidate 1's closing sentence comes only after a check has finished: its own
+    playing = (answer(GOOD) + "\n", PROSE)
+    result, engine = ask([playing, (answer(GOOD) + "\n", PROSE)], [after_a_check, never])
+    assert engine.finish[1] == "stop"  # its code was judged while its prose was still coming
+    assert (result.path, result.result.text) == ("first", answer(GOOD) + "\n" + PROSE)
+    assert engine.finish[2] == "cancelled"  # cancelled once candidate 1 was known to play
+
+
+def test_a_settled_code_is_the_code_of_every_longer_text():
+    text = answer(GOOD) + "\n"
+    assert settled_code(text[:-1]) is None  # the closing fence's line is not finished
+    assert settled_code("Try:\n```csound\ninstr 1\nendin\n```\n") is None  # not a CSD: a
+    # later block would be joined to it
+    prefix = settled_code(text)
+    assert prefix == text
+    for more in (PROSE, "\n```csound\ninstr 2\nendin\n```\n", "\n" + answer(BROKEN)):
+        assert extract_code(prefix + more) == extract_code(prefix)
