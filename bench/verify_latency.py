@@ -7,6 +7,15 @@ is Csound's own run inside check) and each candidate's queue / prompt / decode t
         --decoder csound --verify 4 --verify-seconds 30 --threads 2 \
         --out bench/results/verify/latency-dev
 
+    nice .venv/bin/python bench/verify_latency.py runs/default/export/csound-assistant.Q8_0.gguf \
+        --against 93a2ed4 --limit 24 --threads 1 --verify-seconds 120 --out /tmp/verify-ab
+
+``--against REV`` answers every item twice with the same loaded model, once with
+``runtime/verify.py`` as of git REV and once with the working tree's, alternating which goes
+first and with no cached prompt for either: a paired before/after that a shared machine's
+changing load cannot tilt. Each answer also records the CPU seconds the model's worker thread
+spent before the answer was ready (``worker_cpu_s``: the decode work, whatever the load).
+
 Dev half only: held-out files are refused. Writes ``report.json`` (rows with their phases,
 summary, load average before and after) and prints the summary.
 """
@@ -14,9 +23,14 @@ summary, load average before and after) and prints the summary.
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib.util
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +56,56 @@ def breakdown(rows: list[dict]) -> dict:
     return out
 
 
+def timings(answer) -> dict:
+    """The phases a verified answer waited on, and each generation's own times."""
+    return {"waited": {k: round(v, 3) for k, v in answer.waited.items()},
+            "generations": [{"tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
+                             "cached": r.cached_tokens, "queued_s": round(r.queued_s, 3),
+                             "prompt_s": round(r.prompt_s, 3), "decode_s": round(r.decode_s, 3),
+                             "finish": r.finish_reason} for r in answer.spent]}
+
+
+def verify_at(rev: str):
+    """``runtime/verify.py`` as of git ``rev``, importable beside the working tree's."""
+    source = subprocess.run(["git", "show", f"{rev}:runtime/verify.py"], check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="verify-at-")) / "verify_at.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("csound_assistant.runtime._verify_at", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def paired(model, items, arms: dict) -> list[dict]:
+    """Each item answered by every arm's ``verified_chat`` in turn (rotating the order)."""
+    from csound_assistant.eval.runner import score_answer, token_budget
+
+    svc, rows = model.service, []
+    clock = time.pthread_getcpuclockid(svc.engine._thread.ident)
+    for i, item in enumerate(items):
+        names = list(arms)
+        names = names[i % len(names):] + names[:i % len(names)]
+        for name in names:
+            tokens = svc.prompts.chat_tokens(item.messages)
+            sampling = model._sampling(token_budget(item, 256), 0.0, 0, 1.0)
+            cpu, start = time.clock_gettime(clock), time.monotonic()
+            answer = model.loop.run_until_complete(
+                arms[name].verified_chat(svc, None, tokens, sampling, clear_cache=True))
+            latency, cpu = time.monotonic() - start, time.clock_gettime(clock) - cpu
+            rows.append({"model": name, "id": item.id, "kind": item.kind, "latency": latency,
+                         "worker_cpu_s": round(cpu, 3), "verified": answer.path,
+                         "answer": answer.result.text, "load": os.getloadavg()[0],
+                         "tokens": sum(r.completion_tokens for r in answer.spent),
+                         **timings(answer),
+                         **score_answer(item, answer.result.text)})
+            print(json.dumps({k: rows[-1][k] for k in ("model", "id", "verified", "latency",
+                                                       "worker_cpu_s", "sound", "load")}),
+                  flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     from csound_assistant.eval.runner import collect_items, evaluate_model, summarize
     from csound_assistant.eval.runtime_model import RuntimeModel
@@ -56,6 +120,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--against", metavar="REV", default=None,
+                    help="also answer each item with runtime/verify.py as of git REV (paired)")
     args = ap.parse_args(argv)
     if "heldout" in args.tasks.name or "test" in args.tasks.name:
         raise SystemExit(f"{args.tasks} is a held-out file: measure latency on "
@@ -78,16 +144,20 @@ def main(argv=None) -> dict:
                                 verify_seconds=args.verify_seconds, decoder=args.decoder)
     label = f"{args.decoder}+verify{args.verify}"
     started = time.time()
+    if args.against:
+        from csound_assistant.runtime import verify
+
+        try:
+            rows = paired(model, items, {args.against: verify_at(args.against), "tree": verify})
+        finally:
+            model.close()
+        return _paired_report(args, rows, load_before, started)
     try:
         rows = evaluate_model(model, items, label=label, progress=False)
     finally:
         model.close()
     for row, answer in zip(rows, model.answers):
-        row["waited"] = {k: round(v, 3) for k, v in answer.waited.items()}
-        row["candidates"] = [{"tokens": r.completion_tokens, "queued_s": round(r.queued_s, 3),
-                              "prompt_tokens": r.prompt_tokens, "cached": r.cached_tokens,
-                              "prompt_s": round(r.prompt_s, 3), "decode_s": round(r.decode_s, 3),
-                              "finish": r.finish_reason} for r in answer.spent]
+        row.update(timings(answer))
     summary = summarize(rows, [label], 1)[label]["overall"]
     report = {"settings": {**vars(args), "model": str(args.model), "tasks": str(args.tasks),
                            "out": str(args.out)},
@@ -99,6 +169,35 @@ def main(argv=None) -> dict:
                                                   "latency_p50_s", "verified")}))
     print(json.dumps(report["phases"]["all"]))
     print(json.dumps(report["load_average"]))
+    return report
+
+
+def _paired_report(args, rows, load_before, started) -> dict:
+    arms = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == name]
+        arms[name] = {"n": len(group), "sound@1": statistics.mean(r["sound"] for r in group),
+                      "compile@1": statistics.mean(r["compiled"] for r in group),
+                      "latency_p50_s": _median(r["latency"] for r in group),
+                      "latency_mean_s": round(statistics.mean(r["latency"] for r in group), 3),
+                      "worker_cpu_p50_s": _median(r["worker_cpu_s"] for r in group),
+                      "worker_cpu_mean_s": round(statistics.mean(r["worker_cpu_s"]
+                                                                 for r in group), 3),
+                      "paths": dict(sorted(collections.Counter(r["verified"]
+                                                               for r in group).items())),
+                      "phases": breakdown(group)["all"]}
+    names = list(arms)
+    by_item = {(r["model"], r["id"]): r for r in rows}
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    same = sum(by_item[(names[0], i)]["answer"] == by_item[(names[1], i)]["answer"] for i in ids)
+    report = {"settings": {**vars(args), "model": str(args.model), "tasks": str(args.tasks),
+                           "out": str(args.out)},
+              "arms": arms, "same_answer": same, "items": len(ids),
+              "seconds": time.time() - started,
+              "load_average": {"before": load_before, "after": os.getloadavg()}, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({k: report[k] for k in ("arms", "same_answer", "items", "load_average")}))
     return report
 
 
