@@ -6,9 +6,9 @@ with ``--parallel`` they are submitted together and decode in one batch). Each c
 Csound is rendered in the sandbox as soon as it is settled (its first fenced block, holding a
 CSD, is closed; else when the candidate ends), while the others still decode, and the first in
 order that plays (compiles, renders, not silent, no NaN, reads no missing file: the eval's
-sound@1) is returned; once one plays, the candidates after it are cancelled. If none plays, the best
-fixable one goes back to the model with Csound's first error (``csound_assistant.repair``);
-then the best candidate is returned, marked unverified. When the first answer holds no code (an
+sound@1) is returned; once one plays, the candidates after it are cancelled. If none plays,
+the best fixable one goes back to the model with Csound's first error
+(``csound_assistant.repair``); then the best candidate is returned, marked unverified. When the first answer holds no code (an
 explanation, or a small model that answered in prose), the other candidates are still judged:
 one that plays replaces it; otherwise the first answer is returned as it is (no repair, and no
 code that does not play in place of prose). ``--verify-seconds`` bounds the whole request
