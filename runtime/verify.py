@@ -8,12 +8,13 @@ CSD, is closed; else when the candidate ends), while the others still decode, an
 order that plays (compiles, renders, not silent, no NaN, reads no missing file: the eval's
 sound@1) is returned; once one plays, the candidates after it are cancelled. If none plays,
 the best fixable one goes back to the model with Csound's first error
-(``csound_assistant.repair``); then the best candidate is returned, marked unverified. When the first answer holds no code (an
-explanation, or a small model that answered in prose), the other candidates are still judged:
-one that plays replaces it; otherwise the first answer is returned as it is (no repair, and no
-code that does not play in place of prose). ``--verify-seconds`` bounds the whole request
-(generation and checks) and so does ``--timeout``; sandbox runs go through the server's
-``CheckGate`` (worker threads, its queue and limits).
+(``csound_assistant.repair``); then the best candidate is returned, marked unverified. When
+the first answer holds no code (an explanation, or a small model that answered in prose), the
+other candidates are still judged: one that plays replaces it; otherwise the first answer is
+returned as it is (no repair, and no code that does not play in place of prose).
+``--verify-seconds`` bounds the whole request (generation and checks) and so does
+``--timeout``; sandbox runs go through the server's ``CheckGate`` (worker threads, its queue
+and limits).
 
 A fill-in-the-middle request is verified only where prefix + middle + suffix is a whole CSD or
 orchestra: then its candidates are compiled (not rendered) and the first that compiles wins.
