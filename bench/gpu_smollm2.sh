@@ -59,7 +59,11 @@ R.from_manual().save('.gpu/splits/opcode_reference.json')"
   train)  # extra arguments go to `train run`, e.g. --set method=lora
     test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
     shift; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-    install_site .whl/*.whl
+    # RUN_NAME=NAME trains /tmp/runs/NAME on the staged base (two at once: two names, one GPU)
+    R=${RUN_NAME:-gpu}
+    if [ "$R" != gpu ]; then mkdir -p /tmp/runs/$R && ln -sfn $W/base /tmp/runs/$R/base; fi
+    W=/tmp/runs/$R
+    [ -n "$SKIP_INSTALL" ] || install_site .whl/*.whl
     rm -rf $W/splits && mkdir -p $W/splits
     for s in train validation; do gunzip -c .gpu/splits/$s.jsonl.gz > $W/splits/$s.jsonl; done
     REPO=$PWD && cd /tmp
@@ -69,11 +73,11 @@ R.from_manual().save('.gpu/splits/opcode_reference.json')"
     } 2>&1 | tee $OUT/train.log
     start=$SECONDS
     python3 -m csound_assistant.cli train run -c $REPO/train/configs/${CONFIG:-gpu-smollm2-qlora}.yaml \
-      --work-dir /tmp/runs --run gpu --force "$@" 2>&1 | tee -a $OUT/train.log
+      --work-dir /tmp/runs --run $R --force "$@" 2>&1 | tee -a $OUT/train.log
     echo "wall seconds of train run: $((SECONDS - start))" | tee -a $OUT/train.log
     cp $W/adapter/metrics.json $W/adapter/record.json $W/adapter/loss_curve.png $OUT/
-    tar -C $W -czf /tmp/adapter.tar.gz adapter && sha256sum /tmp/adapter.tar.gz > $OUT/adapter.sha256
-    split -b 15M -d /tmp/adapter.tar.gz $OUT/adapter.tar.gz.
+    tar -C $W -czf /tmp/$R-adapter.tar.gz adapter && (cd /tmp && sha256sum $R-adapter.tar.gz | sed "s/ $R-adapter/ adapter/") > $OUT/adapter.sha256
+    split -b 15M -d /tmp/$R-adapter.tar.gz $OUT/adapter.tar.gz.
     ls -l $OUT ;;
   sweep)
     test -f $W/base/record.json || { echo "no $W/base: cold machine, stage again"; exit 3; }
