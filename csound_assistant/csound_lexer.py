@@ -2,38 +2,61 @@
 the pure half of the Csound-aware decoder (``runtime/decoder.py`` masks logits with it).
 
 ``Document`` follows a text line by line: prose (never judged), fenced code blocks and
-``<CsoundSynthesizer>`` files, and inside them the orchestra (judged) apart from options and
-score (not judged). ``Document.allows(text)`` says whether appending ``text`` keeps every
-orchestra statement possible:
+``<CsoundSynthesizer>`` files, and inside them the orchestra and the score (judged) apart from
+options (not judged). ``Document.allows(text)`` says whether appending ``text`` keeps every
+statement possible:
 
 - a statement's first word that cannot be a variable (no a/k/i/S/f/w/g rate prefix, not
   ``p3``) is an opcode, a keyword or a label (``loop:``); after an output list (``asig``,
   ``aL, aR``) the next word is an opcode whose synopsis takes that many outputs of those rates
-  (``kenv moogladder`` and ``a1, a2 phasor`` are refused);
+  (``kenv moogladder`` and ``a1, a2 phasor`` are refused), written with a space after it
+  (``kenv partikkel(2)`` and ``a1 oscili:a`` are syntax errors in Csound 6); a function used
+  as an opcode takes one argument of its output's rate (``aout floor 0.5`` is refused);
 - opcode names come from the manual (``OpcodeTable``) and from what the text declared earlier:
   ``opcode NAME``, ``instr NAME`` and labels;
 - a statement cannot end (newline, ``;``) with fewer arguments than the opcode's smallest
-  synopsis takes, nor take more than its largest allows;
-- in expressions (after ``=``, ``if``, inside arguments) a word followed by ``(`` must be a
-  known opcode or function.
+  synopsis takes, nor take more than its largest allows, nor with a parenthesis open;
+- an argument's rate fits its synopsis slot (``tone 0.5, 440``: tone's first slot is a-rate;
+  ``opcode_args.py``);
+- in expressions (after ``=``, ``if``, inside arguments; ``csound_expr.py``) a word followed
+  by ``(`` must be a known opcode or function (an opcode with no space before it), any other
+  word a variable already assigned (``csound_scope.py``); two operands need an operator
+  between them; ``[`` only indexes a name; code is ASCII outside strings and comments;
+- ``endin`` only closes an instrument, ``instr`` never opens one inside another;
+- a score line is a score statement whose fields are no words (``i Bass 0 1`` is refused:
+  named instruments are quoted; ``csound_score.py``).
 Anything it cannot read surely (a macro, a continued line, a block comment) is allowed.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
 
+from .csound_expr import (
+    EXPR_KEYWORDS,
+    GOTO_WORDS,
+    HEADER_WORDS,
+    Scan,
+    ident_end,
+    scan_args,
+    skip_space,
+)
+from .csound_score import SCORE_STATEMENTS, score_ok
+from .csound_scope import Scope
+from .opcode_args import ArgForms
 from .opcode_table import OpcodeTable, rate_of
 
 # Words that start or shape statements; the ones after which the rest of the line is free
 # (names, labels, instrument numbers) and the ones followed by an expression.
 FREE_KEYWORDS = frozenset({"instr", "endin", "opcode", "endop", "goto", "igoto", "kgoto",
                            "tigoto", "rigoto", "struct"})
-EXPR_KEYWORDS = frozenset({"if", "elseif", "else", "endif", "while", "until", "do", "od",
-                           "then", "enduntil", "ithen", "kthen", "return"})
-HEADER_WORDS = frozenset({"sr", "kr", "ksmps", "nchnls", "nchnls_i", "A4", "zakinit"})
+# Opcodes whose arguments may be labels (their synopses say ``label``): words not judged.
+LABEL_OPCODES = frozenset({"cggoto", "cigoto", "ckgoto", "cngoto", "timout", "reinit",
+                           "loop_lt", "loop_le", "loop_gt", "loop_ge"}) | GOTO_WORDS
 FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
 CODE_FENCES = frozenset({"", "csound", "csd", "orc", "cs", "udo", "csound-orc", "csound-csd",
                          "instr"})
@@ -41,9 +64,8 @@ _IDENT = re.compile(r"[A-Za-z_]\w*")
 _DECL = re.compile(r"^\s*(?:(instr)\s+(\+?\w+(?:\s*,\s*\+?\w+)*)\s*(?:;.*)?$"
                    r"|(opcode)\s+([A-Za-z_]\w*)\s*,|([A-Za-z_]\w*):(?!\S))")
 _SCORE_LINE = re.compile(r"^\s*[if]\s*\d")
-SCORE_STATEMENTS = frozenset("abBCdefimnqrstvxy")  # one-letter score statements
 
-PROSE, ORC, OTHER = "prose", "orc", "other"  # region kinds
+PROSE, ORC, SCORE, OTHER = "prose", "orc", "score", "other"  # region kinds
 
 
 @dataclass
@@ -58,12 +80,19 @@ def _variable_like(word: str) -> bool:
     return rate_of(word) != "x" or (word[0] == "p" and word[1:].isdigit())
 
 
+@functools.lru_cache(maxsize=8)
+def _function_names(table: OpcodeTable) -> tuple[str, ...]:
+    return tuple(sorted(table.functions))
+
+
 @dataclass
 class Line:
     """One statement's text judged against the opcode table and the text's own names."""
 
     table: OpcodeTable
     names: frozenset
+    scope: Scope | None = None  # variables assigned so far (None: not judged)
+    args: ArgForms | None = None  # argument slot rates (None: not judged)
 
     def known(self, name: str) -> bool:
         return name in self.table or name in self.names
@@ -80,16 +109,33 @@ class Line:
     def opcode_fits(self, name: str, rates: tuple[str, ...]) -> bool:
         return name in self.names or (name in self.table and self.table.takes(name, rates))
 
+    def variable_ok(self, word: str, partial: bool) -> bool:
+        """``word`` read as a variable (``partial``: it may go on) is assigned, or may be."""
+        scope = self.scope
+        if scope is None or not scope.judges:
+            return True
+        if not partial:
+            return scope.defines(word)
+        if scope.could_define(word) or any(w.startswith(word) for w in EXPR_KEYWORDS)  \
+                or any(w.startswith(word) for w in GOTO_WORDS) \
+                or any(n.startswith(word) for n in self.names):
+            return True
+        functions = _function_names(self.table)
+        i = bisect.bisect_left(functions, word)
+        return i < len(functions) and functions[i].startswith(word)
+
     def check(self, text: str, complete: bool) -> bool:
         """Whether ``text`` (one line; whole when ``complete``) can be or start valid Csound."""
-        i = _skip_space(text, 0)
+        i = skip_space(text, 0)
+        if i < len(text) and not text[i].isascii():
+            return False  # a broken token: Csound's lexer refuses any non-ASCII code
         if i == len(text) or not (text[i].isalpha() or text[i] == "_"):
             return True  # blank, comment, macro, tag, number (0dbfs), score brace
-        end = _ident_end(text, i)
+        end = ident_end(text, i)
         word = text[i:end]
         if end == len(text):
             if complete:
-                return word in SCORE_STATEMENTS or word in FIRST_WORDS \
+                return word in SCORE_STATEMENTS or (word in FIRST_WORDS and self._nests(word)) \
                     or (self.known(word) and self._args_fit(word, (), "", True))
             # Any word may yet become a label (``loop:``), but labels are written at the
             # line's start (160 of 185 in the manual's examples): an indented word must
@@ -97,15 +143,16 @@ class Line:
             return i == 0 or self.first_prefix(word)
         rest = text[end:]
         if rest[0] == "(":  # a call as a statement: ``outs(a1, a1)``
-            return (word in EXPR_KEYWORDS or self.known(word)) and self._expr_ok(rest, complete)
+            return (word in EXPR_KEYWORDS or self.known(word)) \
+                and self._expr_ok(rest, complete)
         if rest[0] == ":":
             return self.check(rest[1:], complete) if not rest.startswith("::") else True
         if word in FREE_KEYWORDS:
-            return True
+            return self._nests(word)
         if word in EXPR_KEYWORDS or word in HEADER_WORDS:
             return self._expr_ok(rest, complete)
         if word in self.table.no_output and rest[0] in " \t" and \
-                _skip_space(rest, 0) < len(rest) and rest[_skip_space(rest, 0)] not in ",=[":
+                skip_space(rest, 0) < len(rest) and rest[skip_space(rest, 0)] not in ",=[":
             return self._args_fit(word, (), rest, complete)  # ``ftfree ifn, 0``
         if _variable_like(word):
             return self._outputs(word, rest, complete)
@@ -115,11 +162,14 @@ class Line:
             return False
         return self._args_fit(word, (), rest, complete)
 
+    def _nests(self, word: str) -> bool:
+        return self.scope is None or self.scope.nesting_allows(word)
+
     def _outputs(self, first: str, text: str, complete: bool) -> bool:
         rates = [rate_of(first)]
         i, spaced = 0, False
         while True:
-            j = _skip_space(text, i)
+            j = skip_space(text, i)
             spaced = spaced or j > i
             i = j
             if i == len(text):
@@ -131,10 +181,10 @@ class Line:
                     return True
                 i, spaced = close + 1, False
             elif c == ",":
-                i = _skip_space(text, i + 1)
+                i = skip_space(text, i + 1)
                 if i == len(text) or not (text[i].isalpha() or text[i] == "_"):
                     return True
-                end = _ident_end(text, i)
+                end = ident_end(text, i)
                 rates.append(rate_of(text[i:end]))
                 i, spaced = end, False
             elif (c.isalpha() or c == "_") and spaced:
@@ -149,12 +199,12 @@ class Line:
                 return c in "\\$"
 
     def _opcode(self, rates: tuple[str, ...], text: str, complete: bool) -> bool:
-        end = _ident_end(text, 0)
+        end = ident_end(text, 0)
         name = text[:end]
         if end == len(text) and not complete:
             return self.name_prefix(name, rates)
-        if end < len(text) and text[end] in ":(":
-            return self.known(name)  # a typed call (``oscili:a``): rates not judged
+        if end < len(text) and (text[end] in ":(" or not text[end].isascii()):
+            return False  # ``kenv partikkel(2)``, ``a1 oscili:a``, ``tone\ufffd``: refused
         if not self.opcode_fits(name, rates):
             return False
         return self._args_fit(name, rates, text[end:], complete)
@@ -162,78 +212,48 @@ class Line:
     def _args_fit(self, name: str, rates: tuple[str, ...], text: str, complete: bool) -> bool:
         if name in self.names:
             low, high = 0, math.inf
+        elif self.args and name in self.args.function_only:
+            low, high = 1, 1  # ``kx floor ky``: a function as an opcode takes one argument
         else:
             low, high = self.table.arg_bounds(name, rates)
-        scan = _scan(text, self)
+        scan = scan_args(text, self, complete, name not in LABEL_OPCODES)
         if scan is None:
             return False
-        commas, content, ended, free = scan
-        if free:
+        if scan.free:
             return True
+        commas, content = scan.commas, scan.content
         if commas + 1 > high and (commas or content):
             return False
-        if complete or ended:
-            return (commas + 1 if content or commas else 0) >= low
+        if self.args and name not in self.names and not self._slots_fit(name, rates, scan,
+                                                                          complete):
+            return False
+        if complete or scan.ended:
+            return (commas + 1 if content or commas else 0) >= low and not scan.open_operand
         return True
 
+    def _slots_fit(self, name: str, rates: tuple[str, ...], scan: Scan, complete: bool) -> bool:
+        done = scan.args if complete or scan.ended else scan.args[:-1]
+        for slot, arg in enumerate(done):
+            if arg.rate and (self.args.refuses(name, rates, slot, arg.rate)
+                             or arg.rate != "a" and self.args.only_audio(name, rates, slot)):
+                return False
+        last = scan.args[-1]
+        # Where no a-rate variable exists, a number or string cannot start an a-rate argument
+        # (``tone 0.5``), nor a number a string argument: refused at once, or the model writes
+        # digits on, never allowed to end the argument (``0.5 * asig`` is fine with an asig).
+        if complete or scan.ended or not last.first or last.first not in '0123456789."':
+            return True
+        slot = len(scan.args) - 1
+        if last.first != '"' and self.args.refuses(name, rates, slot, "c") \
+                and not self.args.refuses(name, rates, slot, "S"):
+            return False
+        return self.scope is None or self.scope.has_audio() \
+            or not self.args.only_audio(name, rates, slot)
+
     def _expr_ok(self, text: str, complete: bool) -> bool:
-        return _scan(text, self) is not None
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in " \t\r":
-        i += 1
-    return i
-
-
-def _ident_end(text: str, i: int) -> int:
-    while i < len(text) and (text[i].isalnum() or text[i] == "_"):
-        i += 1
-    return i
-
-
-def _scan(text: str, line: Line):
-    """Arguments or an expression: (top-level commas, any content, statement ended by a
-    comment, free: a construct not judged), or None where a word before ``(`` is unknown or an
-    argument is empty."""
-    i, depth, commas, content, current = 0, 0, 0, False, False
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            close = i + 1
-            while close < n and text[close] != '"':
-                close += 2 if text[close] == "\\" else 1
-            if close >= n:
-                return commas, True, False, False
-            i, content, current = close + 1, True, True
-            continue
-        if c == ";" or text.startswith("//", i):
-            return commas, content, True, False
-        if text.startswith("/*", i) or text.startswith("{{", i) or c in "\\$#":
-            return commas, content, False, True
-        if c.isalpha() or c == "_":
-            end = _ident_end(text, i)
-            word = text[i:end]
-            if end < n and text[end] == "(" and word not in EXPR_KEYWORDS \
-                    and not line.known(word) and word not in line.table.functions:
-                return None
-            i, content, current = end, True, True
-            continue
-        if c in "([":
-            depth += 1
-        elif c in ")]":
-            depth = max(0, depth - 1)
-        elif c == "," and depth == 0:
-            if not current:
-                return None  # an empty argument (``noise, asig``)
-            commas, current = commas + 1, False
-            i += 1
-            continue
-        if c not in " \t\r":
-            content = current = True
-        i += 1
-    return commas, content, False, False
+        scan = scan_args(text, self, complete, True)
+        return scan is not None and (scan.free or not ((complete or scan.ended)
+                                                       and scan.open_operand))
 
 
 @dataclass
@@ -246,45 +266,60 @@ class Document:
     names: frozenset = frozenset()
     line: str = ""
     pending: str | None = None  # an open block comment or {{ string: lines free until it ends
+    scope: Scope = field(default_factory=Scope)
+    args: ArgForms | None = None
 
     @classmethod
-    def for_chat(cls, table: OpcodeTable, prompt_text: str = "") -> Document:
+    def for_chat(cls, table: OpcodeTable, prompt_text: str = "",
+                 args: ArgForms | None = None) -> Document:
         """An answer: prose first; names the prompt's code declared are known."""
-        return cls(table, names=frozenset(_declared(prompt_text)))
+        return cls(table, names=frozenset(_declared(prompt_text)),
+                   args=args or ArgForms.from_manual())
 
     @classmethod
-    def for_fim(cls, table: OpcodeTable, prefix: str) -> Document:
-        """A middle after ``prefix``: a whole file (orchestra unless its tags say otherwise)."""
-        doc = cls(table, region=Region(ORC, document=True))
+    def for_fim(cls, table: OpcodeTable, prefix: str, args: ArgForms | None = None) -> Document:
+        """A middle after ``prefix``: a whole file (orchestra unless its tags say otherwise),
+        whose variables are judged once an instrument starts in it."""
+        doc = cls(table, region=Region(ORC, document=True), args=args or ArgForms.from_manual())
         doc.feed(prefix)
         return doc
 
     @property
     def judging(self) -> bool:
-        """Whether the next text is orchestra code (the only place anything is refused)."""
-        return self.region.kind == ORC and self.pending is None
+        """Whether the next text is orchestra or score (the only places anything is refused)."""
+        return self.region.kind in (ORC, SCORE) and self.pending is None
+
+    def checker(self, scope: Scope | None = None, names: frozenset | None = None) -> Line:
+        return Line(self.table, self.names if names is None else names,
+                    self.scope if scope is None else scope, self.args)
 
     def feed(self, text: str) -> None:
         *done, self.line = (self.line + text).split("\n")
         for line in done:
-            self.region, self.names, self.pending = _after_line(
-                self.region, self.names, self.pending, line)
+            self.region, self.names, self.pending, self.scope = _after_line(
+                self.region, self.names, self.pending, self.scope, line)
 
     def allows(self, text: str) -> bool:
-        region, names, pending = self.region, self.names, self.pending
+        region, names, pending, scope = self.region, self.names, self.pending, self.scope
         *done, last = (self.line + text).split("\n")
         for line in done:
-            if region.kind == ORC and pending is None \
-                    and not Line(self.table, names).check(line, not _continued(line)):
+            if pending is None and not _judge(region, self.checker(scope, names), line,
+                                              not _continued(line)):
                 return False
-            region, names, pending = _after_line(region, names, pending, line)
-        if region.kind != ORC or pending is not None:
-            return True
-        return Line(self.table, names).check(last, False)
+            region, names, pending, scope = _after_line(region, names, pending, scope, line)
+        return pending is not None or _judge(region, self.checker(scope, names), last, False)
 
     def line_ok(self) -> bool:
         """Whether the unfinished line is valid so far (else judging it would refuse all)."""
-        return not self.judging or Line(self.table, self.names).check(self.line, False)
+        return not self.judging or _judge(self.region, self.checker(), self.line, False)
+
+
+def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:
+    if region.kind == ORC:
+        return line.check(text, complete)
+    if region.kind == SCORE:
+        return score_ok(text, complete)
+    return True
 
 
 def _continued(line: str) -> bool:
@@ -305,38 +340,45 @@ def _declared(text: str) -> set[str]:
     return names
 
 
-def _after_line(region: Region, names: frozenset, pending: str | None, line: str):
-    """(region, names, pending) after a finished line."""
+def _after_line(region: Region, names: frozenset, pending: str | None, scope: Scope,
+                line: str):
+    """(region, names, pending, scope) after a finished line."""
     stripped = line.strip()
     if pending == "\\":
-        return region, names, "\\" if _continued(line) else None
+        if region.kind == ORC:
+            scope = scope.after(line)
+        return region, names, "\\" if _continued(line) else None, scope
     if pending is not None:
         if pending in line:
             pending = None
-        return region, names, pending
+        return region, names, pending, scope
     if region.kind == PROSE:
         if stripped.startswith("```"):
             lang = stripped[3:].strip().lower()
-            return Region(ORC if lang in CODE_FENCES else OTHER, fenced=True), names, None
+            return Region(ORC if lang in CODE_FENCES else OTHER, fenced=True), names, None, \
+                replace(scope, block=None, local=frozenset())
         if stripped.lower().startswith("<csoundsynthesizer>"):
-            return Region(OTHER, csd=True), names, None
-        return region, names, None
+            return Region(OTHER, csd=True), names, None, scope
+        return region, names, None, scope
     if region.fenced and stripped.startswith("```"):
-        return Region(PROSE), names, None
+        return Region(PROSE), names, None, scope
     low = stripped.lower()
     if low.startswith("<"):
         if "</csoundsynthesizer>" in low and not region.fenced and not region.document:
-            return Region(PROSE), names, None
+            return Region(PROSE), names, None, scope
         if "<csinstruments>" in low:
-            return replace(region, kind=ORC, csd=True), names, None
+            return replace(region, kind=ORC, csd=True), names, None, \
+                Scope.file() if scope.sure else replace(Scope.file(), sure=False)
+        if "<csscore>" in low:
+            return replace(region, kind=SCORE, csd=True), names, None, scope
         if "<csoundsynthesizer>" in low or re.match(r"</?cs\w*>|<\w+", low):
             return replace(region, kind=OTHER, csd=region.csd or "<csoundsynthesizer>" in low), \
-                names, None
-        return region, names, None
+                names, None, scope
+        return region, names, None, scope
     if region.kind != ORC:
-        return region, names, None
+        return region, names, None, scope
     if not region.csd and _SCORE_LINE.match(line):
-        return replace(region, kind=OTHER), names, None  # a score in an untagged block
+        return replace(region, kind=OTHER), names, None, scope  # a score in an untagged block
     code = line.split(";")[0]
     if _continued(line):
         pending = "\\"
@@ -344,5 +386,6 @@ def _after_line(region: Region, names: frozenset, pending: str | None, line: str
         pending = "*/"
     elif "{{" in code and "}}" not in code[code.index("{{"):]:
         pending = "}}"
+    scope = scope.after(line)
     new = _declared(line)
-    return region, names | new if new else names, pending
+    return region, names | new if new else names, pending, scope

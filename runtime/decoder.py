@@ -1,10 +1,12 @@
 """The Csound-aware decoder: ``serve --decoder csound`` and ``eval run --decoder csound``.
 
-At each step where the answer is orchestra code (inside a fenced block or between
+At each step where the answer is orchestra or score code (inside a fenced block or between
 ``<CsoundSynthesizer>`` tags of a chat answer, or anywhere in a FIM middle), the logits of the
 tokens that would break a rule of ``csound_assistant/csound_lexer.py`` (an invented opcode in
 opcode position, an opcode whose synopsis takes other outputs, a statement ending with too few
-arguments or taking too many) are set to -inf before llama.cpp's sampler chain runs. Prose is
+arguments or taking too many, a variable read before it is assigned, an argument of a rate its
+slot does not take, an open parenthesis at a statement's end, ``endin`` outside an instrument,
+a word in a score field) are set to -inf before llama.cpp's sampler chain runs. Prose is
 never touched. Only the highest-logit tokens are judged (``TOP_TOKENS``), in order, until as
 many valid ones are found as the sampler can use (1 for greedy, ``top_k`` otherwise) or the
 rest would fall to ``min_p``; every token not found valid is then masked, so the chain samples
@@ -24,6 +26,7 @@ import re
 import numpy as np
 
 from csound_assistant.csound_lexer import Document
+from csound_assistant.opcode_args import ArgForms
 from csound_assistant.opcode_table import OpcodeTable
 
 from .settings import DECODERS
@@ -58,6 +61,7 @@ class CsoundDecoding:
 
     def __init__(self, backend, table: OpcodeTable | None = None):
         self.table = table or OpcodeTable.from_manual()
+        self.args = ArgForms.from_manual()  # argument slot rates; None without a manual
         self.texts = TokenTexts(backend)
         self.fim = _fim_ids(backend)
 
@@ -79,10 +83,11 @@ class CsoundDecoding:
                 prefix = self.texts.join(prompt[pre + 1:suf])
                 suffix = self.texts.join(prompt[suf + 1:-1])
                 # the middle's end joins the suffix's first line
-                return Constraint(self, Document.for_fim(self.table, prefix), keep, floor,
+                return Constraint(self, Document.for_fim(self.table, prefix, self.args), keep,
+                                  floor,
                                   end=suffix.partition("\n")[0] + "\n")
-        return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt)), keep,
-                          floor)
+        return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt),
+                                                  self.args), keep, floor)
 
 
 class Constraint:

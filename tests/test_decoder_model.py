@@ -79,13 +79,17 @@ def test_a_chat_answers_code_block_is_masked_after_its_fence(backend, prompts):
     assert logits[backend.tokenize("emuls", special=False)[0]] == -np.inf
 
 
-def test_the_fim_prefix_decides_whether_the_cursor_is_in_the_orchestra(backend, prompts):
+def test_the_fim_prefix_decides_which_rules_apply_at_the_cursor(backend, prompts):
+    """Orchestra: an invented opcode is refused; score: a score statement is fine and words
+    are not; options: nothing is judged."""
+    head = "<CsoundSynthesizer>\n<CsOptions>\n"
     in_score = "<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\nendin\n</CsInstruments>\n" \
                "<CsScore>\n"
-    for prefix, judged in ((PREFIX, True), (in_score, False)):
+    for prefix, text, judged in ((PREFIX, "emuls", True), (in_score, "i", False),
+                                 (in_score, "emuls", True), (head, "emuls", False)):
         tokens, _ = prompts.fim_tokens(prefix, "e\n</CsScore>\n", budget=900)
         constraint = backend.constraint(tokens, Sampling(temperature=0))
-        assert constraint.mask(boosted(backend, "emuls")) is judged
+        assert constraint.mask(boosted(backend, text)) is judged, (prefix, text)
 
 
 @pytest.mark.parametrize("parallel", [1, 2])
@@ -119,3 +123,43 @@ def test_serve_decodes_csound_unless_told_plain_and_refuses_unknown_decoders():
     assert Settings.from_env({"CSOUND_ASSISTANT_DECODER": "plain"}).decoder == "plain"
     with pytest.raises(ConfigError, match="decoder must be one of plain, csound"):
         Settings(decoder="grammar")
+
+
+CSD_SCORE = "<CsoundSynthesizer>\n<CsInstruments>\ninstr Bass\nendin\n</CsInstruments>\n<CsScore>\n"
+
+
+@pytest.mark.parametrize("prefix, bad, good", [
+    # a variable never assigned (describe-thunder)
+    ("instr 1\n  asig vco2 0.5, 220\n  aout = asig *", " thunder", " as"),
+    # an a-rate slot: no number while no a-rate variable exists (describe-fm-bell)
+    ("instr 1\n  aout tone ", "0", "("),
+    # a k variable cannot end tone's a-rate first argument
+    ("instr 1\n  kenv linseg 0, 1, 1\n  asig vco2 0.5, 220\n  aout tone kenv", ",", "*"),
+    # a call glued to the opcode after outputs (describe-tubular-bell)
+    ("instr 1\n  a1 oscili", "(", " "),
+    # a statement cannot end with a parenthesis open (fix-unbalanced-paren)
+    ("instr 1\n  kcps = cpspch(p4", "\n", ")"),
+    # a function as an opcode takes its output's rate (describe-drum-pattern)
+    ("instr 1\n  aout floor ", "0", "("),
+    # no endin without an instrument
+    ("instr 1\nendin\nendin", "\n", "g"),  # only another word (a label) may go on
+    # a named instrument is quoted in the score (fix-unquoted-instr-name)
+    (CSD_SCORE + "i", " Bass", ' "'),
+    # a broken or non-ASCII token in code (describe-kalimba)
+    ("instr 1\n  aout tone", "\u00e9", " "),
+    # an opcode's call has no space before ``(`` (explain-delayr-delayw)
+    ("instr 1\n  a1 = 1 + oscili", " (", "("),
+    # two operands with no operator between (fix-freeverb-outputs)
+    ("instr 1\n  a1 vco2 0.3, 220\n  outs a1", " a", ","),
+])
+def test_a_token_that_breaks_a_rule_cannot_be_sampled(backend, prompts, prefix, bad, good):
+    """The real tokenizer: the rule's offending token is masked and a valid one stays."""
+    bad_id, good_id = (backend.tokenize(t, special=False) for t in (bad, good))
+    assert len(bad_id) == 1 and len(good_id) == 1, (bad_id, good_id)
+    tokens, _ = prompts.fim_tokens(prefix, "\n", budget=900)
+    constraint = backend.constraint(tokens, Sampling(temperature=0))
+    logits = np.zeros(backend.n_vocab, dtype=np.float32)
+    logits[bad_id[0]], logits[good_id[0]] = 30.0, 20.0
+    assert constraint.mask(logits), (prefix, bad)
+    assert logits[bad_id[0]] == -np.inf
+    assert int(np.argmax(logits)) == good_id[0]

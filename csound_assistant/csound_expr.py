@@ -1,0 +1,220 @@
+"""How an argument list or an expression reads, for the Csound-aware decoder
+(``csound_assistant/csound_lexer.py``): its top-level arguments with their rates, whether a
+parenthesis is left open, and whether every word in it is a known function or an assigned
+variable (``Line.variable_ok``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .opcode_table import rate_of
+
+EXPR_KEYWORDS = frozenset({"if", "elseif", "else", "endif", "while", "until", "do", "od",
+                           "then", "enduntil", "ithen", "kthen", "return"})
+GOTO_WORDS = frozenset({"goto", "igoto", "kgoto", "tigoto", "rigoto"})  # a label follows
+HEADER_WORDS = frozenset({"sr", "kr", "ksmps", "nchnls", "nchnls_i", "A4", "zakinit"})
+NUMBER = re.compile(r"0dbfs\b|\d*\.?\d+(?:[eE][+-]?\d*)?|\d+\.")  # 1e-3 (being written: 1e)
+
+
+@dataclass
+class Arg:
+    """One argument as scanned: its first character and its rate ("a", "k", "i", "S", "c" a
+    constant; None where it cannot be told, e.g. a function call)."""
+
+    first: str = ""
+    rates: set = field(default_factory=set)
+    call: bool = False
+
+    @property
+    def rate(self) -> str | None:
+        if self.call or not self.first or self.rates - set("akiSc"):
+            return None
+        for r in "akiS":
+            if r in self.rates:
+                return r
+        return "c" if self.rates else None
+
+
+@dataclass
+class Scan:
+    """Arguments or an expression as scanned so far."""
+
+    commas: int = 0
+    content: bool = False
+    ended: bool = False  # the statement ended with a comment
+    free: bool = False  # a construct not judged
+    args: list = field(default_factory=lambda: [Arg()])
+    depth: int = 0
+    last: str = ""  # the last code character
+
+    @property
+    def open_operand(self) -> bool:
+        """A parenthesis is open after an operand: Csound wants ``,`` or ``)`` there."""
+        return self.depth > 0 and (self.last.isalnum() or self.last in tuple("_)]\"."))
+
+
+def skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r":
+        i += 1
+    return i
+
+
+def ident_end(text: str, i: int) -> int:
+    while i < len(text) and text[i].isascii() and (text[i].isalnum() or text[i] == "_"):
+        i += 1
+    return i
+
+
+def scan_args(text: str, line, complete: bool = False, variables: bool = True) -> Scan | None:
+    """Arguments or an expression, or None where a word before ``(`` is unknown, an opcode
+    that is no function has a space before its ``(`` (``delay wgpluck (a1), 1``), a variable
+    is not assigned yet (``variables``), an argument is empty, two operands meet with no
+    operator between them (``outs arev a1``), ``[`` follows no name, an opcode that makes no
+    output is called (``delayw(abuf)``), or a character is not ASCII (a broken token) or is a
+    backtick, outside a string or comment: Csound's lexer refuses them."""
+    scan = Scan()
+    arg = scan.args[0]
+    i, n, current = 0, len(text), False
+    operand = False  # an operand just ended: the next must be an operator, a comma, a bracket
+    mute = None  # inside a call whose rate is known (from this depth): its arguments add none
+    ternary = 0  # ``?`` still waiting for their ``:``
+    while i < n:
+        c = text[i]
+        if not c.isascii() or c == "`":
+            return None
+        number = c.isdigit() or (c == "." and text[i + 1:i + 2].isdigit())
+        if operand and (c == '"' or number or c.isalpha() or c == "_") \
+                and not _keyword_ahead(text, i, complete):
+            return None
+        if c == '"':
+            close = i + 1
+            while close < n and text[close] != '"':
+                close += 2 if text[close] == "\\" else 1
+            arg.first = arg.first or c
+            if mute is None:
+                arg.rates.add("S")
+            scan.content, current, scan.last = True, True, c
+            if close >= n:
+                return scan
+            i, operand = close + 1, True
+            continue
+        if c == ";" or text.startswith("//", i):
+            scan.ended = True
+            return scan
+        if text.startswith("/*", i) or text.startswith("{{", i) or c in "\\$#":
+            scan.free = True
+            return scan
+        if number:
+            m = NUMBER.match(text, i)
+            end = m.end() if m else i + 1
+            if not complete and "0dbfs".startswith(text[i:]):
+                end = n  # 0dbfs being written
+            arg.first = arg.first or c
+            if mute is None:
+                arg.rates.add("c")
+            scan.content, current, scan.last = True, True, text[end - 1]
+            i, operand = end, True
+            continue
+        if c.isalpha() or c == "_":
+            end = ident_end(text, i)
+            word = text[i:end]
+            after = skip_space(text, end)
+            arg.first = arg.first or c
+            scan.content, current, scan.last = True, True, text[end - 1]
+            # a known name then spaces at the text's end: a call if it is no variable
+            pending_call = after == n > end and not complete and word in line.table.functions \
+                and not (variables and line.variable_ok(word, False))
+            if end < n and text[end] in "(:" or pending_call or (
+                    word in line.table.functions and after < n and text[after] == "("):
+                if word not in EXPR_KEYWORDS and not line.known(word) \
+                        and word not in line.table.functions:
+                    return None
+                if after > end and line.args and word in line.table.forms \
+                        and word not in line.args.function_only \
+                        and (after == n or text[after] == "(") and word not in line.names:
+                    return None  # Csound 6 reads ``oscili (`` as a syntax error
+                if word in line.table.forms and word not in line.names \
+                        and all(f.out_max == 0 for f in line.table.forms[word]):
+                    return None  # ``delayw(abuf)``: an opcode with no outputs is no call
+                if word not in EXPR_KEYWORDS and mute is None \
+                        and _call_rate(arg, word, text[end:end + 3], line):
+                    mute = scan.depth
+                operand = False
+            elif word in GOTO_WORDS:
+                scan.free = True
+                return scan
+            elif word in EXPR_KEYWORDS:
+                operand = False
+            else:
+                if variables and not line.variable_ok(word, end == n and not complete):
+                    return None
+                if mute is None:
+                    arg.rates.add("i" if word in HEADER_WORDS or word[0] == "p" and
+                                  word[1:].isdigit() else rate_of(word))
+                operand = True
+            i = end
+            continue
+        if c == "[" and not (scan.last.isalnum() or scan.last in ("_", "]")):
+            return None  # ``abs[``: brackets only index an array
+        if c == "?":
+            ternary += 1
+        elif c == ":" and not (text[i - 1:i].isalnum() and (i + 1 == n and not complete
+                                                             or text[i + 1:i + 2] in tuple("aikS"))):
+            if not ternary:
+                return None  # a ``:`` that no ``?`` opened and no typed call (``oscili:a``)
+            ternary -= 1
+        if c not in " \t\r":
+            operand = c in ")]"
+        if c in "([":
+            scan.depth += 1
+        elif c in ")]":
+            scan.depth = max(0, scan.depth - 1)
+            if mute is not None and scan.depth <= mute:
+                mute = None
+        elif c == "," and scan.depth == 0:
+            if not current:
+                return None  # an empty argument (``noise, asig``)
+            scan.commas, current = scan.commas + 1, False
+            arg = Arg()
+            scan.args.append(arg)
+            scan.last = c
+            i += 1
+            continue
+        if c not in " \t\r":
+            scan.content = current = True
+            scan.last = c
+            if c not in "([" and not arg.first and c not in "-+":
+                arg.first = c
+        i += 1
+    return scan
+
+
+def _keyword_ahead(text: str, i: int, complete: bool) -> bool:
+    """A keyword (``then``, ``kgoto``) starts at ``i``, or may yet (the word goes on)."""
+    end = ident_end(text, i)
+    word = text[i:end]
+    if end == len(text) and not complete:
+        return any(k.startswith(word) for k in EXPR_KEYWORDS | GOTO_WORDS)
+    return word in EXPR_KEYWORDS or word in GOTO_WORDS
+
+
+def _call_rate(arg: Arg, word: str, after: str, line) -> bool:
+    """What a call adds to its argument's rate: a typed call's rate (``oscili:a(``), the
+    output rate of an opcode whose synopses have one (``aftouch(1)`` is k-rate), else
+    unknown. True when the rate is known (the call's own arguments then add nothing)."""
+    if after[:1] == ":":
+        if after[1:2] in "aki" and after[1:2] and after[2:3] == "(":
+            arg.rates.add(after[1])
+            return True
+        arg.call = True
+        return False
+    forms = line.table.forms.get(word)
+    rates = {f.out_rates[0] for f in forms if f.out_rates} if forms else set()
+    if line.args and word not in line.args.function_only and len(rates) == 1 \
+            and all(f.out_rates for f in forms):
+        arg.rates.update(rates)  # one rate only: where there are more, the call takes the fit
+        return True
+    arg.call = True
+    return False

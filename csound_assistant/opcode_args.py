@@ -1,0 +1,112 @@
+"""What the manual's synopses say about each opcode's arguments, for the Csound-aware decoder
+(``csound_assistant/csound_lexer.py``): the rate each argument slot takes (``tone asig, khp``:
+the first slot takes only an a-rate expression, so ``tone 0.5, 440`` is refused; an S slot
+only a string, so ``strindexk "a.wav", 1`` is refused) and the names
+that are functions only (``floor(x)``; Csound also takes them as opcodes, ``kx floor ky``, but
+``aout floor 0.5`` is refused: an a-rate output needs an a-rate argument).
+
+Csound checks these rates itself ("Unable to find opcode entry for 'tone' with matching argument
+types: Found: a tone cc"), so the decoder refuses only what Csound would refuse, judged loosely:
+a slot is refused a rate only when no synopsis form that takes the statement's outputs accepts
+it there; ``x`` names, open-ended lists and names that are no rate accept anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from .opcode_table import Form, _items, parse_line, rate_of
+
+# What an argument slot of each synopsis rate accepts, by the rate of the expression written
+# there: "c" a constant, "S" a string; an expression whose rate cannot be told is never judged.
+# An i slot takes k variables often enough where the manual says i (schedkwhen's p-fields,
+# outic) that only a-rate is refused there.
+ACCEPTS = {"a": frozenset("a"), "k": frozenset("kicS"), "i": frozenset("kicS"),
+           "S": frozenset("S")}
+# Slots the manual calls a-rate or S where Csound 6.18 takes a number (or a k variable) too:
+# every (opcode, 0-based slot) of the 438 a-only and 116 S-only ones that compiled with ``1``
+# there (asked of ``csound --syntax-check-only`` one statement at a time, 2026-12-07).
+CSOUND_TAKES_ANY = frozenset({
+    ("chn_k", 10), ("flashtxt", 1), ("ftload", 0), ("ftloadk", 0), ("sndload", 0),
+    ("strcpy", 0), ("strcpyk", 0),
+    ("diff", 0), ("dssiaudio", 1), ("framebuffer", 0), ("integ", 0), ("mac", 1), ("mac", 3),
+    ("outch", 1), ("partikkel", 0), ("ptable", 0), ("ptable3", 0), ("ptablei", 0),
+    ("samphold", 0), ("samphold", 1), ("table", 0), ("table3", 0), ("tablei", 0),
+    ("vdelay", 1), ("vdelay3", 1)})
+
+
+@dataclass(frozen=True)
+class ArgForms:
+    """Per opcode name: (form, argument slot rates) for each synopsis line; function-only
+    names."""
+
+    forms: dict[str, tuple[tuple[Form, tuple[str, ...]], ...]]
+    function_only: frozenset[str]
+
+    @classmethod
+    def from_synopses(cls, synopses: dict[str, list[str]]) -> ArgForms:
+        forms: dict[str, list] = {}
+        function_only = set()
+        for key, lines in synopses.items():
+            statement = False
+            for line in lines:
+                parsed = parse_line(key, line)
+                if parsed is None:
+                    continue
+                statement = True
+                name, form = parsed
+                forms.setdefault(name, []).append((form, _slot_rates(name, line)))
+            if not statement and any(re.match(rf"\s*{re.escape(key)}\s*\(", ln) for ln in lines):
+                function_only.add(key)
+        return cls({n: tuple(f) for n, f in forms.items()}, frozenset(function_only))
+
+    @classmethod
+    def from_manual(cls) -> ArgForms | None:
+        """The installed manual's, or None where there is none (then no slot is judged)."""
+        return _manual_args()
+
+    def refuses(self, name: str, outputs: tuple[str, ...], slot: int, rate: str) -> bool:
+        """Whether no form of ``name`` taking ``outputs`` accepts an expression of ``rate``
+        (a, k, i, S, or c for a constant) in argument ``slot`` (0-based)."""
+        forms = self.forms.get(name)
+        if not forms or (name, slot) in CSOUND_TAKES_ANY:
+            return False
+        fitting = [rates for form, rates in forms if form.takes_outputs(outputs)] \
+            or [rates for _, rates in forms]
+        return all(slot < len(rates) and rates[slot] in ACCEPTS
+                   and rate not in ACCEPTS[rates[slot]] for rates in fitting)
+
+    def only_audio(self, name: str, outputs: tuple[str, ...], slot: int) -> bool:
+        """Whether argument ``slot`` takes only an a-rate expression in every fitting form; a
+        function used as an opcode (``aout tanh ain``) takes the rate of its output."""
+        if name in self.function_only:
+            return outputs == ("a",) and slot == 0
+        return not self.refuses(name, outputs, slot, "a") \
+            and self.refuses(name, outputs, slot, "k") and self.refuses(name, outputs, slot, "c")
+
+
+def _slot_rates(name: str, line: str) -> tuple[str, ...]:
+    """The rate letters of a synopsis line's arguments up to an open-ended ``...`` (after it
+    the slots are unknown): 'x' for names that take any rate."""
+    line = re.sub(r"\s\([^()]*\)\s*$", "", line.replace("\\", " "))
+    for m in re.finditer(rf"(?<![\w$.]){re.escape(name)}(?!\w)", line):
+        if not line[:m.start()].rstrip().endswith(","):
+            args = line[m.end():].split("..")[0]
+            names = _items(args)[2]
+            if ".." in line[m.end():] and names:
+                names = names[:-1]  # the item before "..." is the first of the repeated ones
+            return tuple(rate_of(n) if "[" not in n else "x" for n in names)
+    return ()
+
+
+@functools.lru_cache(maxsize=1)
+def _manual_args() -> ArgForms | None:
+    from .errors import ConfigError, DataError
+    from .opcode_reference import OpcodeReference
+
+    try:
+        return ArgForms.from_synopses(OpcodeReference.from_manual().synopses)
+    except (DataError, ConfigError, OSError):
+        return None
