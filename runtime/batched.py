@@ -5,7 +5,10 @@ builds one batch: the next token of every decoding sequence plus chunks of the p
 being read, runs one ``llama_decode`` and samples a token for each sequence from its own
 sampler chain. A sequence keeps its tokens after its request ends, so the next request is
 given the free sequence sharing the longest prefix with it (prefix reuse per sequence, as
-llama.cpp's server slots do). Requests still queue FIFO for a free sequence.
+llama.cpp's server slots do). When another sequence, running or idle, holds a longer prefix
+of the new prompt (``--verify`` candidates of one request), its KV cells are shared with
+``llama_memory_seq_cp`` and only the rest is read. Requests still queue FIFO for a free
+sequence.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class BatchedEngine(Engine):
         super().__init__(backend, **kw)
         self.parallel = self.slots = parallel
         self._n_active = 0
+        self._seqs: list[_Sequence] = []
 
     @property
     def busy(self) -> bool:
@@ -74,7 +78,7 @@ class BatchedEngine(Engine):
         self._ctx = ctx
         n_batch = ctx.params.n_batch
         batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        seqs = [_Sequence(i) for i in range(self.parallel)]
+        seqs = self._seqs = [_Sequence(i) for i in range(self.parallel)]
         try:
             while True:
                 with self._cond:
@@ -122,15 +126,43 @@ class BatchedEngine(Engine):
         job._post(("start", None))
         if job.clear_cache:
             seq.tokens = []
-        keep = min(common_prefix(seq.tokens, job.tokens), len(job.tokens) - 1)
+        limit = max(len(job.tokens) - 1, 0)  # the last prompt token is read: its logits
+        keep = min(common_prefix(seq.tokens, job.tokens), limit)
         self._lc.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, keep, -1)
         seq.tokens = seq.tokens[:keep]
+        source, shared = self._prefix_source(seq, job)
+        shared = min(shared, limit)
+        if shared > keep:  # the cells are shared, not copied: both sequences attend to them
+            self._lc.llama_memory_seq_cp(self._ctx.memory, source.seq_id, seq.seq_id, keep,
+                                         shared)
+            seq.tokens = list(job.tokens[:shared])
+            self.metrics.counts["shared_prompt_tokens"] += shared - keep
+            keep = shared
         seq.pending = list(job.tokens[keep:])
         seq.cached = keep
         seq.next_token = None
         seq.stream = TokenStream(job, self.backend, self.metrics)
         seq.stream.constraint = constraint_for(self.backend, job)
         seq.sampler = make_sampler(job.sampling, self.backend.n_vocab)
+
+    def _prefix_source(self, seq: _Sequence, job: Job) -> tuple[_Sequence | None, int]:
+        """The other sequence whose KV cells hold the longest prefix of ``job``'s prompt, and
+        that prefix's length. A ``cache_prompt: false`` job forgoes what finished requests
+        left behind: it shares only with running, uncancelled jobs that read afresh too."""
+        def shareable(other: _Sequence) -> bool:
+            if other is seq or not other.tokens:
+                return False
+            if not job.clear_cache:
+                return True
+            running = other.job is not None and other.stream is not None
+            return running and other.job.clear_cache and not other.job.cancelled.is_set()
+
+        best, best_n = None, 0
+        for other in filter(shareable, self._seqs):
+            n = common_prefix(other.tokens, job.tokens)
+            if n > best_n:
+                best, best_n = other, n
+        return best, best_n
 
     def _release(self, seq: _Sequence, *, forget: bool = False) -> None:
         if seq.sampler is not None:
@@ -187,17 +219,21 @@ class BatchedEngine(Engine):
             seq.pending = seq.pending[len(seq.feeding):] if seq.pending else []
             if seq.logit_index < 0:
                 continue
-            constraint = seq.stream.constraint
-            if constraint is not None:  # mask this sequence's logits in place, then sample
-                constraint.mask(self._logits(seq.logit_index))
-            token = seq.sampler.sample(self._ctx, seq.logit_index)
-            if constraint is not None:
-                constraint.accept(token)
+            token = self._sample(seq)
             reason = seq.stream.feed(token)
             if reason:
                 self._finish(seq, reason)
             else:
                 seq.next_token = token
+
+    def _sample(self, seq: _Sequence) -> int:
+        constraint = seq.stream.constraint
+        if constraint is not None:  # mask this sequence's logits in place, then sample
+            constraint.mask(self._logits(seq.logit_index))
+        token = seq.sampler.sample(self._ctx, seq.logit_index)
+        if constraint is not None:
+            constraint.accept(token)
+        return token
 
     def _logits(self, index: int):
         """The context's logits of batch row ``index`` as a writable numpy view."""

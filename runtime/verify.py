@@ -2,10 +2,11 @@
 
 A chat request gets up to N candidate answers (the first with the request's own sampling, the
 rest sampled at ``CANDIDATE_TEMPERATURE`` or the request's, if higher, each with its own seed;
-with ``--parallel`` they are submitted together and decode in one batch). Each candidate's
-Csound is rendered in the sandbox as soon as it is settled (its first fenced block, holding a
-CSD, is closed; else when the candidate ends), while the others still decode, and the first in
-order that plays (compiles, renders, not silent, no NaN, reads no missing file: the eval's
+with ``--parallel`` they decode in one batch, the others joining once the first's prompt is
+read, so they share its KV cells and do not read it again). Each candidate's Csound is
+rendered in the sandbox as soon as it is settled (its first fenced block, holding a CSD, is
+closed; else when the candidate ends), while the others still decode, and the first in order
+that plays (compiles, renders, not silent, no NaN, reads no missing file: the eval's
 sound@1) is returned; once one plays, the candidates after it are cancelled. If none plays,
 the best fixable one goes back to the model with Csound's first error
 (``csound_assistant.repair``); then the best candidate is returned, marked unverified. When
@@ -224,11 +225,13 @@ class Verification:
         """Yield (k, result, verdict) for candidates 1..n in order, until the caller stops.
 
         ``engine.slots`` + 1 decode at once (in one batch when the engine decodes in parallel).
-        Each is judged as soon as its code is settled (``settled(text)``: the text so far once
-        no later text can change the code judged in it), else when its decode ends, while
-        the others still decode; once candidate k passes, those after it are cancelled (the
-        first that passes in order is the answer, so none after k can be) and the rest decode
-        in a smaller batch. The order of the yields, and so the answer, is the candidates'."""
+        Candidate 1 starts alone; the others start once its first text came, when its prompt
+        is in the KV cache, so the batched engine shares those cells instead of reading the
+        prompt once per candidate. Each is judged as soon as its code is settled
+        (``settled(text)``: the text so far once no later text can change the code judged in
+        it), else when its decode ends, while the others still decode; once candidate k
+        passes, those after it are cancelled (the first that passes in order is the answer,
+        so none after k can be) and the rest decode in a smaller batch. The order of the yields, and so the answer, is the candidates'."""
         base = sampling_seed(sampling)
         window = min(n, getattr(self.svc.engine, "slots", 1) + 1)
         tasks: list[asyncio.Task] = []
@@ -239,10 +242,16 @@ class Verification:
             k = len(tasks) + 1
             tasks.append(asyncio.ensure_future(candidate(k)))
 
+        def fill():  # candidate 1's prompt is in the KV cache: the others share its cells
+            while len(tasks) < min(window, last):
+                launch()
+
         async def candidate(k: int) -> tuple[Result, Verdict]:
             early: list[asyncio.Task] = []
 
             def on_text(text: str) -> None:
+                if k == 1:
+                    fill()
                 prefix = settled(text) if settled is not None and not early else None
                 if prefix is not None:
                     early.append(asyncio.ensure_future(judge(prefix)))
@@ -257,6 +266,8 @@ class Verification:
                                              first=k == 1, on_text=on_text, **kw)
                 decoded[k] = time.monotonic()
                 self.counts["verify_candidates"] += 1
+                if k == 1:
+                    fill()  # it ended before it wrote any text
                 if len(tasks) < last and self.generate_by - time.monotonic() > MIN_CHECK_S:
                     launch()
                 verdict = await early[0] if early else None
@@ -276,8 +287,7 @@ class Verification:
                 task.cancel()
 
         try:
-            for _ in range(window):
-                launch()
+            launch()
             for k in range(1, n + 1):
                 if k > min(len(tasks), last):  # not started: the budget had no room for it
                     return
