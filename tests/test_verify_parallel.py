@@ -38,6 +38,8 @@ class ScriptedParallelEngine(Engine):
         self.finish: dict[int, str] = {}  # k -> finish reason
         self.jobs: dict[int, Job] = {}
         self.submitted = 0
+        self.sent: dict[int, str] = {}  # k -> text sent so far
+        self.first_sent_at_submit: dict[int, str | None] = {}  # k -> candidate 1's, then
 
     def start(self):
         pass
@@ -52,6 +54,7 @@ class ScriptedParallelEngine(Engine):
                   deadline=time.monotonic() + (timeout or self.request_timeout))
         self.submitted += 1
         self.jobs[self.submitted] = job
+        self.first_sent_at_submit[self.submitted] = self.sent.get(1)
         loop.create_task(self._decode(self.submitted, job))
         return job
 
@@ -67,6 +70,7 @@ class ScriptedParallelEngine(Engine):
         reply = self.replies[k - 1]
         head, tail = reply if isinstance(reply, tuple) else ("", reply)
         job._post(("text", head))
+        self.sent[k] = head
         safety = time.monotonic() + SAFETY_S
         reason = "stop"
         while not self.ends[k - 1](self.service):
@@ -149,6 +153,16 @@ def test_the_budget_cuts_candidates_that_would_not_end():
     assert result.path == "unverified" and result.result.text == answer(BROKEN)
 
 
+def test_the_other_candidates_start_once_the_first_has_written():
+    # candidate 1 sends its opening at once and the rest after a check: the others must have
+    # been submitted after its opening (its prompt read, so they can share its KV cells)
+    opening = ("Here it is.\n\n", answer(BROKEN)[len("Here it is.\n\n"):])
+    result, engine = ask([opening, answer(GOOD), answer(GOOD)], [after_a_check, now, never])
+    assert engine.first_sent_at_submit == {1: None, 2: "Here it is.\n\n",
+                                           3: "Here it is.\n\n"}
+    assert result.path == "candidate-2"
+
+
 PROSE = "\nRun it with `csound sine.csd`."
 
 
@@ -170,3 +184,32 @@ def test_a_settled_code_is_the_code_of_every_longer_text():
     assert prefix == text
     for more in (PROSE, "\n```csound\ninstr 2\nendin\n```\n", "\n" + answer(BROKEN)):
         assert extract_code(prefix + more) == extract_code(prefix)
+
+
+def test_candidates_share_the_first_candidates_prompt_on_the_real_engine(embedded_gguf):
+    """``--verify 4 --parallel 4`` on llama.cpp: candidates 2..4 copy candidate 1's KV cells
+    and read only the prompt's last token (for its logits)."""
+    from csound_assistant.runtime.backend import LlamaBackend
+
+    settings = Settings(prompt_format="chatml", verify=4, parallel=4, n_ctx=1024,
+                        decoder="plain")
+    backend = LlamaBackend(embedded_gguf, n_ctx=1024, n_threads=1, parallel=4)
+    svc = Service(settings, backend)
+
+    async def run():
+        svc.start()
+        try:
+            tokens = svc.prompts.chat_tokens([{"role": "user", "content": "A sine."}])
+            answer = await svc.complete_checked(None, tokens, Sampling(max_tokens=8,
+                                                                       temperature=0))
+            return tokens, answer
+        finally:
+            svc.stop()
+
+    try:
+        tokens, result = asyncio.run(run())
+    finally:
+        backend.close()
+    assert result.verdict == "no-code"  # 8 tokens of prose: every candidate was decoded
+    assert sorted(r.cached_tokens for r in result.spent) == [0] + [len(tokens) - 1] * 3
+    assert svc.engine.metrics.counts["shared_prompt_tokens"] == 3 * (len(tokens) - 1)
