@@ -48,11 +48,14 @@ class Scan:
     args: list = field(default_factory=lambda: [Arg()])
     depth: int = 0
     last: str = ""  # the last code character
+    ternary: int = 0  # ``?`` still waiting for their ``:``
 
     @property
     def open_operand(self) -> bool:
-        """A parenthesis is open after an operand: Csound wants ``,`` or ``)`` there."""
-        return self.depth > 0 and (self.last.isalnum() or self.last in tuple("_)]\"."))
+        """A parenthesis is open after an operand (Csound wants ``,`` or ``)`` there), or a
+        ``?`` waits for its ``:``."""
+        return self.ternary > 0 or self.depth > 0 and (self.last.isalnum()
+                                                       or self.last in tuple("_)]\"."))
 
 
 def skip_space(text: str, i: int) -> int:
@@ -67,22 +70,23 @@ def ident_end(text: str, i: int) -> int:
     return i
 
 
-def scan_args(text: str, line, complete: bool = False, variables: bool = True) -> Scan | None:
+def scan_args(text: str, line, complete: bool = False, variables: bool = True,
+              arguments: bool = False) -> Scan | None:
     """Arguments or an expression, or None where a word before ``(`` is unknown, an opcode
     that is no function has a space before its ``(`` (``delay wgpluck (a1), 1``), a variable
-    is not assigned yet (``variables``), an argument is empty, two operands meet with no
-    operator between them (``outs arev a1``), ``[`` follows no name, an opcode that makes no
-    output is called (``delayw(abuf)``), or a character is not ASCII (a broken token) or is a
-    backtick, outside a string or comment: Csound's lexer refuses them."""
+    is not assigned yet (``variables``), a lone ``=`` is in ``arguments``, an argument is
+    empty, two operands meet with no operator between them (``outs arev a1``), a ``:``
+    follows no ``?`` and is no typed call, ``[`` follows no name, an opcode that makes no
+    output is called (``delayw(abuf)``), or a character is not ASCII (a broken token), a
+    backtick or a quote mark, outside a string or comment: Csound's lexer refuses them."""
     scan = Scan()
     arg = scan.args[0]
     i, n, current = 0, len(text), False
     operand = False  # an operand just ended: the next must be an operator, a comma, a bracket
     mute = None  # inside a call whose rate is known (from this depth): its arguments add none
-    ternary = 0  # ``?`` still waiting for their ``:``
     while i < n:
         c = text[i]
-        if not c.isascii() or c == "`":
+        if not c.isascii() or c in "`'":
             return None
         number = c.isdigit() or (c == "." and text[i + 1:i + 2].isdigit())
         if operand and (c == '"' or number or c.isalpha() or c == "_") \
@@ -159,12 +163,16 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True) -
         if c == "[" and not (scan.last.isalnum() or scan.last in ("_", "]")):
             return None  # ``abs[``: brackets only index an array
         if c == "?":
-            ternary += 1
-        elif c == ":" and not (text[i - 1:i].isalnum() and (i + 1 == n and not complete
-                                                             or text[i + 1:i + 2] in tuple("aikS"))):
-            if not ternary:
+            scan.ternary += 1
+        elif c == ":" and not (text[i - 1:i].isalnum() and _typed_call(text[i + 1:i + 3],
+                                                                       complete)):
+            if not scan.ternary:
                 return None  # a ``:`` that no ``?`` opened and no typed call (``oscili:a``)
-            ternary -= 1
+            scan.ternary -= 1
+        elif c == "=" and arguments and text[i - 1:i] not in tuple("=<>!") \
+                and text[i + 1:i + 2] != "=" and (i + 1 < n or complete):
+            return None  # an assignment in an opcode's arguments (``-nchnls=0``); in a
+            # condition Csound reads a lone = as == (``if imode = 1 goto``)
         if c not in " \t\r":
             operand = c in ")]"
         if c in "([":
@@ -191,13 +199,24 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True) -
     return scan
 
 
+AFTER_CONDITION = frozenset({"then", "ithen", "kthen", "do"}) | GOTO_WORDS
+
+
 def _keyword_ahead(text: str, i: int, complete: bool) -> bool:
-    """A keyword (``then``, ``kgoto``) starts at ``i``, or may yet (the word goes on)."""
+    """A keyword that may follow a condition (``then``, ``kgoto``) starts at ``i``, or may yet
+    (the word goes on)."""
     end = ident_end(text, i)
     word = text[i:end]
     if end == len(text) and not complete:
-        return any(k.startswith(word) for k in EXPR_KEYWORDS | GOTO_WORDS)
-    return word in EXPR_KEYWORDS or word in GOTO_WORDS
+        return any(k.startswith(word) for k in AFTER_CONDITION)
+    return word in AFTER_CONDITION
+
+
+def _typed_call(after: str, complete: bool) -> bool:
+    """What follows a ``:`` after a name is a typed call's rate (``oscili:a(``), or may be."""
+    if not after:
+        return not complete
+    return after[0] in "aikS" and (after[1:] == "(" or (len(after) == 1 and not complete))
 
 
 def _call_rate(arg: Arg, word: str, after: str, line) -> bool:

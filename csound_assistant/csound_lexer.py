@@ -58,6 +58,7 @@ FREE_KEYWORDS = frozenset({"instr", "endin", "opcode", "endop", "goto", "igoto",
 LABEL_OPCODES = frozenset({"cggoto", "cigoto", "ckgoto", "cngoto", "timout", "reinit",
                            "loop_lt", "loop_le", "loop_gt", "loop_ge"}) | GOTO_WORDS
 FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
+CONDITION_WORDS = frozenset({"if", "elseif", "while", "until"})  # never alone on a line
 CODE_FENCES = frozenset({"", "csound", "csd", "orc", "cs", "udo", "csound-orc", "csound-csd",
                          "instr"})
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -135,7 +136,8 @@ class Line:
         word = text[i:end]
         if end == len(text):
             if complete:
-                return word in SCORE_STATEMENTS or (word in FIRST_WORDS and self._nests(word)) \
+                return word in SCORE_STATEMENTS or (word in FIRST_WORDS and self._nests(word)
+                                                    and word not in CONDITION_WORDS) \
                     or (self.known(word) and self._args_fit(word, (), "", True))
             # Any word may yet become a label (``loop:``), but labels are written at the
             # line's start (160 of 185 in the manual's examples): an indented word must
@@ -149,8 +151,12 @@ class Line:
             return self.check(rest[1:], complete) if not rest.startswith("::") else True
         if word in FREE_KEYWORDS:
             return self._nests(word)
-        if word in EXPR_KEYWORDS or word in HEADER_WORDS:
-            return self._expr_ok(rest, complete)
+        if word in HEADER_WORDS:  # ``sr = 48000``
+            j = skip_space(rest, 0)
+            return self._expr_ok(rest[j + 1:] if rest[j:j + 1] == "=" else rest, complete)
+        if word in EXPR_KEYWORDS:
+            return self._expr_ok(rest, complete) and not (
+                complete and word in CONDITION_WORDS and not rest.split(";")[0].strip())
         if word in self.table.no_output and rest[0] in " \t" and \
                 skip_space(rest, 0) < len(rest) and rest[skip_space(rest, 0)] not in ",=[":
             return self._args_fit(word, (), rest, complete)  # ``ftfree ifn, 0``
@@ -216,7 +222,7 @@ class Line:
             low, high = 1, 1  # ``kx floor ky``: a function as an opcode takes one argument
         else:
             low, high = self.table.arg_bounds(name, rates)
-        scan = scan_args(text, self, complete, name not in LABEL_OPCODES)
+        scan = scan_args(text, self, complete, name not in LABEL_OPCODES, True)
         if scan is None:
             return False
         if scan.free:

@@ -77,6 +77,16 @@ def csound_accepts(tmp_path, orchestra: str, score: str = "i 1 0 1") -> bool:
      "  aout vdelayx asrc, a(0.5), 1, 4\n"),
     # an S slot takes a string (explain-streson)
     ("", '  kpos strindexk "fox.wav", 1\n', '  kpos strindexk "fox.wav", "x"\n'),
+    # a typed call names one rate (explain-streson's ``oscilikt:kfr``)
+    ("", "  a1 = oscili:ak(0.5, 440)\n", "  a1 = oscili:a(0.5, 440)\n"),
+    # no assignment among an opcode's arguments (opcode-squinewave's ``-nchnls=0``)
+    ("  kx init 1\n", "  a1 oscili 0.5, kx=440\n", "  a1 oscili 0.5, kx*440\n"),
+    # a condition word needs its condition (fix-if-no-then)
+    ("  kx init 1\n", "  if\n", "  if kx = 1 then\n  endif\n"),
+    # a ``?`` needs its ``:`` before the statement ends (opcode-vdelayx)
+    ("  kx init 1\n", "  ky = kx > 1 ? 1\n", "  ky = kx > 1 ? 1 : 0\n"),
+    # a quote mark outside a string (opcode-squinewave's ``-nchnls=='``)
+    ("  kx init 1\n", "  ky = kx + 'a'\n", '  ky = kx + strlen("a")\n'),
 ])
 def test_a_refused_statement_is_one_csound_refuses(table, tmp_path, body, refused, fixed):
     doc = in_instr(table, body)
