@@ -63,6 +63,17 @@ class ArgForms:
         return cls({n: tuple(f) for n, f in forms.items()}, frozenset(function_only))
 
     @classmethod
+    def from_gguf(cls, gguf_metadata: dict) -> ArgForms | None:
+        """The model's own synopses (the GGUF key ``export`` writes), else the installed
+        manual's, else None (then no slot is judged): the rates of the manual it learned."""
+        from .opcode_reference import model_synopses
+
+        choice = model_synopses(gguf_metadata)
+        if choice.source == "manual":
+            return _manual_args()
+        return cls.from_synopses(choice.reference.synopses) if choice.reference else None
+
+    @classmethod
     def from_manual(cls) -> ArgForms | None:
         """The installed manual's, or None where there is none (then no slot is judged)."""
         return _manual_args()

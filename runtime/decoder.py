@@ -61,7 +61,8 @@ class CsoundDecoding:
 
     def __init__(self, backend, table: OpcodeTable | None = None):
         self.table = table or OpcodeTable.from_manual()
-        self.args = ArgForms.from_manual()  # argument slot rates; None without a manual
+        # argument slot rates from the model's own synopses, else the manual's; None: unjudged
+        self.args = ArgForms.from_gguf(getattr(backend, "metadata", None) or {})
         self.texts = TokenTexts(backend)
         self.fim = _fim_ids(backend)
 
