@@ -194,25 +194,32 @@ class SynopsesChoice:
         return self.reference.synopses if self.reference else {}
 
 
+def from_model(gguf_metadata: dict, key: str, read, manual) -> tuple:
+    """(value, source, note) for what a model's runtime needs from the manual: ``read`` of the
+    GGUF's own (``key``, written by ``export``), else ``manual()`` (the installed one), else
+    None with the reason; never raises on a missing or unreadable value."""
+    from csound_assistant.errors import ConfigError, DataError
+
+    value = gguf_metadata.get(key)
+    if value:
+        try:
+            return read(value), "gguf", ""
+        except ValueError as exc:
+            note = f"the GGUF's {key} cannot be read ({exc}); "
+    else:
+        note = f"the GGUF has no {key} (a re-export writes it); "
+    try:
+        return manual(), "manual", note + "using the installed manual's"
+    except (DataError, ConfigError) as exc:
+        return None, None, note + f"no manual either: {exc}"
+
+
 def model_synopses(gguf_metadata: dict) -> SynopsesChoice:
     """The synopses for a GGUF (its metadata as llama-cpp-python or ``read_metadata`` gives
     it): the GGUF's own (key GGUF_SYNOPSES, written by ``export``), else the installed
     manual's, else none with the reason; never raises."""
-    from csound_assistant.errors import ConfigError, DataError
-
-    value = gguf_metadata.get(GGUF_SYNOPSES)
-    if value:
-        try:
-            return SynopsesChoice(OpcodeReference.from_gguf(value), "gguf")
-        except ValueError as exc:
-            note = f"the GGUF's {GGUF_SYNOPSES} cannot be read ({exc}); "
-    else:
-        note = f"the GGUF has no {GGUF_SYNOPSES} (a re-export writes it); "
-    try:
-        return SynopsesChoice(OpcodeReference.from_manual(), "manual",
-                              note + "using the installed manual's")
-    except (DataError, ConfigError) as exc:
-        return SynopsesChoice(None, None, note + f"no manual either: {exc}")
+    return SynopsesChoice(*from_model(gguf_metadata, GGUF_SYNOPSES, OpcodeReference.from_gguf,
+                                      OpcodeReference.from_manual))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass
 
 from .constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_TABLE
-from .errors import ConfigError, DataError
 
 RATES = frozenset("aikSfw")
 # Rate conversion functions and operators-as-functions that have no synopsis of their own.
@@ -242,17 +241,7 @@ class TableChoice:
 def model_table(gguf_metadata: dict) -> TableChoice:
     """The GGUF's table (key GGUF_OPCODE_TABLE, written by ``export``), else the installed
     manual's, else none; never raises."""
-    value = gguf_metadata.get(GGUF_OPCODE_TABLE)
-    note = ""
-    if value:
-        try:
-            return TableChoice(OpcodeTable.from_gguf(value), "gguf")
-        except ValueError as exc:
-            note = f"the GGUF's {GGUF_OPCODE_TABLE} cannot be read ({exc}); "
-    else:
-        note = f"the GGUF has no {GGUF_OPCODE_TABLE} (a re-export writes it); "
-    try:
-        return TableChoice(OpcodeTable.from_manual(), "manual",
-                           note + "using the installed manual's")
-    except (DataError, ConfigError) as exc:
-        return TableChoice(None, None, note + f"no manual either: {exc}")
+    from csound_assistant.opcode_reference import from_model
+
+    return TableChoice(*from_model(gguf_metadata, GGUF_OPCODE_TABLE, OpcodeTable.from_gguf,
+                                   OpcodeTable.from_manual))
