@@ -30,10 +30,8 @@ nor the installed manual has them, the server answers without lookups and says w
 
 from __future__ import annotations
 
-import base64
 import difflib
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -41,6 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from csound_assistant import gguf_blob
 from csound_assistant.constants import (
     ENV_OPCODE_REFERENCE,
     GGUF_FIM_REFERENCE,
@@ -85,20 +84,14 @@ class OpcodeReference:
     def to_gguf(self) -> str:
         """``{"version": 1, "synopses": {opcode: [line, ...]}}`` gzipped and base64-encoded
         (about 36 kB for the whole manual; unpacking takes a few milliseconds)."""
-        blob = json.dumps({"version": SYNOPSES_VERSION, "synopses": self.synopses},
-                          separators=(",", ":"), sort_keys=True)
-        return base64.b64encode(gzip.compress(blob.encode(), mtime=0)).decode("ascii")
+        return gguf_blob.pack(SYNOPSES_VERSION, "synopses", self.synopses, sort_keys=True)
 
     @classmethod
     def from_gguf(cls, value: str) -> OpcodeReference:
         """The synopses ``to_gguf`` wrote; ValueError when ``value`` is not them."""
         try:
-            data = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
-            if data.get("version") != SYNOPSES_VERSION:
-                raise ValueError(f"version {data.get('version')!r}, this reader knows "
-                                 f"{SYNOPSES_VERSION}")
-            synopses = data["synopses"]
-        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError) as exc:
+            synopses = gguf_blob.unpack(value, SYNOPSES_VERSION, "synopses")
+        except ValueError as exc:
             raise ValueError(f"not synopses written by OpcodeReference.to_gguf: {exc}") from None
         if not _is_synopses(synopses) or not synopses:
             raise ValueError("not synopses written by OpcodeReference.to_gguf: expected "

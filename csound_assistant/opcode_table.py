@@ -16,17 +16,15 @@ decoder knows the opcodes of the manual the model was trained from on a machine 
 
 from __future__ import annotations
 
-import base64
 import bisect
 import dataclasses
 import functools
-import gzip
-import json
 import math
 import os
 import re
 from dataclasses import dataclass
 
+from . import gguf_blob
 from .constants import ENV_OPCODE_REFERENCE, GGUF_OPCODE_TABLE
 
 RATES = frozenset("aikSfw")
@@ -166,22 +164,17 @@ class OpcodeTable:
         rows = {name: [[f.out_min, _count(f.out_max), "".join(f.out_rates), f.arg_min,
                         _count(f.arg_max)] for f in forms]
                 for name, forms in sorted(self.forms.items())}
-        blob = json.dumps({"version": TABLE_VERSION, "forms": rows}, separators=(",", ":"))
-        return base64.b64encode(gzip.compress(blob.encode(), mtime=0)).decode("ascii")
+        return gguf_blob.pack(TABLE_VERSION, "forms", rows)
 
     @classmethod
     def from_gguf(cls, value: str) -> OpcodeTable:
         """The table ``to_gguf`` wrote; ValueError when ``value`` is not one."""
         try:
-            data = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
-            if data.get("version") != TABLE_VERSION:
-                raise ValueError(f"version {data.get('version')!r}, this reader knows "
-                                 f"{TABLE_VERSION}")
             forms = {str(name): tuple(Form(int(o0), _limit(o1), tuple(rates), int(a0),
                                            _limit(a1))
                                       for o0, o1, rates, a0, a1 in rows)
-                     for name, rows in data["forms"].items()}
-        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError) as exc:
+                     for name, rows in gguf_blob.unpack(value, TABLE_VERSION, "forms").items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"not an opcode table written by OpcodeTable.to_gguf: {exc}") \
                 from None
         if not forms or not all(forms.values()):
