@@ -74,3 +74,11 @@ def csound_examples() -> Path:
     if not path.is_dir():
         pytest.fail("csound-doc is not installed: run `make setup`")
     return path
+
+
+@pytest.fixture
+def no_manual(tmp_path, monkeypatch):
+    """No manual anywhere: the synopses file the runtime falls back to points at nothing."""
+    from csound_assistant.constants import ENV_OPCODE_REFERENCE
+
+    monkeypatch.setenv(ENV_OPCODE_REFERENCE, str(tmp_path / "nowhere.json"))

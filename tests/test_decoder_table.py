@@ -52,11 +52,6 @@ def test_a_value_that_is_not_a_table_is_refused(value):
         OpcodeTable.from_gguf(value)
 
 
-@pytest.fixture
-def no_manual(tmp_path, monkeypatch):
-    monkeypatch.setenv(C.ENV_OPCODE_REFERENCE, str(tmp_path / "nowhere.json"))
-
-
 def test_the_choice_is_the_gguf_then_the_manual_then_none(tmp_path, monkeypatch, no_manual):
     ours = OpcodeTable(SYNOPSES)
     choice = model_table({C.GGUF_OPCODE_TABLE: ours.to_gguf()})

@@ -1,7 +1,7 @@
 """The decoder's argument rates come from the model's own synopses (the GGUF key export
 writes), so a machine without csound-doc still judges argument slots."""
 
-from csound_assistant.constants import ENV_OPCODE_REFERENCE, GGUF_SYNOPSES
+from csound_assistant.constants import GGUF_SYNOPSES
 from csound_assistant.opcode_args import ArgForms
 from csound_assistant.opcode_reference import OpcodeReference
 
@@ -9,8 +9,7 @@ from csound_assistant.opcode_reference import OpcodeReference
 SYNOPSES = {"emuls": ["ares emuls kamp, asig"], "oscili": ["ares oscili xamp, xcps [, ifn]"]}
 
 
-def test_argument_rates_come_from_the_gguf_without_a_manual(monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_OPCODE_REFERENCE, str(tmp_path / "none.json"))
+def test_argument_rates_come_from_the_gguf_without_a_manual(no_manual):
     args = ArgForms.from_gguf({GGUF_SYNOPSES: OpcodeReference(SYNOPSES).to_gguf()})
     assert args is not None
     assert args.refuses("emuls", ("a",), 1, "k")  # asig takes only audio
@@ -19,6 +18,5 @@ def test_argument_rates_come_from_the_gguf_without_a_manual(monkeypatch, tmp_pat
     assert not args.refuses("oscili", ("a",), 0, "k")
 
 
-def test_without_gguf_synopses_or_manual_no_slot_is_judged(monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_OPCODE_REFERENCE, str(tmp_path / "none.json"))
+def test_without_gguf_synopses_or_manual_no_slot_is_judged(no_manual):
     assert ArgForms.from_gguf({}) is None

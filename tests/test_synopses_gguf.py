@@ -54,11 +54,6 @@ def test_a_value_that_is_not_synopses_is_refused(value):
         OpcodeReference.from_gguf(value)
 
 
-@pytest.fixture
-def no_manual(tmp_path, monkeypatch):
-    monkeypatch.setenv(C.ENV_OPCODE_REFERENCE, str(tmp_path / "nowhere.json"))
-
-
 def test_the_choice_is_the_gguf_then_the_manual_then_none(monkeypatch, no_manual):
     ours = OpcodeReference(SYNOPSES)
     choice = model_synopses({C.GGUF_SYNOPSES: ours.to_gguf()})
