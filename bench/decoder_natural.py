@@ -32,6 +32,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", type=Path, default=None,
                     help="a data split JSONL (validation: FIM items) instead of --tasks")
     ap.add_argument("--limit", type=int, default=0, help="items (0: all)")
+    ap.add_argument("--max-new-tokens", type=int, default=256,
+                    help="the floor of each answer's token budget (raised to fit a reference)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--out", type=Path, required=True)
@@ -53,7 +55,8 @@ def main(argv=None) -> dict:
     label = f"{args.decoder}" + (f"+verify{args.verify}" if args.verify else "")
     started = time.time()
     try:
-        rows = evaluate_model(model, items, label=label, progress=False)
+        rows = evaluate_model(model, items, label=label, progress=False,
+                              max_new_tokens=args.max_new_tokens)
         engine = model.service.engine.metrics.summary()
     finally:
         model.close()

@@ -20,8 +20,8 @@ NUMBER = re.compile(r"0dbfs\b|\d*\.?\d+(?:[eE][+-]?\d*)?|\d+\.")  # 1e-3 (being 
 
 @dataclass
 class Arg:
-    """One argument as scanned: its first character and its rate ("a", "k", "i", "S", "c" a
-    constant; None where it cannot be told, e.g. a function call)."""
+    """One argument as scanned: its first character and its rate ("a", "k", "i", "S", "f", "c"
+    a constant; None where it cannot be told, e.g. a function call)."""
 
     first: str = ""
     rates: set = field(default_factory=set)
@@ -29,8 +29,10 @@ class Arg:
 
     @property
     def rate(self) -> str | None:
-        if self.call or not self.first or self.rates - set("akiSc"):
+        if self.call or not self.first or self.rates - set("akiSfc"):
             return None
+        if "f" in self.rates:
+            return "f" if self.rates == {"f"} else None  # an fsig takes no arithmetic
         for r in "akiS":
             if r in self.rates:
                 return r
@@ -56,6 +58,39 @@ class Scan:
         ``?`` waits for its ``:``."""
         return self.ternary > 0 or self.depth > 0 and (self.last.isalnum()
                                                        or self.last in tuple("_)]\"."))
+
+
+@dataclass
+class Call:
+    """An opcode called as a function (``delayr(asig)``), its arguments judged as a
+    statement's: each slot's rate against the synopses (``ArgForms.refuses``, any output
+    form), and their count against the fewest and most the forms take."""
+
+    name: str
+    depth: int  # the bracket depth inside its parentheses
+    slot: int = 0
+    arg: Arg = field(default_factory=Arg)
+
+    def _fits(self, line) -> bool:
+        rate = self.arg.rate
+        return not rate or not line.args.refuses(self.name, ("x",), self.slot, rate)
+
+    def next_argument(self, line) -> bool:
+        if not self._fits(line):
+            return False
+        self.slot, self.arg = self.slot + 1, Arg()
+        return self.slot < max(f.arg_max for f in line.table.forms[self.name])
+
+    def closes(self, line) -> bool:
+        given = self.slot + 1 if self.arg.first or self.slot else 0
+        return self._fits(line) and given >= min(f.arg_min for f in line.table.forms[self.name])
+
+
+def _note(calls: list[Call], depth: int, rate: str, first: str) -> None:
+    """Add ``rate`` to the argument of the innermost call when it is written at its depth."""
+    if calls and depth == calls[-1].depth:
+        calls[-1].arg.first = calls[-1].arg.first or first
+        calls[-1].arg.rates.add(rate)
 
 
 def skip_space(text: str, i: int) -> int:
@@ -84,10 +119,12 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
     i, n, current = 0, len(text), False
     operand = False  # an operand just ended: the next must be an operator, a comma, a bracket
     mute = None  # inside a call whose rate is known (from this depth): its arguments add none
+    calls: list[Call] = []  # the opcode calls open here, innermost last (``delayr(asig)``)
+    opening = None  # an opcode whose call's ``(`` comes next
     while i < n:
         c = text[i]
-        if not c.isascii() or c in "`'":
-            return None
+        if not c.isascii() or c in "`'" or (c < " " and c not in "\t\r"):
+            return None  # a vertical tab or form feed ends no line for Csound
         number = c.isdigit() or (c == "." and text[i + 1:i + 2].isdigit())
         if operand and (c == '"' or number or c.isalpha() or c == "_") \
                 and not _keyword_ahead(text, i, complete):
@@ -99,6 +136,7 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             arg.first = arg.first or c
             if mute is None:
                 arg.rates.add("S")
+            _note(calls, scan.depth, "S", c)
             scan.content, current, scan.last = True, True, c
             if close >= n:
                 return scan
@@ -118,6 +156,7 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             arg.first = arg.first or c
             if mute is None:
                 arg.rates.add("c")
+            _note(calls, scan.depth, "c", c)
             scan.content, current, scan.last = True, True, text[end - 1]
             i, operand = end, True
             continue
@@ -145,6 +184,11 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
                 if word not in EXPR_KEYWORDS and mute is None \
                         and _call_rate(arg, word, text[end:end + 3], line):
                     mute = scan.depth
+                if word not in EXPR_KEYWORDS and calls and scan.depth == calls[-1].depth:
+                    calls[-1].arg.first = calls[-1].arg.first or c
+                    _call_rate(calls[-1].arg, word, text[end:end + 3], line)
+                if line.args and word in line.table.forms and text[after:after + 1] == "(":
+                    opening = word
                 operand = False
             elif word in GOTO_WORDS:
                 scan.free = True
@@ -154,14 +198,20 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             else:
                 if variables and not line.variable_ok(word, end == n and not complete):
                     return None
+                rate = "i" if word in HEADER_WORDS or word[0] == "p" and word[1:].isdigit() \
+                    else rate_of(word)
                 if mute is None:
-                    arg.rates.add("i" if word in HEADER_WORDS or word[0] == "p" and
-                                  word[1:].isdigit() else rate_of(word))
+                    arg.rates.add(rate)
+                _note(calls, scan.depth, rate, c)
                 operand = True
             i = end
             continue
         if c == "[" and not (scan.last.isalnum() or scan.last in ("_", "]")):
             return None  # ``abs[``: brackets only index an array
+        if c in "{}" and (i + 1 < n or complete) or c in ")]" and scan.depth == 0:
+            return None  # ``if x > 1 {``, ``k1 = 1 + 2)``: nothing to close, no braces
+        if c == "." and (i + 1 < n or complete):
+            return None  # ``asig.``, ``p4 .dir``: a dot only starts or sits in a number
         if c == "?":
             scan.ternary += 1
         elif c == ":" and not (text[i - 1:i].isalnum() and _typed_call(text[i + 1:i + 3],
@@ -175,12 +225,24 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             # condition Csound reads a lone = as == (``if imode = 1 goto``)
         if c not in " \t\r":
             operand = c in ")]"
+            opening = None if c != "(" else opening
         if c in "([":
+            if calls and scan.depth == calls[-1].depth and not (opening and c == "("):
+                calls[-1].arg.call = True  # a bracketed part: this argument is not judged
             scan.depth += 1
+            if opening and c == "(":
+                calls.append(Call(opening, scan.depth))
+                opening = None
         elif c in ")]":
+            if c == ")" and calls and scan.depth == calls[-1].depth \
+                    and not calls.pop().closes(line):
+                return None
             scan.depth = max(0, scan.depth - 1)
             if mute is not None and scan.depth <= mute:
                 mute = None
+        elif c == "," and calls and scan.depth == calls[-1].depth:
+            if not calls[-1].next_argument(line):
+                return None
         elif c == "," and scan.depth == 0:
             if not current:
                 return None  # an empty argument (``noise, asig``)
@@ -191,6 +253,8 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             i += 1
             continue
         if c not in " \t\r":
+            if c not in "()[]," and calls and scan.depth == calls[-1].depth:
+                calls[-1].arg.first = calls[-1].arg.first or c
             scan.content = current = True
             scan.last = c
             if c not in "([" and not arg.first and c not in "-+":

@@ -144,14 +144,20 @@ class Line:
             # be able to become a variable, a keyword or an opcode.
             return i == 0 or self.first_prefix(word)
         rest = text[end:]
-        if rest[0] == "(":  # a call as a statement: ``outs(a1, a1)``
-            return (word in EXPR_KEYWORDS or self.known(word)) \
+        if rest[0] == "(":  # a call as a statement: ``outs(a1, a1)``, not ``cpspch(p4)``
+            makes_output = word not in self.names and (
+                bool(self.args and word in self.args.function_only)
+                or word in self.table.forms and all(f.out_min > 0 for f in self.table.forms[word]))
+            return (word in EXPR_KEYWORDS or self.known(word)) and not makes_output \
                 and self._expr_ok(rest, complete)
         if rest[0] == ":":
             return self.check(rest[1:], complete) if not rest.startswith("::") else True
         if word in FREE_KEYWORDS:
             return self._nests(word)
-        if word in HEADER_WORDS:  # ``sr = 48000``
+        if word in HEADER_WORDS:  # ``sr = 48000``; only in the header (Csound reads
+            # ``nchnls = 2`` or ``kr line ...`` in an instrument as a syntax error)
+            if self.scope is not None and self.scope.block:
+                return False
             j = skip_space(rest, 0)
             return self._expr_ok(rest[j + 1:] if rest[j:j + 1] == "=" else rest, complete)
         if word in EXPR_KEYWORDS:
@@ -244,17 +250,20 @@ class Line:
                              or arg.rate != "a" and self.args.only_audio(name, rates, slot)):
                 return False
         last = scan.args[-1]
-        # Where no a-rate variable exists, a number or string cannot start an a-rate argument
-        # (``tone 0.5``), nor a number a string argument: refused at once, or the model writes
-        # digits on, never allowed to end the argument (``0.5 * asig`` is fine with an asig).
         if complete or scan.ended or not last.first or last.first not in '0123456789."':
             return True
         slot = len(scan.args) - 1
-        if last.first != '"' and self.args.refuses(name, rates, slot, "c") \
-                and not self.args.refuses(name, rates, slot, "S"):
+        refuses = functools.partial(self.args.refuses, name, rates, slot)
+        if last.first == '"':
+            return not refuses("S")  # a string where Csound takes none (``trigger 1, 1, "x"``)
+        # A number cannot start an argument of a slot that takes no number, nor an i or k
+        # expression, nor (where no a-rate variable exists) an a-rate one: refused at once,
+        # or the model writes digits on, never allowed to end the argument (``tone 0.5``,
+        # ``pvsynth 1``; ``0.5 * asig`` is fine with an asig).
+        no_audio = self.scope is not None and not self.scope.has_audio()
+        if no_audio and self.args.only_audio(name, rates, slot):
             return False
-        return self.scope is None or self.scope.has_audio() \
-            or not self.args.only_audio(name, rates, slot)
+        return not (refuses("c") and refuses("i") and refuses("k") and (refuses("a") or no_audio))
 
     def _expr_ok(self, text: str, complete: bool) -> bool:
         scan = scan_args(text, self, complete, True)

@@ -14,8 +14,10 @@ it there; ``x`` names, open-ended lists and names that are no rate accept anythi
 from __future__ import annotations
 
 import functools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .opcode_table import Form, _items, parse_line, rate_of
 
@@ -35,15 +37,50 @@ CSOUND_TAKES_ANY = frozenset({
     ("outch", 1), ("partikkel", 0), ("ptable", 0), ("ptable3", 0), ("ptablei", 0),
     ("samphold", 0), ("samphold", 1), ("table", 0), ("table3", 0), ("tablei", 0),
     ("vdelay", 1), ("vdelay3", 1)})
+# What each slot of a synopsis form takes as Csound itself answered (``bench/csound_slot_types.py``:
+# every form whose synopsis-filled statement compiles, each slot given each kind of argument):
+# "c" a number, "i"/"k"/"a" variables, "S" a string, "f" an fsig. Stored only where Csound
+# differs from the loose rule; a slot of a stored form is judged by it, every other by ACCEPTS.
+KINDS = ("c", "i", "k", "a", "S", "f")
+SLOT_TYPES_FILE = Path(__file__).with_name("csound_slot_types.json")
+
+
+def form_key(name: str, form: Form, rates: tuple[str, ...]) -> str:
+    """A synopsis form as the measured table names it: ``oscil|a|kki``."""
+    return f"{name}|{''.join(form.out_rates)}|{''.join(rates)}"
+
+
+def loose_accepts(slot_rate: str, kind: str) -> bool:
+    """The loose rule: a slot of ``slot_rate`` takes an argument of ``kind`` unless ACCEPTS
+    says otherwise; an fsig, and any slot ACCEPTS does not name, is not judged."""
+    return kind == "f" or slot_rate not in ACCEPTS or kind in ACCEPTS[slot_rate]
+
+
+def loose_slots(key: str) -> list[str]:
+    """The kinds the loose rule takes in each slot of the form ``key`` names."""
+    name, rates = key.split("|")[0], key.split("|")[2]
+    return ["".join(k for k in KINDS if (name, slot) in CSOUND_TAKES_ANY
+                    or loose_accepts(rate, k)) for slot, rate in enumerate(rates)]
+
+
+@functools.lru_cache(maxsize=1)
+def load_slot_types() -> dict[str, tuple[str, ...]]:
+    """The measured table (empty where the file is missing: every slot is judged loosely)."""
+    try:
+        doc = json.loads(SLOT_TYPES_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: tuple(slots) for key, slots in doc.get("forms", {}).items()}
 
 
 @dataclass(frozen=True)
 class ArgForms:
     """Per opcode name: (form, argument slot rates) for each synopsis line; function-only
-    names."""
+    names; the measured kinds of the forms Csound judges otherwise than the loose rule."""
 
     forms: dict[str, tuple[tuple[Form, tuple[str, ...]], ...]]
     function_only: frozenset[str]
+    measured: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_synopses(cls, synopses: dict[str, list[str]]) -> ArgForms:
@@ -60,7 +97,8 @@ class ArgForms:
                 forms.setdefault(name, []).append((form, _slot_rates(name, line)))
             if not statement and any(re.match(rf"\s*{re.escape(key)}\s*\(", ln) for ln in lines):
                 function_only.add(key)
-        return cls({n: tuple(f) for n, f in forms.items()}, frozenset(function_only))
+        return cls({n: tuple(f) for n, f in forms.items()}, frozenset(function_only),
+                   load_slot_types())
 
     @classmethod
     def from_gguf(cls, gguf_metadata: dict) -> ArgForms | None:
@@ -80,14 +118,24 @@ class ArgForms:
 
     def refuses(self, name: str, outputs: tuple[str, ...], slot: int, rate: str) -> bool:
         """Whether no form of ``name`` taking ``outputs`` accepts an expression of ``rate``
-        (a, k, i, S, or c for a constant) in argument ``slot`` (0-based)."""
+        (a, k, i, S, f, or c for a constant) in argument ``slot`` (0-based)."""
         forms = self.forms.get(name)
-        if not forms or (name, slot) in CSOUND_TAKES_ANY:
+        if not forms:
             return False
-        fitting = [rates for form, rates in forms if form.takes_outputs(outputs)] \
-            or [rates for _, rates in forms]
-        return all(slot < len(rates) and rates[slot] in ACCEPTS
-                   and rate not in ACCEPTS[rates[slot]] for rates in fitting)
+        fitting = [(f, r) for f, r in forms if f.takes_outputs(outputs)] or list(forms)
+        return not any(self._takes(name, form, rates, slot, rate) for form, rates in fitting)
+
+    def _takes(self, name: str, form: Form, rates: tuple[str, ...], slot: int,
+               rate: str) -> bool:
+        if slot >= len(rates):
+            return True  # past the synopsis' named slots: not judged
+        measured = self.measured.get(form_key(name, form, rates))
+        # a slot that refused even its own rate was measured in a statement Csound refuses for
+        # another reason (too many optional arguments): it is judged loosely
+        if measured is not None and measured[slot] and (rates[slot] not in KINDS
+                                                         or rates[slot] in measured[slot]):
+            return rate in measured[slot]
+        return (name, slot) in CSOUND_TAKES_ANY or loose_accepts(rates[slot], rate)
 
     def only_audio(self, name: str, outputs: tuple[str, ...], slot: int) -> bool:
         """Whether argument ``slot`` takes only an a-rate expression in every fitting form; a

@@ -185,6 +185,8 @@ def test_slots_csound_takes_any_rate_in_are_not_judged(table, tmp_path):
     assert doc.allows("  asig tablei 0.5, giT, 1\n")
     assert csound_accepts(tmp_path, body.strip() + "\ninstr 1\n  asig tablei 0.5, giT, 1\n"
                           "  outs asig, asig\nendin")
-    # k where the manual says i is not judged: Csound takes it in many such slots
-    # (schedkwhen's p-fields, outic), though not in oscili's ifn
-    assert doc.allows("  kx init 1\n  a1 oscili 0.5, 440, kx\n")
+    # k where the manual says i: judged as Csound judged each slot (csound_slot_types.json):
+    # schedkwhen's instrument takes it, oscili's table does not (test_decoder_measured.py)
+    assert doc.allows("  kx init 1\n  schedkwhen kx, 0, 0, kx, 0, 1\n")
+    assert csound_accepts(tmp_path, "instr 1\n  kx init 1\n  schedkwhen kx, 0, 0, kx, 0, 1\n"
+                          "endin\ninstr 2\nendin")

@@ -1,0 +1,101 @@
+"""The decoder's rules that come from asking Csound itself (``csound_assistant/
+csound_slot_types.json``, made by ``bench/csound_slot_types.py``) and the shapes of answers to
+generated describe-the-sound requests that Csound refused: each statement is judged by the
+decoder and compiled by real Csound, and the two must agree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from csound_assistant import opcode_args
+from csound_assistant.csound_lexer import Document
+from csound_assistant.opcode_args import ArgForms
+from csound_assistant.opcode_table import OpcodeTable
+from test_decoder_scope import CSD, csound_accepts
+
+PRELUDE = "asig = a(0)\nkx init 1\nfs pvsanal asig, 1024, 256, 1024, 1\n"
+
+# (statement in an instrument, whether Csound 6.18 takes it)
+CASES = [
+    ("a1 oscili 0.5, 440, kx", False),  # a k variable where Csound wants an i-time table
+    ("a1 oscili 0.5, 440, 1", True),
+    ("a1 oscil 0.5, 440, kx", False),
+    ("k1 trigger kx, 0.5, \"x\"", False),  # a string in a k slot
+    ("k1 trigger kx, 0.5, 0", True),
+    ("a2 pvsynth 0.5", False),  # a number for an fsig
+    ("a2 pvsynth fs", True),
+    ("kf pvsanal asig, 1024, 256, 1024, 1", False),  # an fsig opcode's output as k
+    ("a3 butbp asig, 1000, asig", True),  # an a-rate bandwidth, a slot the manual calls k
+    ("a3 butbp asig, 1000, 100", True),
+    ("a4 = delayr(asig)", False),  # an opcode's argument inside a call
+    ("a4 = tone(asig, 1000)", True),
+    ("a4 = oscili(0.5, 440, 1, 0, 3)", False),  # more arguments than any form takes
+    ("a4 = oscili(0.5, (440), 1)", True),
+    ("k5 = 1 + 2)", False),  # a parenthesis that closes nothing
+    ("k5 = (1 + 2)", True),
+    ("a6 = asig.", False),  # a dot outside a number
+    ("a6 = asig * .5", True),
+    ("cpspch(8.00)", False),  # a call that makes an output, as a statement
+    ("outs(asig, asig)", True),
+    ("nchnls = 2", False),  # a header setting inside an instrument
+    ("ix = nchnls", True),
+    ("k7 = 1\x0bk8 = 2", False),  # a vertical tab ends no line for Csound
+]
+
+
+@pytest.fixture(scope="module")
+def table() -> OpcodeTable:
+    return OpcodeTable.from_manual()
+
+
+def decoder_allows(table, statement: str) -> bool:
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n" + CSD + "instr 1\n" + PRELUDE)
+    return doc.allows(statement + "\n")
+
+
+@pytest.mark.parametrize("statement,takes", CASES, ids=[c[0] for c in CASES])
+def test_the_decoder_refuses_what_csound_refuses(table, tmp_path, statement, takes):
+    assert csound_accepts(tmp_path, f"instr 1\n{PRELUDE}{statement}\nendin") == takes
+    assert decoder_allows(table, statement) == takes
+
+
+def test_a_statement_the_decoder_refuses_is_refused_as_it_is_written(table):
+    """A number cannot start an fsig argument: refused at its first digit, so the model never
+    writes digits it cannot end."""
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n" + CSD + "instr 1\n" + PRELUDE)
+    assert doc.allows("a2 pvsynth f")
+    assert not doc.allows("a2 pvsynth 0")
+    assert not doc.allows("k1 trigger kx, 0.5, \"")
+
+
+def test_the_header_still_takes_its_settings(table):
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\n")
+    assert doc.allows("nchnls = 2\n") and doc.allows("0dbfs = 1\n")
+
+
+def test_the_measured_table_says_what_made_it():
+    doc = json.loads(opcode_args.SLOT_TYPES_FILE.read_text())
+    assert doc["made_by"].startswith("python bench/csound_slot_types.py")
+    assert doc["csound"].startswith("6.")
+    assert doc["kinds"] == "".join(opcode_args.KINDS)
+    assert all(set("".join(slots)) <= set(opcode_args.KINDS) for slots in doc["forms"].values())
+
+
+def test_without_the_table_every_slot_is_judged_loosely(table, monkeypatch):
+    """The loose rule takes a k variable in an i slot; the measured table knows oscili's
+    table number is i-time only."""
+    reference = ArgForms.from_manual()
+    loose = ArgForms(reference.forms, reference.function_only)
+    assert not loose.refuses("oscili", ("a",), 2, "k")
+    assert reference.refuses("oscili", ("a",), 2, "k")
+    # a slot measured as refusing its own rate (a statement Csound refused for another
+    # reason) is judged loosely
+    key = opcode_args.form_key("oscili", *reference.forms["oscili"][0])
+    odd = ArgForms(reference.forms, reference.function_only,
+                   {key: ("ci", "ci", "", "ci")})
+    assert not odd.refuses("oscili", ("a",), 2, "k")
