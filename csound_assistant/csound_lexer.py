@@ -271,6 +271,11 @@ class Line:
                                                        and scan.open_operand))
 
 
+# Tokens a CSD answer keeps for its end (``Document.winds_down``): the closing lines of a file
+# (endin, </CsInstruments>, a one-line score, the closing tags and fence) take ~35 tokens.
+OPEN_ROOM, CLOSE_ROOM, SCORE_ROOM = 96, 48, 24
+
+
 @dataclass
 class Document:
     """A text being written, line by line: its region and declared names, and the current
@@ -323,6 +328,32 @@ class Document:
                 return False
             region, names, pending, scope = _after_line(region, names, pending, scope, line)
         return pending is not None or _judge(region, self.checker(scope, names), last, False)
+
+    def winds_down(self, text: str, left: int) -> bool:
+        """Whether ``text`` leaves room to finish a CSD answer when ``left`` tokens remain after
+        it: near its budget an answer starts no new instrument (``OPEN_ROOM``), then writes
+        only ``endin``/``endop`` in one (``CLOSE_ROOM``), and in the score only its end
+        (``SCORE_ROOM``), so it closes the file instead of stopping mid-line or repeating a
+        block until ``max_tokens``. FIM middles and code outside a CSD are not judged."""
+        if left >= OPEN_ROOM or not self.region.csd or self.region.document:
+            return True
+        region, scope = self.region, self.scope
+        names, pending = self.names, self.pending
+        *done, last = (self.line + text).split("\n")
+        if not done and re.match(r"\s*[\w<]+[^\w<]", self.line):
+            return True  # a line whose first word was written before goes on to its end
+        for line in done:
+            region, names, pending, scope = _after_line(region, names, pending, scope, line)
+        word = re.match(r"\s*([\w<]*)", last).group(1)
+        if not word or pending is not None:
+            return True
+        if region.kind == ORC and scope.block == "":  # "in" + "str": refused from "in"
+            return len(word) < 2 or not ("instr".startswith(word) or "opcode".startswith(word))
+        if region.kind == ORC and scope.block and left < CLOSE_ROOM:
+            return "endin".startswith(word) or "endop".startswith(word)
+        if region.kind == SCORE and left < SCORE_ROOM:
+            return word[0] in "<e"
+        return True
 
     def line_ok(self) -> bool:
         """Whether the unfinished line is valid so far (else judging it would refuse all)."""

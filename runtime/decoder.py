@@ -65,6 +65,7 @@ class CsoundDecoding:
         self.args = ArgForms.from_gguf(getattr(backend, "metadata", None) or {})
         self.texts = TokenTexts(backend)
         self.fim = _fim_ids(backend)
+        self.n_ctx = getattr(backend, "n_ctx", 0)
 
     def start(self, prompt: list[int], sampling) -> Constraint:
         """A request's constraint: a FIM middle continues the prompt's prefix; anything else
@@ -87,16 +88,20 @@ class CsoundDecoding:
                 return Constraint(self, Document.for_fim(self.table, prefix, self.args), keep,
                                   floor,
                                   end=suffix.partition("\n")[0] + "\n")
+        # the engine stops at max_tokens or at the context's end, whichever comes first
+        budget = min(sampling.max_tokens, self.n_ctx - len(prompt)) if self.n_ctx \
+            else sampling.max_tokens
         return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt),
-                                                  self.args), keep, floor)
+                                                  self.args), keep, floor, budget=budget)
 
 
 class Constraint:
     """One request's decoder state: ``mask`` before a token is sampled, ``accept`` after."""
 
     def __init__(self, decoding: CsoundDecoding, doc: Document, keep: int,
-                 floor: float = -math.inf, end: str = "\n"):
+                 floor: float = -math.inf, end: str = "\n", budget: int | None = None):
         self.decoding, self.doc, self.keep, self.floor = decoding, doc, keep, floor
+        self.budget = budget  # tokens this answer may take (a chat answer winds down near it)
         # A token without text (an end of generation, a turn marker) ends the statement: it
         # is judged as this text, so an answer cannot stop inside ``asig caba``.
         self.end = end
@@ -163,6 +168,9 @@ class Constraint:
         return bool(valid) and below < logits[valid[0]] + self.floor
 
     def _allows(self, text: str) -> bool:
+        if self.budget is not None and text \
+                and not self.doc.winds_down(text, self.budget - self.fed - 1):
+            return False
         return self.doc.allows(text or self.end)
 
 

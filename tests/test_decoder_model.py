@@ -163,3 +163,26 @@ def test_a_token_that_breaks_a_rule_cannot_be_sampled(backend, prompts, prefix, 
     assert constraint.mask(logits), (prefix, bad)
     assert logits[bad_id[0]] == -np.inf
     assert int(np.argmax(logits)) == good_id[0]
+
+
+def test_a_csd_answer_near_its_budget_closes_instead_of_starting_another_block(backend, prompts):
+    """With 40 tokens left inside an instrument the model may only end it; with 90 left
+    between instruments it may not start another: the file gets its score and closing tags
+    instead of stopping mid-instrument at max_tokens."""
+    tokens = prompts.chat_tokens([{"role": "user", "content": "A sine, please."}])
+    start = ("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\n"
+             "instr 1\n  asig oscili 0.5, 440\n")
+    for budget, after, bad, good in [(40, "", "outs", "endin"),
+                                     (90, "  outs asig, asig\nendin\n", "instr", "</")]:
+        constraint = backend.constraint(tokens, Sampling(temperature=0, max_tokens=1000))
+        constraint.budget = None
+        for token in backend.tokenize(start + after, special=False):
+            constraint.accept(token)
+        constraint.budget = constraint.fed + budget
+        logits = boosted(backend, bad)
+        logits[backend.tokenize(good, special=False)[0]] = 20.0
+        assert constraint.mask(logits)
+        assert int(np.argmax(logits)) == backend.tokenize(good, special=False)[0]
+        constraint.budget = constraint.fed + 1000  # far from the end: nothing winds down
+        logits = boosted(backend, bad)
+        assert not constraint.mask(logits)
