@@ -145,7 +145,9 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
         if c == ";" or text.startswith("//", i):
             scan.ended = True
             return scan
-        if text.startswith("/*", i) or text.startswith("{{", i) or c in "\\$#":
+        # ``#`` is bitwise xor (``i0B # i0A``), judged as an operator: ``balance asig, 0.5 #
+        # a comment`` is not a comment to Csound
+        if text.startswith("/*", i) or text.startswith("{{", i) or c in "\\$":
             scan.free = True
             return scan
         if number:

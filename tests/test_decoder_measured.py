@@ -42,6 +42,8 @@ CASES = [
     ("nchnls = 2", False),  # a header setting inside an instrument
     ("ix = nchnls", True),
     ("k7 = 1\x0bk8 = 2", False),  # a vertical tab ends no line for Csound
+    ("a8 balance asig, 0.5  # a comment", False),  # # is xor, not a comment
+    ("k9 = 3 # 5", True),
 ]
 
 
