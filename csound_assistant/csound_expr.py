@@ -75,15 +75,21 @@ class Call:
         rate = self.arg.rate
         return not rate or not line.args.refuses(self.name, ("x",), self.slot, rate)
 
+    def _bounds(self, line) -> tuple[int, float]:
+        if self.name in line.args.function_only:
+            return 1, 1  # each of the 48 takes one argument (asked of Csound 6.18)
+        forms = line.table.forms[self.name]
+        return min(f.arg_min for f in forms), max(f.arg_max for f in forms)
+
     def next_argument(self, line) -> bool:
         if not self._fits(line):
             return False
         self.slot, self.arg = self.slot + 1, Arg()
-        return self.slot < max(f.arg_max for f in line.table.forms[self.name])
+        return self.slot < self._bounds(line)[1]
 
     def closes(self, line) -> bool:
         given = self.slot + 1 if self.arg.first or self.slot else 0
-        return self._fits(line) and given >= min(f.arg_min for f in line.table.forms[self.name])
+        return self._fits(line) and given >= self._bounds(line)[0]
 
 
 def _note(calls: list[Call], depth: int, rate: str, first: str) -> None:

@@ -108,7 +108,11 @@ class Line:
             or any(w.startswith(word) for w in FIRST_WORDS) or self.name_prefix(word, ())
 
     def opcode_fits(self, name: str, rates: tuple[str, ...]) -> bool:
-        return name in self.names or (name in self.table and self.table.takes(name, rates))
+        if name in self.names:
+            return True
+        if self.args and name in self.args.function_only and len(rates) != 1:
+            return False  # ``a1, a2 exp ...``: a function as an opcode makes one output
+        return name in self.table and self.table.takes(name, rates)
 
     def variable_ok(self, word: str, partial: bool) -> bool:
         """``word`` read as a variable (``partial``: it may go on) is assigned, or may be."""
@@ -162,7 +166,7 @@ class Line:
             return self._expr_ok(rest[j + 1:] if rest[j:j + 1] == "=" else rest, complete)
         if word in EXPR_KEYWORDS:
             return self._expr_ok(rest, complete) and not (
-                complete and word in CONDITION_WORDS and not rest.split(";")[0].strip())
+                complete and word in CONDITION_WORDS and not _condition_closed(word, rest))
         if word in self.table.no_output and rest[0] in " \t" and \
                 skip_space(rest, 0) < len(rest) and rest[skip_space(rest, 0)] not in ",=[":
             return self._args_fit(word, (), rest, complete)  # ``ftfree ifn, 0``
@@ -285,7 +289,9 @@ class Document:
     region: Region = field(default_factory=Region)
     names: frozenset = frozenset()
     line: str = ""
-    pending: str | None = None  # an open block comment or {{ string: lines free until it ends
+    # an open block comment or {{ string (its closing mark: lines free until it comes), or a
+    # statement continued on the next line (after ``,`` or ``\``): "\\" and its text so far
+    pending: str | None = None
     scope: Scope = field(default_factory=Scope)
     args: ArgForms | None = None
 
@@ -307,7 +313,7 @@ class Document:
     @property
     def judging(self) -> bool:
         """Whether the next text is orchestra or score (the only places anything is refused)."""
-        return self.region.kind in (ORC, SCORE) and self.pending is None
+        return self.region.kind in (ORC, SCORE) and _judged(self.pending)
 
     def checker(self, scope: Scope | None = None, names: frozenset | None = None) -> Line:
         return Line(self.table, self.names if names is None else names,
@@ -323,11 +329,12 @@ class Document:
         region, names, pending, scope = self.region, self.names, self.pending, self.scope
         *done, last = (self.line + text).split("\n")
         for line in done:
-            if pending is None and not _judge(region, self.checker(scope, names), line,
-                                              not _continued(line)):
+            if _judged(pending) and not _judge(region, self.checker(scope, names),
+                                               _carried(pending) + line, not _continued(line)):
                 return False
             region, names, pending, scope = _after_line(region, names, pending, scope, line)
-        return pending is not None or _judge(region, self.checker(scope, names), last, False)
+        return not _judged(pending) or _judge(region, self.checker(scope, names),
+                                              _carried(pending) + last, False)
 
     def winds_down(self, text: str, left: int) -> bool:
         """Whether ``text`` leaves room to finish a CSD answer when ``left`` tokens remain after
@@ -357,7 +364,8 @@ class Document:
 
     def line_ok(self) -> bool:
         """Whether the unfinished line is valid so far (else judging it would refuse all)."""
-        return not self.judging or _judge(self.region, self.checker(), self.line, False)
+        return not self.judging or _judge(self.region, self.checker(),
+                                          _carried(self.pending) + self.line, False)
 
 
 def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:
@@ -366,6 +374,33 @@ def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:
     if region.kind == SCORE:
         return score_ok(text, complete)
     return True
+
+
+def _condition_closed(word: str, rest: str) -> bool:
+    """A finished ``if``/``elseif`` line ends with ``then`` (``ithen``, ``kthen``) or a goto and
+    its label, a ``while``/``until`` line with ``do``: Csound refuses ``if p4 > 0`` alone."""
+    words = re.findall(r"\w+", re.split(r";|//", rest, maxsplit=1)[0])
+    if len(words) < 2:
+        return False
+    if word in ("while", "until"):
+        return words[-1] == "do"
+    return words[-1] in ("then", "ithen", "kthen") or words[-2] in GOTO_WORDS
+
+
+def _judged(pending: str | None) -> bool:
+    """Lines are judged unless a block comment or {{ string is open."""
+    return pending is None or pending.startswith("\\")
+
+
+def _carried(pending: str | None) -> str:
+    """The text of a statement continued from earlier lines ("" if none)."""
+    return pending[1:] if pending and pending.startswith("\\") else ""
+
+
+def _joined(line: str) -> str:
+    """A continued line as Csound joins it to the next: no comment, no backslash."""
+    code = line.split(";")[0].rstrip()
+    return (code[:-1] if code.endswith("\\") else code) + " "
 
 
 def _continued(line: str) -> bool:
@@ -390,10 +425,10 @@ def _after_line(region: Region, names: frozenset, pending: str | None, scope: Sc
                 line: str):
     """(region, names, pending, scope) after a finished line."""
     stripped = line.strip()
-    if pending == "\\":
+    if pending is not None and pending.startswith("\\"):
         if region.kind == ORC:
             scope = scope.after(line)
-        return region, names, "\\" if _continued(line) else None, scope
+        return region, names, pending + _joined(line) if _continued(line) else None, scope
     if pending is not None:
         if pending in line:
             pending = None
@@ -427,7 +462,7 @@ def _after_line(region: Region, names: frozenset, pending: str | None, scope: Sc
         return replace(region, kind=OTHER), names, None, scope  # a score in an untagged block
     code = line.split(";")[0]
     if _continued(line):
-        pending = "\\"
+        pending = "\\" + _joined(line)
     elif "/*" in code and "*/" not in code[code.index("/*"):]:
         pending = "*/"
     elif "{{" in code and "}}" not in code[code.index("{{"):]:

@@ -9,7 +9,7 @@ import glob
 
 import pytest
 
-from csound_assistant.csound_lexer import Document, _judge
+from csound_assistant.csound_lexer import Document, _carried, _judge
 from csound_assistant.opcode_table import OpcodeTable
 
 # A fragment (no instr line seen): variables are not judged here, see test_decoder_scope.py
@@ -163,8 +163,10 @@ def test_the_manuals_own_examples_are_nearly_all_allowed(table):
                 if doc.judging:
                     lines += 1
                     line = doc.checker()
-                    ok = _judge(doc.region, line, raw, not raw.rstrip().endswith(("\\", ",")))
-                    refused += not (ok and all(_judge(doc.region, line, raw[:k], False)
+                    text = _carried(doc.pending) + raw  # a continued statement is judged whole
+                    ok = _judge(doc.region, line, text, not raw.rstrip().endswith(("\\", ",")))
+                    start = len(text) - len(raw)
+                    refused += not (ok and all(_judge(doc.region, line, text[:start + k], False)
                                                for k in range(1, len(raw), 3)))
                 doc.feed(raw + "\n")
     assert lines > 10_000

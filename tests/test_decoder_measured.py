@@ -44,6 +44,13 @@ CASES = [
     ("k7 = 1\x0bk8 = 2", False),  # a vertical tab ends no line for Csound
     ("a8 balance asig, 0.5  # a comment", False),  # # is xor, not a comment
     ("k9 = 3 # 5", True),
+    ("a5, a6 exp kx", False),  # a function as an opcode makes one output
+    ("kc = cpspch(8.00, 1)", False),  # and takes one argument
+    ("kc = cpspch(8.00)", True),
+    ("if kx > 0\nkx = 1\nendif", False),  # a condition with no then
+    ("if kx > 0 then\nkx = 1\nendif", True),
+    ("a9 oscili 0.5,\n  440, kx", False),  # a statement continued on the next line
+    ("a9 oscili 0.5, \\\n  440, 1", True),
 ]
 
 
