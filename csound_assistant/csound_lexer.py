@@ -1,10 +1,8 @@
 """Where Csound expects an opcode, and whether a text so far can still be valid Csound there:
 the pure half of the Csound-aware decoder (``runtime/decoder.py`` masks logits with it).
 
-``Document`` follows a text line by line: prose (never judged), fenced code blocks and
-``<CsoundSynthesizer>`` files, and inside them the orchestra and the score (judged) apart from
-options (not judged). ``Document.allows(text)`` says whether appending ``text`` keeps every
-statement possible:
+``Line.check`` judges one statement (``csound_document.Document`` follows a whole text line by
+line and asks it); a text so far is refused where:
 
 - a statement's first word that cannot be a variable (no a/k/i/S/f/w/g rate prefix, not
   ``p3``) is an opcode, a keyword or a label (``loop:``); after an output list (``asig``,
@@ -25,7 +23,7 @@ statement possible:
 - ``endin`` only closes an instrument, ``instr`` never opens one inside another;
 - a score line is a score statement whose fields are no words (``i Bass 0 1`` is refused:
   named instruments are quoted; ``csound_score.py``).
-Anything it cannot read surely (a macro, a continued line, a block comment) is allowed.
+Anything it cannot read surely (a macro, a block comment) is allowed.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ import bisect
 import functools
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from .csound_expr import (
     EXPR_KEYWORDS,
@@ -45,7 +43,7 @@ from .csound_expr import (
     scan_args,
     skip_space,
 )
-from .csound_score import SCORE_STATEMENTS, score_ok
+from .csound_score import SCORE_STATEMENTS
 from .csound_scope import Scope
 from .opcode_args import ArgForms
 from .opcode_table import OpcodeTable, rate_of
@@ -59,24 +57,6 @@ LABEL_OPCODES = frozenset({"cggoto", "cigoto", "ckgoto", "cngoto", "timout", "re
                            "loop_lt", "loop_le", "loop_gt", "loop_ge"}) | GOTO_WORDS
 FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
 CONDITION_WORDS = frozenset({"if", "elseif", "while", "until"})  # never alone on a line
-CODE_FENCES = frozenset({"", "csound", "csd", "orc", "cs", "udo", "csound-orc", "csound-csd",
-                         "instr"})
-_IDENT = re.compile(r"[A-Za-z_]\w*")
-_DECL = re.compile(r"^\s*(?:(instr)\s+(\+?\w+(?:\s*,\s*\+?\w+)*)\s*(?:;.*)?$"
-                   r"|(opcode)\s+([A-Za-z_]\w*)\s*,|([A-Za-z_]\w*):(?!\S))")
-_SCORE_LINE = re.compile(r"^\s*[if]\s*\d")
-
-PROSE, ORC, SCORE, OTHER = "prose", "orc", "score", "other"  # region kinds
-
-
-@dataclass
-class Region:
-    kind: str = PROSE
-    fenced: bool = False  # the code ends at a ``` line (else at </CsoundSynthesizer>, or never)
-    csd: bool = False  # inside <CsoundSynthesizer>: orchestra only in <CsInstruments>
-    document: bool = False  # a whole file (FIM): never ends
-
-
 def _variable_like(word: str) -> bool:
     return rate_of(word) != "x" or (word[0] == "p" and word[1:].isdigit())
 
@@ -275,107 +255,6 @@ class Line:
                                                        and scan.open_operand))
 
 
-# Tokens a CSD answer keeps for its end (``Document.winds_down``): the closing lines of a file
-# (endin, </CsInstruments>, a one-line score, the closing tags and fence) take ~35 tokens.
-OPEN_ROOM, CLOSE_ROOM, SCORE_ROOM = 96, 48, 24
-
-
-@dataclass
-class Document:
-    """A text being written, line by line: its region and declared names, and the current
-    unfinished line. ``feed`` commits text; ``allows`` judges text without committing."""
-
-    table: OpcodeTable
-    region: Region = field(default_factory=Region)
-    names: frozenset = frozenset()
-    line: str = ""
-    # an open block comment or {{ string (its closing mark: lines free until it comes), or a
-    # statement continued on the next line (after ``,`` or ``\``): "\\" and its text so far
-    pending: str | None = None
-    scope: Scope = field(default_factory=Scope)
-    args: ArgForms | None = None
-
-    @classmethod
-    def for_chat(cls, table: OpcodeTable, prompt_text: str = "",
-                 args: ArgForms | None = None) -> Document:
-        """An answer: prose first; names the prompt's code declared are known."""
-        return cls(table, names=frozenset(_declared(prompt_text)),
-                   args=args or ArgForms.from_manual())
-
-    @classmethod
-    def for_fim(cls, table: OpcodeTable, prefix: str, args: ArgForms | None = None) -> Document:
-        """A middle after ``prefix``: a whole file (orchestra unless its tags say otherwise),
-        whose variables are judged once an instrument starts in it."""
-        doc = cls(table, region=Region(ORC, document=True), args=args or ArgForms.from_manual())
-        doc.feed(prefix)
-        return doc
-
-    @property
-    def judging(self) -> bool:
-        """Whether the next text is orchestra or score (the only places anything is refused)."""
-        return self.region.kind in (ORC, SCORE) and _judged(self.pending)
-
-    def checker(self, scope: Scope | None = None, names: frozenset | None = None) -> Line:
-        return Line(self.table, self.names if names is None else names,
-                    self.scope if scope is None else scope, self.args)
-
-    def feed(self, text: str) -> None:
-        *done, self.line = (self.line + text).split("\n")
-        for line in done:
-            self.region, self.names, self.pending, self.scope = _after_line(
-                self.region, self.names, self.pending, self.scope, line)
-
-    def allows(self, text: str) -> bool:
-        region, names, pending, scope = self.region, self.names, self.pending, self.scope
-        *done, last = (self.line + text).split("\n")
-        for line in done:
-            if _judged(pending) and not _judge(region, self.checker(scope, names),
-                                               _carried(pending) + line, not _continued(line)):
-                return False
-            region, names, pending, scope = _after_line(region, names, pending, scope, line)
-        return not _judged(pending) or _judge(region, self.checker(scope, names),
-                                              _carried(pending) + last, False)
-
-    def winds_down(self, text: str, left: int) -> bool:
-        """Whether ``text`` leaves room to finish a CSD answer when ``left`` tokens remain after
-        it: near its budget an answer starts no new instrument (``OPEN_ROOM``), then writes
-        only ``endin``/``endop`` in one (``CLOSE_ROOM``), and in the score only its end
-        (``SCORE_ROOM``), so it closes the file instead of stopping mid-line or repeating a
-        block until ``max_tokens``. FIM middles and code outside a CSD are not judged."""
-        if left >= OPEN_ROOM or not self.region.csd or self.region.document:
-            return True
-        region, scope = self.region, self.scope
-        names, pending = self.names, self.pending
-        *done, last = (self.line + text).split("\n")
-        if not done and re.match(r"\s*[\w<]+[^\w<]", self.line):
-            return True  # a line whose first word was written before goes on to its end
-        for line in done:
-            region, names, pending, scope = _after_line(region, names, pending, scope, line)
-        word = re.match(r"\s*([\w<]*)", last).group(1)
-        if not word or pending is not None:
-            return True
-        if region.kind == ORC and scope.block == "":  # "in" + "str": refused from "in"
-            return len(word) < 2 or not ("instr".startswith(word) or "opcode".startswith(word))
-        if region.kind == ORC and scope.block and left < CLOSE_ROOM:
-            return "endin".startswith(word) or "endop".startswith(word)
-        if region.kind == SCORE and left < SCORE_ROOM:
-            return word[0] in "<e"
-        return True
-
-    def line_ok(self) -> bool:
-        """Whether the unfinished line is valid so far (else judging it would refuse all)."""
-        return not self.judging or _judge(self.region, self.checker(),
-                                          _carried(self.pending) + self.line, False)
-
-
-def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:
-    if region.kind == ORC:
-        return line.check(text, complete)
-    if region.kind == SCORE:
-        return score_ok(text, complete)
-    return True
-
-
 def _condition_closed(word: str, rest: str) -> bool:
     """A finished ``if``/``elseif`` line ends with ``then`` (``ithen``, ``kthen``) or a goto and
     its label, a ``while``/``until`` line with ``do``: Csound refuses ``if p4 > 0`` alone."""
@@ -385,88 +264,3 @@ def _condition_closed(word: str, rest: str) -> bool:
     if word in ("while", "until"):
         return words[-1] == "do"
     return words[-1] in ("then", "ithen", "kthen") or words[-2] in GOTO_WORDS
-
-
-def _judged(pending: str | None) -> bool:
-    """Lines are judged unless a block comment or {{ string is open."""
-    return pending is None or pending.startswith("\\")
-
-
-def _carried(pending: str | None) -> str:
-    """The text of a statement continued from earlier lines ("" if none)."""
-    return pending[1:] if pending and pending.startswith("\\") else ""
-
-
-def _joined(line: str) -> str:
-    """A continued line as Csound joins it to the next: no comment, no backslash."""
-    code = line.split(";")[0].rstrip()
-    return (code[:-1] if code.endswith("\\") else code) + " "
-
-
-def _continued(line: str) -> bool:
-    """A line ending in a backslash or a comma goes on in the next (Csound joins them)."""
-    return line.split(";")[0].rstrip().endswith(("\\", ","))
-
-
-def _declared(text: str) -> set[str]:
-    names = set()
-    for raw in text.split("\n"):
-        m = _DECL.match(raw)
-        if not m:
-            continue
-        if m.group(1):  # instr 1, Name
-            names.update(_IDENT.findall(m.group(2)))
-        else:
-            names.add(m.group(4) or m.group(5))
-    return names
-
-
-def _after_line(region: Region, names: frozenset, pending: str | None, scope: Scope,
-                line: str):
-    """(region, names, pending, scope) after a finished line."""
-    stripped = line.strip()
-    if pending is not None and pending.startswith("\\"):
-        if region.kind == ORC:
-            scope = scope.after(line)
-        return region, names, pending + _joined(line) if _continued(line) else None, scope
-    if pending is not None:
-        if pending in line:
-            pending = None
-        return region, names, pending, scope
-    if region.kind == PROSE:
-        if stripped.startswith("```"):
-            lang = stripped[3:].strip().lower()
-            return Region(ORC if lang in CODE_FENCES else OTHER, fenced=True), names, None, \
-                replace(scope, block=None, local=frozenset())
-        if stripped.lower().startswith("<csoundsynthesizer>"):
-            return Region(OTHER, csd=True), names, None, scope
-        return region, names, None, scope
-    if region.fenced and stripped.startswith("```"):
-        return Region(PROSE), names, None, scope
-    low = stripped.lower()
-    if low.startswith("<"):
-        if "</csoundsynthesizer>" in low and not region.fenced and not region.document:
-            return Region(PROSE), names, None, scope
-        if "<csinstruments>" in low:
-            return replace(region, kind=ORC, csd=True), names, None, \
-                Scope.file() if scope.sure else replace(Scope.file(), sure=False)
-        if "<csscore>" in low:
-            return replace(region, kind=SCORE, csd=True), names, None, scope
-        if "<csoundsynthesizer>" in low or re.match(r"</?cs\w*>|<\w+", low):
-            return replace(region, kind=OTHER, csd=region.csd or "<csoundsynthesizer>" in low), \
-                names, None, scope
-        return region, names, None, scope
-    if region.kind != ORC:
-        return region, names, None, scope
-    if not region.csd and _SCORE_LINE.match(line):
-        return replace(region, kind=OTHER), names, None, scope  # a score in an untagged block
-    code = line.split(";")[0]
-    if _continued(line):
-        pending = "\\" + _joined(line)
-    elif "/*" in code and "*/" not in code[code.index("/*"):]:
-        pending = "*/"
-    elif "{{" in code and "}}" not in code[code.index("{{"):]:
-        pending = "}}"
-    scope = scope.after(line)
-    new = _declared(line)
-    return region, names | new if new else names, pending, scope

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from csound_assistant.csound_lexer import Document
+from csound_assistant.csound_document import Document
 from csound_assistant.opcode_args import ArgForms
 from csound_assistant.opcode_table import OpcodeTable
 

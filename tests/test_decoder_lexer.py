@@ -9,7 +9,7 @@ import glob
 
 import pytest
 
-from csound_assistant.csound_lexer import Document, _carried, _judge
+from csound_assistant.csound_document import Document, _carried, _judge
 from csound_assistant.opcode_table import OpcodeTable
 
 # A fragment (no instr line seen): variables are not judged here, see test_decoder_scope.py

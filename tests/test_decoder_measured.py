@@ -10,7 +10,7 @@ import json
 import pytest
 
 from csound_assistant import opcode_args
-from csound_assistant.csound_lexer import Document
+from csound_assistant.csound_document import Document
 from csound_assistant.opcode_args import ArgForms
 from csound_assistant.opcode_table import OpcodeTable
 from test_decoder_scope import CSD, csound_accepts

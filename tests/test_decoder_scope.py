@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from csound_assistant.csound_lexer import Document
+from csound_assistant.csound_document import Document
 from csound_assistant.csound_scope import Scope, assigned
 from csound_assistant.opcode_table import OpcodeTable
 
