@@ -15,6 +15,9 @@ EXPR_KEYWORDS = frozenset({"if", "elseif", "else", "endif", "while", "until", "d
                            "then", "enduntil", "ithen", "kthen", "return"})
 GOTO_WORDS = frozenset({"goto", "igoto", "kgoto", "tigoto", "rigoto"})  # a label follows
 HEADER_WORDS = frozenset({"sr", "kr", "ksmps", "nchnls", "nchnls_i", "A4", "zakinit"})
+# No name in the manual's examples is longer than 30 characters; a small model's runaway
+# "identifier" is (``reverbcsreamscaleagnegaL_i2dulence...``): cut at 40.
+LONGEST_NAME = 40
 NUMBER = re.compile(r"0dbfs\b|\d*\.?\d+(?:[eE][+-]?\d*)?|\d+\.")  # 1e-3 (being written: 1e)
 
 
@@ -171,6 +174,8 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
         if c.isalpha() or c == "_":
             end = ident_end(text, i)
             word = text[i:end]
+            if end - i > LONGEST_NAME:
+                return None
             after = skip_space(text, end)
             arg.first = arg.first or c
             scan.content, current, scan.last = True, True, text[end - 1]

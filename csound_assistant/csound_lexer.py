@@ -38,6 +38,7 @@ from .csound_expr import (
     EXPR_KEYWORDS,
     GOTO_WORDS,
     HEADER_WORDS,
+    LONGEST_NAME,
     Scan,
     ident_end,
     scan_args,
@@ -118,6 +119,8 @@ class Line:
             return True  # blank, comment, macro, tag, number (0dbfs), score brace
         end = ident_end(text, i)
         word = text[i:end]
+        if end - i > LONGEST_NAME:
+            return False  # a name running on (``reverbcsreamscaleagnega...``)
         if end == len(text):
             if complete:
                 return word in SCORE_STATEMENTS or (word in FIRST_WORDS and self._nests(word)

@@ -51,6 +51,7 @@ CASES = [
     ("if kx > 0 then\nkx = 1\nendif", True),
     ("a9 oscili 0.5,\n  440, kx", False),  # a statement continued on the next line
     ("a9 oscili 0.5, \\\n  440, 1", True),
+    ("kThisNameIsLongButStillFine_0123456789 = 1", True),  # 40 characters
 ]
 
 
@@ -108,3 +109,13 @@ def test_without_the_table_every_slot_is_judged_loosely(table, monkeypatch):
     odd = ArgForms(reference.forms, reference.function_only,
                    {key: ("ci", "ci", "", "ci")})
     assert not odd.refuses("oscili", ("a",), 2, "k")
+
+
+def test_a_name_longer_than_any_in_the_manual_is_cut_off(table, tmp_path):
+    """The one rule Csound does not have: a name over 40 characters (none in the manual's
+    examples passes 30) is refused, so a runaway "identifier" ends instead of filling the
+    answer's budget."""
+    runaway = "kThisNameRunsOnAndOnAsASmallModelsDoes_0123456789"
+    assert csound_accepts(tmp_path, f"instr 1\n{runaway} = 1\nendin")
+    assert not decoder_allows(table, f"{runaway} = 1")
+    assert not decoder_allows(table, "reverbcsreamscaleagnegaL_i2dulence2u4gaR_i2dlifting")
