@@ -38,7 +38,7 @@ class Region:
 
 # Tokens a CSD answer keeps for its end (``Document.winds_down``): the closing lines of a file
 # (endin, </CsInstruments>, a one-line score, the closing tags and fence) take ~35 tokens.
-OPEN_ROOM, CLOSE_ROOM, SCORE_ROOM = 96, 48, 24
+OPEN_ROOM, CLOSE_ROOM, LINE_ROOM, SCORE_ROOM = 96, 48, 32, 24
 
 
 @dataclass
@@ -99,34 +99,47 @@ class Document:
 
     def winds_down(self, text: str, left: int) -> bool:
         """Whether ``text`` leaves room to finish a CSD answer when ``left`` tokens remain after
-        it: near its budget an answer starts no new instrument (``OPEN_ROOM``), then writes
-        only ``endin``/``endop`` in one (``CLOSE_ROOM``), and in the score only its end
-        (``SCORE_ROOM``), so it closes the file instead of stopping mid-line or repeating a
-        block until ``max_tokens``. FIM middles and code outside a CSD are not judged."""
+        it. Near its budget an answer writes between instruments only ``</CsInstruments>``
+        (``OPEN_ROOM``); in an instrument only ``endin``/``endop`` (``CLOSE_ROOM``), ending the
+        line it is in where it can (``LINE_ROOM``); in the score only its end (``SCORE_ROOM``).
+        So it closes the file instead of stopping mid-line or repeating a block until
+        ``max_tokens``. FIM middles and code outside a CSD are not judged."""
         if left >= OPEN_ROOM or not self.region.csd or self.region.document:
             return True
-        region, scope = self.region, self.scope
-        names, pending = self.names, self.pending
+        region, scope, names, pending = self.region, self.scope, self.names, self.pending
         *done, last = (self.line + text).split("\n")
-        if not done and re.match(r"\s*[\w<]+[^\w<]", self.line):
-            return True  # a line whose first word was written before goes on to its end
-        for line in done:
+        begun = re.match(r"\s*[\w<]+[^\w<]", self.line)  # this line's first word is written
+        if not done:
+            if not begun:
+                return _closing(region, scope, last, False, left)
+            # a line begun goes on, but ends as soon as it can once the room is short
+            return left >= LINE_ROOM or not (region.kind in (ORC, SCORE) and self.allows("\n"))
+        for k, line in enumerate(done):
+            if not (k == 0 and begun) and pending is None \
+                    and not _closing(region, scope, line, True, left):
+                return False
             region, names, pending, scope = _after_line(region, names, pending, scope, line)
-        word = re.match(r"\s*([\w<]*)", last).group(1)
-        if not word or pending is not None:
-            return True
-        if region.kind == ORC and scope.block == "":  # "in" + "str": refused from "in"
-            return len(word) < 2 or not ("instr".startswith(word) or "opcode".startswith(word))
-        if region.kind == ORC and scope.block and left < CLOSE_ROOM:
-            return "endin".startswith(word) or "endop".startswith(word)
-        if region.kind == SCORE and left < SCORE_ROOM:
-            return word[0] in "<e"
-        return True
+        return pending is not None or _closing(region, scope, last, False, left)
 
     def line_ok(self) -> bool:
         """Whether the unfinished line is valid so far (else judging it would refuse all)."""
         return not self.judging or _judge(self.region, self.checker(),
                                           _carried(self.pending) + self.line, False)
+
+
+def _closing(region: Region, scope: Scope, line: str, complete: bool, left: int) -> bool:
+    """Whether a line (``complete`` or begun) may be written with ``left`` tokens of room."""
+    word = re.match(r"\s*([\w<]*)", line).group(1)
+    if not word:
+        return True
+    if region.kind == ORC and scope.block == "":
+        return word.startswith("<")
+    if region.kind == ORC and scope.block and left < CLOSE_ROOM:
+        ends = ("endin", "endop")
+        return word in ends if complete else any(e.startswith(word) for e in ends)
+    if region.kind == SCORE and left < SCORE_ROOM:
+        return word.startswith("<") or (word == "e" if complete else word[0] == "e")
+    return True
 
 
 def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:

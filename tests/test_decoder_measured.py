@@ -119,3 +119,21 @@ def test_a_name_longer_than_any_in_the_manual_is_cut_off(table, tmp_path):
     assert csound_accepts(tmp_path, f"instr 1\n{runaway} = 1\nendin")
     assert not decoder_allows(table, f"{runaway} = 1")
     assert not decoder_allows(table, "reverbcsreamscaleagnegaL_i2dulence2u4gaR_i2dlifting")
+
+
+def test_an_answer_near_its_budget_writes_only_what_closes_the_file(table):
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\n"
+             "instr 1\n  asig oscili 0.5, 440\n")
+    assert not doc.winds_down("  outs", 30) and doc.winds_down("endin", 30)
+    assert not doc.winds_down("e\n", 30)  # a lone "e" is no endin
+    assert doc.winds_down("  outs", 60)  # enough room: anything
+    doc.feed("  kx = 1")
+    assert not doc.winds_down(" + 2", 20) and doc.winds_down("\n", 20)  # the line ends now
+    doc.feed("\n  outs asig, asig\nendin\n")
+    assert not doc.winds_down("in", 80) and not doc.winds_down("gi", 80)
+    assert doc.winds_down("</", 80) and doc.winds_down("instr", 100)
+    doc.feed("</CsInstruments>\n<CsScore>\n")
+    assert not doc.winds_down("i", 20) and doc.winds_down("e", 20) and doc.winds_down("</", 20)
+    fim = Document.for_fim(table, "instr 1\n  asig oscili 0.5, 440\n")
+    assert fim.winds_down("  outs", 5)  # a FIM middle is not wound down

@@ -167,8 +167,8 @@ def test_a_token_that_breaks_a_rule_cannot_be_sampled(backend, prompts, prefix, 
 
 def test_a_csd_answer_near_its_budget_closes_instead_of_starting_another_block(backend, prompts):
     """With 40 tokens left inside an instrument the model may only end it; with 90 left
-    between instruments it may not start another: the file gets its score and closing tags
-    instead of stopping mid-instrument at max_tokens."""
+    between instruments it may only close the orchestra: the file gets its score and closing
+    tags instead of stopping mid-instrument at max_tokens."""
     tokens = prompts.chat_tokens([{"role": "user", "content": "A sine, please."}])
     start = ("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\n"
              "instr 1\n  asig oscili 0.5, 440\n")
