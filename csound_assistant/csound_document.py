@@ -108,12 +108,13 @@ class Document:
             return True
         region, scope, names, pending = self.region, self.scope, self.names, self.pending
         *done, last = (self.line + text).split("\n")
-        begun = re.match(r"\s*[\w<]+[^\w<]", self.line)  # this line's first word is written
+        begun = re.match(r"\s*\w+\W", self.line)  # this statement's first word is written
         if not done:
             if not begun:
                 return _closing(region, scope, last, False, left)
-            # a line begun goes on, but ends as soon as it can once the room is short
-            return left >= LINE_ROOM or not (region.kind in (ORC, SCORE) and self.allows("\n"))
+            # a statement begun goes on, but ends as soon as it can once the room is short
+            return left >= LINE_ROOM or not (region.kind == ORC and scope.block
+                                             and self.allows("\n"))
         for k, line in enumerate(done):
             if not (k == 0 and begun) and pending is None \
                     and not _closing(region, scope, line, True, left):
@@ -129,16 +130,19 @@ class Document:
 
 def _closing(region: Region, scope: Scope, line: str, complete: bool, left: int) -> bool:
     """Whether a line (``complete`` or begun) may be written with ``left`` tokens of room."""
-    word = re.match(r"\s*([\w<]*)", line).group(1)
-    if not word:
+    text = line.split(";")[0].strip().lower()
+    if not text:
         return True
+
+    def only(*ends: str) -> bool:
+        return text in ends if complete else any(e.startswith(text) for e in ends)
+
     if region.kind == ORC and scope.block == "":
-        return word.startswith("<")
+        return only("</csinstruments>")
     if region.kind == ORC and scope.block and left < CLOSE_ROOM:
-        ends = ("endin", "endop")
-        return word in ends if complete else any(e.startswith(word) for e in ends)
+        return only("endin", "endop")
     if region.kind == SCORE and left < SCORE_ROOM:
-        return word.startswith("<") or (word == "e" if complete else word[0] == "e")
+        return only("e", "</csscore>")
     return True
 
 

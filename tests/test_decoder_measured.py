@@ -137,3 +137,17 @@ def test_an_answer_near_its_budget_writes_only_what_closes_the_file(table):
     assert not doc.winds_down("i", 20) and doc.winds_down("e", 20) and doc.winds_down("</", 20)
     fim = Document.for_fim(table, "instr 1\n  asig oscili 0.5, 440\n")
     assert fim.winds_down("  outs", 5)  # a FIM middle is not wound down
+
+
+def test_winding_down_writes_the_closing_tags_whole(table):
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\nendin\n")
+    assert doc.winds_down("</Cs", 80) and not doc.winds_down("<CsScore>", 80)
+    doc.feed("</")
+    assert not doc.winds_down("\n", 80)  # "</" alone is no closing tag
+    assert not doc.winds_down("CsScore>", 80) and doc.winds_down("CsInstruments>\n", 80)
+    doc.feed("CsInstruments>\n<CsScore>\ni 1 0 2")
+    assert doc.winds_down(" 3", 20)  # a score line begun is not cut short
+    doc.feed("\n")
+    assert not doc.winds_down("</\n", 20) and doc.winds_down("</CsScore>\n", 20)
+    assert doc.winds_down("e ; the end\n", 20)
