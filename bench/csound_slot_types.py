@@ -158,7 +158,9 @@ def main() -> int:
         doc = {"csound": version.group(1) if version else "unknown",
                "made_by": "python bench/csound_slot_types.py --write",
                "kinds": "".join(KINDS), "forms": differs}
-        SLOT_TYPES_FILE.write_text(json.dumps(doc, indent=0, sort_keys=True) + "\n")
+        tmp = SLOT_TYPES_FILE.with_suffix(".json.tmp")  # a killed write leaves the old table
+        tmp.write_text(json.dumps(doc, indent=0, sort_keys=True) + "\n")
+        tmp.replace(SLOT_TYPES_FILE)
         print(f"wrote {SLOT_TYPES_FILE}")
     return 0
 

@@ -58,6 +58,8 @@ LABEL_OPCODES = frozenset({"cggoto", "cigoto", "ckgoto", "cngoto", "timout", "re
                            "loop_lt", "loop_le", "loop_gt", "loop_ge"}) | GOTO_WORDS
 FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
 CONDITION_WORDS = frozenset({"if", "elseif", "while", "until"})  # never alone on a line
+
+
 def _variable_like(word: str) -> bool:
     return rate_of(word) != "x" or (word[0] == "p" and word[1:].isdigit())
 
@@ -247,10 +249,10 @@ class Line:
         # expression, nor (where no a-rate variable exists) an a-rate one: refused at once,
         # or the model writes digits on, never allowed to end the argument (``tone 0.5``,
         # ``pvsynth 1``; ``0.5 * asig`` is fine with an asig).
-        no_audio = self.scope is not None and not self.scope.has_audio()
-        if no_audio and self.args.only_audio(name, rates, slot):
+        if self.scope is not None and not self.scope.has_audio() \
+                and self.args.only_audio(name, rates, slot):
             return False
-        return not (refuses("c") and refuses("i") and refuses("k") and (refuses("a") or no_audio))
+        return not all(refuses(kind) for kind in "cika")
 
     def _expr_ok(self, text: str, complete: bool) -> bool:
         scan = scan_args(text, self, complete, True)

@@ -58,7 +58,7 @@ def loose_accepts(slot_rate: str, kind: str) -> bool:
 
 def loose_slots(key: str) -> list[str]:
     """The kinds the loose rule takes in each slot of the form ``key`` names."""
-    name, rates = key.split("|")[0], key.split("|")[2]
+    name, _, rates = key.split("|")
     return ["".join(k for k in KINDS if (name, slot) in CSOUND_TAKES_ANY
                     or loose_accepts(rate, k)) for slot, rate in enumerate(rates)]
 

@@ -130,9 +130,10 @@ class LlamaBackend:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
     # --- generation (worker thread only) -------------------------------------------------
-    def constraint(self, tokens: list[int], sampling: Sampling):
-        """The decoder's state for one generation after ``tokens`` (None: plain decoding)."""
-        return self.decoding.start(tokens, sampling) if self.decoding else None
+    def constraint(self, tokens: list[int], sampling: Sampling, budget: int | None = None):
+        """The decoder's state for one generation after ``tokens`` that may take ``budget``
+        tokens (default ``sampling.max_tokens``; None: plain decoding)."""
+        return self.decoding.start(tokens, sampling, budget) if self.decoding else None
 
     def generate(self, tokens: list[int], sampling: Sampling, constraint=None) -> Iterator[int]:
         """Sample tokens after ``tokens`` until the caller stops iterating."""

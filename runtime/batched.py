@@ -142,7 +142,7 @@ class BatchedEngine(Engine):
         seq.cached = keep
         seq.next_token = None
         seq.stream = TokenStream(job, self.backend, self.metrics)
-        seq.stream.constraint = constraint_for(self.backend, job)
+        seq.stream.constraint = constraint_for(self.backend, job, seq.stream.max_tokens)
         seq.sampler = make_sampler(job.sampling, self.backend.n_vocab)
 
     def _prefix_source(self, seq: _Sequence, job: Job) -> tuple[_Sequence | None, int]:

@@ -65,11 +65,11 @@ class CsoundDecoding:
         self.args = ArgForms.from_gguf(getattr(backend, "metadata", None) or {})
         self.texts = TokenTexts(backend)
         self.fim = _fim_ids(backend)
-        self.n_ctx = getattr(backend, "n_ctx", 0)
 
-    def start(self, prompt: list[int], sampling) -> Constraint:
+    def start(self, prompt: list[int], sampling, budget: int | None = None) -> Constraint:
         """A request's constraint: a FIM middle continues the prompt's prefix; anything else
-        is an answer that starts in prose."""
+        is an answer that starts in prose, which winds down near ``budget`` tokens (the
+        engine's limit for the job: ``max_tokens`` or the context's end)."""
         keep = 1 if sampling.temperature <= 0 else min(sampling.top_k or TOP_TOKENS, TOP_TOKENS)
         # min_p drops what is min_p times less likely than the best token left: valid tokens
         # below that need not be looked for. Penalties run after the mask and reorder tokens:
@@ -88,11 +88,9 @@ class CsoundDecoding:
                 return Constraint(self, Document.for_fim(self.table, prefix, self.args), keep,
                                   floor,
                                   end=suffix.partition("\n")[0] + "\n")
-        # the engine stops at max_tokens or at the context's end, whichever comes first
-        budget = min(sampling.max_tokens, self.n_ctx - len(prompt)) if self.n_ctx \
-            else sampling.max_tokens
         return Constraint(self, Document.for_chat(self.table, self.texts.join(prompt),
-                                                  self.args), keep, floor, budget=budget)
+                                                  self.args), keep, floor,
+                          budget=sampling.max_tokens if budget is None else budget)
 
 
 class Constraint:

@@ -278,7 +278,7 @@ class Engine:
         if job.clear_cache:
             self.backend.clear_cache()
         stream = TokenStream(job, self.backend, self.metrics)
-        stream.constraint = constraint_for(self.backend, job)
+        stream.constraint = constraint_for(self.backend, job, stream.max_tokens)
         gen = self.backend.generate(job.tokens, job.sampling, constraint=stream.constraint) \
             if stream.constraint else self.backend.generate(job.tokens, job.sampling)
         cached = self.backend.last_cached_tokens
@@ -359,10 +359,11 @@ class TokenStream:
                       refused_steps=self.constraint.masked_steps if self.constraint else 0)
 
 
-def constraint_for(backend, job: Job):
-    """The backend's decoder state for this job (None: plain decoding or a fake backend)."""
+def constraint_for(backend, job: Job, budget: int):
+    """The backend's decoder state for this job, which may take ``budget`` tokens (None: plain
+    decoding or a fake backend)."""
     make = getattr(backend, "constraint", None)
-    return make(job.tokens, job.sampling) if make else None
+    return make(job.tokens, job.sampling, budget) if make else None
 
 
 def _indent_cut(text: str, n_indent: int) -> tuple[int | None, int]:
