@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
                       "p50_latency_s": report["p50_latency_s"],
                       "decode_tokens_per_s": engine["decode_tokens_per_s"],
                       "refused_steps": engine["counts"].get("decoder_refused_steps"),
+                      "stuck_steps": engine["counts"].get("decoder_stuck_steps"),
                       "seconds": round(report["seconds"]), "load": report["load_average"]}))
     return report
 

@@ -10,6 +10,7 @@ CSD answer near its token budget.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass, field, replace
 
 from .csound_lexer import Line
@@ -26,6 +27,10 @@ _DECL = re.compile(r"^\s*(?:(instr)\s+(\+?\w+(?:\s*,\s*\+?\w+)*)\s*(?:;.*)?$"
 _SCORE_LINE = re.compile(r"^\s*[if]\s*\d")
 
 PROSE, ORC, SCORE, OTHER = "prose", "orc", "score", "other"  # region kinds
+ORC_END = "</csinstruments>"
+# what may follow a text, the likeliest first (``goes_on`` stops at the first that fits)
+NEXT_CHARS = "\n,)" + string.ascii_lowercase + string.digits + "(;" + "".join(
+    c for c in string.printable[62:] if c not in "\n,)(;\t \r\x0b\x0c") + string.ascii_uppercase
 
 
 @dataclass
@@ -76,9 +81,11 @@ class Document:
         """Whether the next text is orchestra or score (the only places anything is refused)."""
         return self.region.kind in (ORC, SCORE) and _judged(self.pending)
 
-    def checker(self, scope: Scope | None = None, names: frozenset | None = None) -> Line:
+    def checker(self, scope: Scope | None = None, names: frozenset | None = None,
+                region: Region | None = None) -> Line:
         return Line(self.table, self.names if names is None else names,
-                    self.scope if scope is None else scope, self.args)
+                    self.scope if scope is None else scope, self.args,
+                    (region or self.region).csd)
 
     def feed(self, text: str) -> None:
         *done, self.line = (self.line + text).split("\n")
@@ -90,12 +97,22 @@ class Document:
         region, names, pending, scope = self.region, self.names, self.pending, self.scope
         *done, last = (self.line + text).split("\n")
         for line in done:
-            if _judged(pending) and not _judge(region, self.checker(scope, names),
+            if _judged(pending) and not _judge(region, self.checker(scope, names, region),
                                                _carried(pending) + line, not _continued(line)):
                 return False
             region, names, pending, scope = _after_line(region, names, pending, scope, line)
-        return not _judged(pending) or _judge(region, self.checker(scope, names),
+        return not _judged(pending) or _judge(region, self.checker(scope, names, region),
                                               _carried(pending) + last, False)
+
+    def goes_on(self, text: str) -> bool:
+        """Whether some character may follow ``text`` (itself allowed). The judge refuses a
+        statement where it becomes invalid, which can be a character after the one that
+        doomed it (``kcps.`` may not be followed by ``5``, nor by anything else): a token
+        that leaves no way on is refused with it, or the model goes on with nothing valid
+        to choose and the rest of the line goes unjudged."""
+        # after a space the next character is probed too: spaces alone lead nowhere
+        return text.endswith("\n") or any(self.allows(text + c) or self.allows(text + " " + c)
+                                           for c in NEXT_CHARS)
 
     def winds_down(self, text: str, left: int) -> bool:
         """Whether ``text`` leaves room to finish a CSD answer when ``left`` tokens remain after
@@ -108,7 +125,10 @@ class Document:
             return True
         region, scope, names, pending = self.region, self.scope, self.names, self.pending
         *done, last = (self.line + text).split("\n")
-        begun = re.match(r"\s*\w+\W", self.line)  # this statement's first word is written
+        # this statement's first word is written, or its line can no longer close anything
+        # (the room ran short while it was being written): it goes on, to end where it can
+        begun = re.match(r"\s*\w+\W", self.line) or (
+            self.line.strip() and not _closing(region, scope, self.line, False, left))
         if not done:
             if not begun:
                 return _closing(region, scope, last, False, left)
@@ -130,12 +150,14 @@ class Document:
 
 def _closing(region: Region, scope: Scope, line: str, complete: bool, left: int) -> bool:
     """Whether a line (``complete`` or begun) may be written with ``left`` tokens of room."""
-    text = line.split(";")[0].strip().lower()
+    text = line.split(";")[0].strip()
     if not text:
         return True
 
     def only(*ends: str) -> bool:
-        return text in ends if complete else any(e.startswith(text) for e in ends)
+        # keywords as written (Csound reads ``eNdIn`` as a name), tags in any case
+        said = text if ends[0].startswith("end") else text.lower()
+        return said in ends if complete else any(e.startswith(said) for e in ends)
 
     if region.kind == ORC and scope.block == "":
         return only("</csinstruments>")
@@ -147,6 +169,11 @@ def _closing(region: Region, scope: Scope, line: str, complete: bool, left: int)
 
 
 def _judge(region: Region, line: Line, text: str, complete: bool) -> bool:
+    if region.kind == ORC and region.csd and text.lstrip().startswith("<"):
+        # the one tag an orchestra holds is its end (``<`` alone is Csound's S_LT)
+        tag, comment, _ = text.lower().partition(";")
+        tag = tag.strip()
+        return tag == ORC_END if complete or comment else ORC_END.startswith(tag)
     if region.kind == ORC:
         return line.check(text, complete)
     if region.kind == SCORE:

@@ -18,7 +18,9 @@ HEADER_WORDS = frozenset({"sr", "kr", "ksmps", "nchnls", "nchnls_i", "A4", "zaki
 # No name in the manual's examples is longer than 30 characters; a small model's runaway
 # "identifier" is (``reverbcsreamscaleagnegaL_i2dulence...``): cut at 40.
 LONGEST_NAME = 40
-NUMBER = re.compile(r"0dbfs\b|\d*\.?\d+(?:[eE][+-]?\d*)?|\d+\.")  # 1e-3 (being written: 1e)
+BINARY = frozenset("*/%^|&#?<>")  # operators that need an operand before them
+# 1e-3 (being written: 1e); ``0.`` is a number begun, not a dot after one
+NUMBER = re.compile(r"0dbfs\b|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d*)?")
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Scan:
     depth: int = 0
     last: str = ""  # the last code character
     ternary: int = 0  # ``?`` still waiting for their ``:``
+    compared: bool = False  # a comparison was written (a ``?`` may follow)
+    word_open: bool = False  # the text ends in a name or number that may go on
+    open_word: str = ""  # that name, where it was read as a variable
 
     @property
     def open_operand(self) -> bool:
@@ -132,12 +137,14 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
     opening = None  # an opcode whose call's ``(`` comes next
     while i < n:
         c = text[i]
-        if not c.isascii() or c in "`'" or (c < " " and c not in "\t\r"):
-            return None  # a vertical tab or form feed ends no line for Csound
+        if not c.isascii() or c in "`'" or (c < " " and c != "\t"
+                                            and not (c == "\r" and i + 1 == n)):
+            return None  # a vertical tab, form feed or lone \r ends no line for Csound
         number = c.isdigit() or (c == "." and text[i + 1:i + 2].isdigit())
-        if operand and (c == '"' or number or c.isalpha() or c == "_") \
-                and not _keyword_ahead(text, i, complete):
-            return None
+        if operand and (c in '"(.$' or number or c.isalpha() or c == "_"
+                        or text.startswith("{{", i)) \
+                and (arguments or not _keyword_ahead(text, i, complete)):
+            return None  # ``k2 .2``, ``kx (1)``, ``1()``: a comma or an operator is missing
         if c == '"':
             close = i + 1
             while close < n and text[close] != '"':
@@ -148,7 +155,7 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             _note(calls, scan.depth, "S", c)
             scan.content, current, scan.last = True, True, c
             if close >= n:
-                return scan
+                return None if complete else scan  # a string ends on its own line
             i, operand = close + 1, True
             continue
         if c == ";" or text.startswith("//", i):
@@ -156,9 +163,15 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             return scan
         # ``#`` is bitwise xor (``i0B # i0A``), judged as an operator: ``balance asig, 0.5 #
         # a comment`` is not a comment to Csound
-        if text.startswith("/*", i) or text.startswith("{{", i) or c in "\\$":
+        if c == "\\":  # continues the statement on the next line: nothing may follow it
+            # but a comment (``,\\n`` written out, ``,\\ next`` are Csound's ERROR_TOKEN)
+            return scan if re.fullmatch(r"[ \t\r]*(?:;.*|//.*)?", text[i + 1:]) else None
+        if text.startswith("/*", i) or text.startswith("{{", i) or c == "$":
             scan.free = True
             return scan
+        if c in BINARY and scan.last in ("", "(", "[", ",") \
+                and not (c == "/" and i + 1 == n and not complete):  # ``/*`` being written
+            return None  # ``tone * asig``: an operator with nothing before it
         if number:
             m = NUMBER.match(text, i)
             end = m.end() if m else i + 1
@@ -202,6 +215,9 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
                     _call_rate(calls[-1].arg, word, text[end:end + 3], line)
                 if line.args and word in line.table.forms and text[after:after + 1] == "(":
                     opening = word
+                elif line.args and word in line.table.forms \
+                        and re.match(r":[aikS]\(", text[end:end + 3]):
+                    opening, end = word, end + 2  # ``ampmidi:i(``: its arguments counted too
                 operand = False
             elif word in GOTO_WORDS:
                 scan.free = True
@@ -217,6 +233,8 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
                     arg.rates.add(rate)
                 _note(calls, scan.depth, rate, c)
                 operand = True
+                if end == n and not complete:
+                    scan.open_word = word
             i = end
             continue
         if c == "[" and not (scan.last.isalnum() or scan.last in ("_", "]")):
@@ -226,9 +244,11 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
         if c == "." and (i + 1 < n or complete):
             return None  # ``asig.``, ``p4 .dir``: a dot only starts or sits in a number
         if c == "?":
+            if not scan.compared:
+                return None  # ``kx ? 1 : 0``: Csound's ``?`` follows a comparison
             scan.ternary += 1
-        elif c == ":" and not (text[i - 1:i].isalnum() and _typed_call(text[i + 1:i + 3],
-                                                                       complete)):
+        elif c == ":" and not (_after_name(text, i) and _typed_call(text[i + 1:i + 3],
+                                                                      complete)):
             if not scan.ternary:
                 return None  # a ``:`` that no ``?`` opened and no typed call (``oscili:a``)
             scan.ternary -= 1
@@ -236,6 +256,8 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
                 and text[i + 1:i + 2] != "=" and (i + 1 < n or complete):
             return None  # an assignment in an opcode's arguments (``-nchnls=0``); in a
             # condition Csound reads a lone = as == (``if imode = 1 goto``)
+        if c in "<>" or text.startswith(("==", "!=", "&&", "||"), i):
+            scan.compared = True
         if c not in " \t\r":
             operand = c in ")]"
             opening = None if c != "(" else opening
@@ -273,6 +295,7 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
             if c not in "([" and not arg.first and c not in "-+":
                 arg.first = c
         i += 1
+    scan.word_open = text[-1:].isalnum() or text[-1:] == "_"
     return scan
 
 
@@ -287,6 +310,14 @@ def _keyword_ahead(text: str, i: int, complete: bool) -> bool:
     if end == len(text) and not complete:
         return any(k.startswith(word) for k in AFTER_CONDITION)
     return word in AFTER_CONDITION
+
+
+def _after_name(text: str, i: int) -> bool:
+    """A name (not a number: ``800/2:a(1)``) ends just before ``i``."""
+    j = i
+    while j > 0 and text[j - 1].isascii() and (text[j - 1].isalnum() or text[j - 1] == "_"):
+        j -= 1
+    return j < i and not text[j].isdigit()
 
 
 def _typed_call(after: str, complete: bool) -> bool:
@@ -306,6 +337,9 @@ def _call_rate(arg: Arg, word: str, after: str, line) -> bool:
             return True
         arg.call = True
         return False
+    if word in ("i", "k", "a") and after[:1] == "(":
+        arg.rates.add(word)  # a rate conversion: ``k(asig)`` is k-rate
+        return True
     forms = line.table.forms.get(word)
     rates = {f.out_rates[0] for f in forms if f.out_rates} if forms else set()
     if line.args and word not in line.args.function_only and len(rates) == 1 \

@@ -19,8 +19,11 @@ line and asks it); a text so far is refused where:
 - in expressions (after ``=``, ``if``, inside arguments; ``csound_expr.py``) a word followed
   by ``(`` must be a known opcode or function (an opcode with no space before it), any other
   word a variable already assigned (``csound_scope.py``); two operands need an operator
-  between them; ``[`` only indexes a name; code is ASCII outside strings and comments;
-- ``endin`` only closes an instrument, ``instr`` never opens one inside another;
+  between them, an operator an operand before it, ``?`` a comparison; ``[`` only indexes a
+  name; code is ASCII outside strings and comments; a condition reads no a-rate variable;
+  an argument whose rate can only rise is refused once no rate left fits its slot;
+- ``endin`` only closes an instrument and stands alone, ``instr`` never opens one inside
+  another; a CSD's orchestra holds no score statement (``e``);
 - a score line is a score statement whose fields are no words (``i Bass 0 1`` is refused:
   named instruments are quoted; ``csound_score.py``).
 Anything it cannot read surely (a macro, a block comment) is allowed.
@@ -57,6 +60,7 @@ FREE_KEYWORDS = frozenset({"instr", "endin", "opcode", "endop", "goto", "igoto",
 LABEL_OPCODES = frozenset({"cggoto", "cigoto", "ckgoto", "cngoto", "timout", "reinit",
                            "loop_lt", "loop_le", "loop_gt", "loop_ge"}) | GOTO_WORDS
 FIRST_WORDS = FREE_KEYWORDS | EXPR_KEYWORDS | HEADER_WORDS
+RISING = "ika"  # variable rates, lowest first
 CONDITION_WORDS = frozenset({"if", "elseif", "while", "until"})  # never alone on a line
 
 
@@ -66,7 +70,10 @@ def _variable_like(word: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _function_names(table: OpcodeTable) -> tuple[str, ...]:
-    return tuple(sorted(table.functions))
+    """Names a call in an expression may have: those that make an output (``rndseed`` or
+    ``scoreline_i`` there is a word Csound refuses, whatever follows it)."""
+    return tuple(sorted(n for n in table.functions
+                        if n not in table.forms or any(f.out_max > 0 for f in table.forms[n])))
 
 
 @dataclass
@@ -77,17 +84,35 @@ class Line:
     names: frozenset
     scope: Scope | None = None  # variables assigned so far (None: not judged)
     args: ArgForms | None = None  # argument slot rates (None: not judged)
+    csd: bool = False  # in a CSD's <CsInstruments>: no score statement (``e``) is code
 
     def known(self, name: str) -> bool:
         return name in self.table or name in self.names
 
     def name_prefix(self, prefix: str, rates: tuple[str, ...]) -> bool:
-        """Some opcode taking these outputs, or a name the text declared, starts so."""
-        return self.table.has_prefix(prefix, rates) or any(n.startswith(prefix)
-                                                           for n in self.names)
+        """Some opcode taking these outputs, or a name the text declared, starts so (a
+        function, as an opcode, makes one output: ``a1, a2 octav`` is no way to ``octave``)."""
+        if any(n.startswith(prefix) for n in self.names):
+            return True
+        names = self.table.fitting(rates)
+        skip = self.args.function_only if self.args and len(rates) != 1 else frozenset()
+        i = bisect.bisect_left(names, prefix)
+        while i < len(names) and names[i].startswith(prefix):
+            if names[i] not in skip:
+                return True
+            i += 1
+        return False
+
+    def only_variable(self, word: str) -> bool:
+        """``word``, going on, can only name a variable (no function, header word or keyword
+        starts so): its rate is already its first letter's."""
+        functions = _function_names(self.table)
+        i = bisect.bisect_left(functions, word)
+        return not (i < len(functions) and functions[i].startswith(word)) \
+            and not any(w.startswith(word) for w in HEADER_WORDS | EXPR_KEYWORDS | GOTO_WORDS)
 
     def first_prefix(self, word: str) -> bool:
-        return word in SCORE_STATEMENTS or _variable_like(word) or word in ("g", "p") \
+        return self._score_word(word) or _variable_like(word) or word in ("g", "p") \
             or any(w.startswith(word) for w in FIRST_WORDS) or self.name_prefix(word, ())
 
     def opcode_fits(self, name: str, rates: tuple[str, ...]) -> bool:
@@ -125,7 +150,7 @@ class Line:
             return False  # a name running on (``reverbcsreamscaleagnega...``)
         if end == len(text):
             if complete:
-                return word in SCORE_STATEMENTS or (word in FIRST_WORDS and self._nests(word)
+                return self._score_word(word) or (word in FIRST_WORDS and self._nests(word)
                                                     and word not in CONDITION_WORDS) \
                     or (self.known(word) and self._args_fit(word, (), "", True))
             # Any word may yet become a label (``loop:``), but labels are written at the
@@ -141,6 +166,8 @@ class Line:
                 and self._expr_ok(rest, complete)
         if rest[0] == ":":
             return self.check(rest[1:], complete) if not rest.startswith("::") else True
+        if word in ("endin", "endop"):  # nothing follows them but a comment
+            return self._nests(word) and bool(re.fullmatch(r"[ \t\r]*(?:(?:;|//).*)?", rest))
         if word in FREE_KEYWORDS:
             return self._nests(word)
         if word in HEADER_WORDS:  # ``sr = 48000``; only in the header (Csound reads
@@ -149,19 +176,25 @@ class Line:
                 return False
             j = skip_space(rest, 0)
             return self._expr_ok(rest[j + 1:] if rest[j:j + 1] == "=" else rest, complete)
+        if word in CONDITION_WORDS:
+            return self._condition_ok(word, rest, complete)
         if word in EXPR_KEYWORDS:
-            return self._expr_ok(rest, complete) and not (
-                complete and word in CONDITION_WORDS and not _condition_closed(word, rest))
+            return self._expr_ok(rest, complete)
+        if self.args and word in self.args.function_only and word not in self.names:
+            return False  # ``cpspch p4``: a function makes an output, so needs one
         if word in self.table.no_output and rest[0] in " \t" and \
                 skip_space(rest, 0) < len(rest) and rest[skip_space(rest, 0)] not in ",=[":
             return self._args_fit(word, (), rest, complete)  # ``ftfree ifn, 0``
         if _variable_like(word):
             return self._outputs(word, rest, complete)
-        if word in SCORE_STATEMENTS:
+        if self._score_word(word):
             return True  # a score statement in an untagged block (``e``, ``s``)
         if not (word in self.names or (word in self.table and self.table.takes(word, ()))):
             return False
         return self._args_fit(word, (), rest, complete)
+
+    def _score_word(self, word: str) -> bool:
+        return word in SCORE_STATEMENTS and not self.csd
 
     def _nests(self, word: str) -> bool:
         return self.scope is None or self.scope.nesting_allows(word)
@@ -239,10 +272,18 @@ class Line:
                              or arg.rate != "a" and self.args.only_audio(name, rates, slot)):
                 return False
         last = scan.args[-1]
-        if complete or scan.ended or not last.first or last.first not in '0123456789."':
+        if complete or scan.ended or not last.first:
             return True
         slot = len(scan.args) - 1
         refuses = functools.partial(self.args.refuses, name, rates, slot)
+        if last.rate and last.rate in RISING and (not scan.word_open or (
+                scan.open_word and self.only_variable(scan.open_word))):
+            # an expression's rate only rises as it goes on (``kcut + 1`` stays k or
+            # becomes a): once no rate left is taken, the argument can never end
+            if all(refuses(kind) for kind in RISING[RISING.index(last.rate):]):
+                return False
+        if last.first not in '0123456789."':
+            return True
         if last.first == '"':
             return not refuses("S")  # a string where Csound takes none (``trigger 1, 1, "x"``)
         # A number cannot start an argument of a slot that takes no number, nor an i or k
@@ -253,6 +294,19 @@ class Line:
                 and self.args.only_audio(name, rates, slot):
             return False
         return not all(refuses(kind) for kind in "cika")
+
+    def _condition_ok(self, word: str, rest: str, complete: bool) -> bool:
+        """A condition: an expression, closed by ``then``/goto or ``do``, that reads no
+        a-rate variable (Csound judges it at i or k rate: ``if asig > 0`` is refused)."""
+        scan = scan_args(rest, self, complete, True)
+        if scan is None or scan.free:
+            return scan is not None
+        if (complete or scan.ended) and scan.open_operand:
+            return False
+        if any("a" in arg.rates and not arg.call for arg in scan.args) and not (
+                scan.open_word and not self.only_variable(scan.open_word)):
+            return False  # (an ``a`` being written may yet be ``abs(``)
+        return not complete or _condition_closed(word, rest)
 
     def _expr_ok(self, text: str, complete: bool) -> bool:
         scan = scan_args(text, self, complete, True)

@@ -105,6 +105,8 @@ class Constraint:
         self.end = end
         self.fed = 0  # tokens accepted (for ``follow``)
         self.masked_steps = 0  # steps where a token the sampler could take was refused
+        self.stuck_steps = 0  # steps with no valid token (left unmasked: the rules missed
+        # a dead end earlier; ``Document.goes_on`` exists to keep this at 0)
 
     def accept(self, token: int) -> None:
         self.doc.feed(self.decoding.texts[token])
@@ -139,7 +141,9 @@ class Constraint:
                     break
             refused = True
         if not valid:
-            log.debug("csound decoder: no valid token; this step is left unmasked")
+            log.debug("csound decoder: no valid token after %r; this step is left unmasked",
+                      self.doc.line[-60:])
+            self.stuck_steps += 1
             return False
         keep = np.zeros(n, dtype=bool)
         keep[valid] = True
@@ -169,7 +173,7 @@ class Constraint:
         if self.budget is not None and text \
                 and not self.doc.winds_down(text, self.budget - self.fed - 1):
             return False
-        return self.doc.allows(text or self.end)
+        return self.doc.allows(text or self.end) and (not text or self.doc.goes_on(text))
 
 
 def _last_index(tokens: list[int], ids: set[int]):

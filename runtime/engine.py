@@ -45,6 +45,7 @@ class Result:
     decode_s: float = 0.0
     decoder: str = "plain"  # runtime/decoder.py: plain | csound
     refused_steps: int = 0  # steps where the decoder refused a token the sampler could take
+    stuck_steps: int = 0  # steps where the decoder found no valid token
 
     @property
     def ttft_s(self) -> float:
@@ -144,6 +145,7 @@ class Metrics:
         self.counts[f"finish_{result.finish_reason}"] += 1
         self.counts[f"decoder_{result.decoder}"] += 1
         self.counts["decoder_refused_steps"] += result.refused_steps
+        self.counts["decoder_stuck_steps"] += result.stuck_steps
         self.counts["prompt_tokens"] += result.prompt_tokens
         self.counts["cached_prompt_tokens"] += result.cached_tokens
         self.counts["completion_tokens"] += result.completion_tokens
@@ -356,7 +358,8 @@ class TokenStream:
                       cached_tokens=cached, truncated=job.truncated,
                       queued_s=job.t_start - job.submitted, prompt_s=t_first - job.t_start,
                       decode_s=end - t_first, decoder=getattr(self.backend, "decoder", "plain"),
-                      refused_steps=self.constraint.masked_steps if self.constraint else 0)
+                      refused_steps=self.constraint.masked_steps if self.constraint else 0,
+                      stuck_steps=self.constraint.stuck_steps if self.constraint else 0)
 
 
 def constraint_for(backend, job: Job, budget: int):

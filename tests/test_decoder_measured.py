@@ -52,6 +52,38 @@ CASES = [
     ("a9 oscili 0.5,\n  440, kx", False),  # a statement continued on the next line
     ("a9 oscili 0.5, \\\n  440, 1", True),
     ("kThisNameIsLongButStillFine_0123456789 = 1", True),  # 40 characters
+    # shapes of the generated set's answers that Csound refused (eighteenth session)
+    ("a9 oscili 0.5,\\n 440, 1", False),  # a backslash-n written out is no line break
+    ("a9 oscili 0.5, \\ 440, 1", False),  # nothing but a comment follows a backslash
+    ("a9 oscili 0.5, \\ ; the rest\n  440, 1", True),
+    ("k1 = kx .5", False),  # an operand, then a number: a comma or operator is missing
+    ("k1 = kx (1)", False),  # an operand, then a parenthesis
+    ("k1 = 1 + 1()", False),
+    ("k1 = abs (kx)", True),  # a function may have a space before its parenthesis
+    ("k1 = kx * (1)", True),
+    ("a1 tone * asig, 100", False),  # an operator with nothing before it
+    ("a1 tone asig, * 100", False),
+    ("k1 = -kx", True),
+    ("k1 = kx ? 1 : 0", False),  # ``?`` follows a comparison
+    ("k1 = (kx + 1) ? 1 : 0", False),
+    ("k1 = (kx > 1 ? 2 : 3)", True),
+    ("k1 = kx == 1 && kx > 0 ? 1 : 0", True),
+    ('prints "abc', False),  # a string ends on its line
+    ("e", False),  # a score statement in the orchestra
+    ("e outs asig, asig", False),
+    ("cpspch 8.00", False),  # a function makes an output: it is no statement
+    ("k1 = ampmidi:i(0.5, 1, 120, 2, 1)", False),  # a typed call's arguments are counted
+    ("i1 = ampmidi:i(0.5)", True),
+    ("k1 = rndseed", False),  # an opcode that makes no output is no value
+    ("k1 = 800/2:a(1)", False),  # a typed call follows a name, not a number
+    ("k1 = kx {{a}}", False),  # a string after an operand
+    ("a1 oscili 0.5, 440, kx + 1", False),  # a k expression in an i-time slot
+    ("if asig > 0 then\nkx = 1\nendif", False),  # a condition reads no a-rate variable
+    ("if k(asig) > 0 then\nkx = 1\nendif", True),  # ... but may convert one
+    ("if abs(kx) > 0 then\nkx = 1\nendif", True),
+    ("a1 tone k(asig), 100", False),  # a conversion's rate is its name
+    ("endin 0\ninstr 2", False),  # nothing follows endin
+    ("endin ; the end\ninstr 2", True),
 ]
 
 
@@ -80,6 +112,40 @@ def test_a_statement_the_decoder_refuses_is_refused_as_it_is_written(table):
     assert doc.allows("a2 pvsynth f")
     assert not doc.allows("a2 pvsynth 0")
     assert not doc.allows("k1 trigger kx, 0.5, \"")
+
+
+def test_a_text_that_leaves_no_way_on_is_refused_where_it_is_written(table):
+    """Csound refuses ``kcps.5`` at the ``5``, but after ``kcps.`` nothing is valid: the
+    decoder refuses the ``.`` (``goes_on``), so the model is never left with no valid token
+    and the rest of its line unjudged; the same for an i-time slot given a k expression."""
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n" + CSD + "instr 1\n" + PRELUDE)
+    assert doc.allows("k1 = kx") and doc.goes_on("k1 = kx")
+    assert not doc.allows("k1 = kx.")
+    assert not doc.allows("a1 oscili 0.5, 440, kx +")  # a k expression only rises
+    assert doc.allows("a1 oscili 0.5, 440, 1 +")
+    assert doc.goes_on("a1 oscili") and doc.goes_on("a1 oscili 0.5, 440, 1 ")
+    doc.feed("a1 oscili 0.5, 440, ")
+    # no k variable fits this i-time slot: a name that can only become one is refused as
+    # it is written (``kx``), one that may yet be a call or ``ksmps`` is not (``k``)
+    assert not doc.allows("kx") and not doc.allows("kx ")
+    assert doc.allows("k") and doc.goes_on("k") and doc.goes_on("1")
+
+
+def test_an_orchestra_holds_no_tag_but_its_end(table, tmp_path):
+    """``<`` alone, or any tag but ``</CsInstruments>``, inside the orchestra is Csound's
+    S_LT: an answer stopping at ``<`` (or writing ``<CsScore>`` too early) is refused."""
+    orchestra = "instr 1\nendin\n<\n"
+    assert not csound_accepts(tmp_path, orchestra)
+    doc = Document.for_chat(table)
+    doc.feed("Here:\n```csound\n" + CSD + "instr 1\nendin\n")
+    assert doc.allows("<") and doc.allows("</Cs") and doc.allows("</CsInstruments>\n")
+    assert not doc.allows("<\n") and not doc.allows("<;>") and not doc.allows("<CsScore>")
+    assert not doc.allows("eNdIn\n")  # Csound's keywords are written in lower case
+    untagged = Document.for_chat(table)
+    untagged.feed("Here:\n```csound\n")
+    assert untagged.allows("<CsoundSynthesizer>\n")  # a fenced block may open a CSD
+    assert untagged.allows("instr 1\nendin\ne\n")  # and a score word is fine outside one
 
 
 def test_the_header_still_takes_its_settings(table):
@@ -121,12 +187,28 @@ def test_a_name_longer_than_any_in_the_manual_is_cut_off(table, tmp_path):
     assert not decoder_allows(table, "reverbcsreamscaleagnegaL_i2dulence2u4gaR_i2dlifting")
 
 
+def test_a_lone_carriage_return_is_refused_though_csound_reads_it_as_a_line_end(table,
+                                                                               tmp_path):
+    """The decoder reads lines at ``\\n``; Csound also ends one at a lone ``\\r``, so a
+    ``\\r`` in the middle of a line would hide the next statement from the judge (a generated
+    answer's ``k9\\rigoto FastTables`` left its ``oscil`` unjudged). No answer needs one."""
+    assert csound_accepts(tmp_path, "instr 1\nkx = 1\rky = 2\nendin")
+    assert not decoder_allows(table, "kx = 1\rky = 2")
+    assert decoder_allows(table, "kx = 1\r")  # a Windows line end
+
+
 def test_an_answer_near_its_budget_writes_only_what_closes_the_file(table):
     doc = Document.for_chat(table)
     doc.feed("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\nsr = 48000\n"
              "instr 1\n  asig oscili 0.5, 440\n")
     assert not doc.winds_down("  outs", 30) and doc.winds_down("endin", 30)
     assert not doc.winds_down("e\n", 30)  # a lone "e" is no endin
+    assert not doc.winds_down("eNd", 30)  # nor is a word only spelled like one
+    # a line that can no longer close anything when the room runs short (a label being
+    # written) goes on, or the answer would have no valid token left
+    late = Document.for_chat(table)
+    late.feed("Here:\n```csound\n<CsoundSynthesizer>\n<CsInstruments>\ninstr 1\nendinx")
+    assert late.winds_down("y", 30) and late.winds_down(":", 30)
     assert doc.winds_down("  outs", 60)  # enough room: anything
     doc.feed("  kx = 1")
     assert not doc.winds_down(" + 2", 20) and doc.winds_down("\n", 20)  # the line ends now

@@ -116,6 +116,8 @@ def test_greedy_decoding_after_an_output_writes_a_real_opcode(embedded_gguf, par
     finally:
         b.close()
     assert "csound_assistant_decoder_csound_total 2" in metrics
+    # every step had a valid token: no dead end left the model to write unjudged
+    assert "csound_assistant_decoder_stuck_steps_total 0" in metrics
 
 
 def test_serve_decodes_csound_unless_told_plain_and_refuses_unknown_decoders():
@@ -151,6 +153,12 @@ CSD_SCORE = "<CsoundSynthesizer>\n<CsInstruments>\ninstr Bass\nendin\n</CsInstru
     ("instr 1\n  a1 = 1 + oscili", " (", "("),
     # two operands with no operator between (fix-freeverb-outputs)
     ("instr 1\n  a1 vco2 0.3, 220\n  outs a1", " a", ","),
+    # a token that leaves no way on: after ``,\\`` only a comment may come, and the line
+    # goes on after a dot with nothing valid (generated set)
+    ("instr 1\n  kx = 1\n  a2 tone kx", ",\\", " *"),
+    ("instr 1\n  kx = 1\n  ky = kx", " .", " *"),
+    ("instr 1\n  kx = 1\n  ky = kx", " (", " *"),
+    ("instr 1\n  kx = 1\n  ky = kx", " ?", " >"),
 ])
 def test_a_token_that_breaks_a_rule_cannot_be_sampled(backend, prompts, prefix, bad, good):
     """The real tokenizer: the rule's offending token is masked and a valid one stays."""
