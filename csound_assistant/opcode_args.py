@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .opcode_table import Form, _items, parse_line, rate_of
+
+log = logging.getLogger("csound_assistant.decoder")
 
 # What an argument slot of each synopsis rate accepts, by the rate of the expression written
 # there: "c" a constant, "S" a string; an expression whose rate cannot be told is never judged.
@@ -65,12 +68,17 @@ def loose_slots(key: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def load_slot_types() -> dict[str, tuple[str, ...]]:
-    """The measured table (empty where the file is missing: every slot is judged loosely)."""
+    """The measured table (empty where the file is missing or unreadable: every slot is then
+    judged loosely, which the log says once, since the decoder lets more through)."""
     try:
         doc = json.loads(SLOT_TYPES_FILE.read_text())
-    except (OSError, ValueError):
+        return {key: tuple(slots) for key, slots in doc["forms"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("the decoder's measured slot table %s could not be read (%s): every "
+                    "argument slot is judged by the manual's loose rule; reinstall the "
+                    "package, or remake the table with python bench/csound_slot_types.py",
+                    SLOT_TYPES_FILE, exc)
         return {}
-    return {key: tuple(slots) for key, slots in doc.get("forms", {}).items()}
 
 
 @dataclass(frozen=True)

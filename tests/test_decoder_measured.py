@@ -162,6 +162,21 @@ def test_the_measured_table_says_what_made_it():
     assert all(set("".join(slots)) <= set(opcode_args.KINDS) for slots in doc["forms"].values())
 
 
+@pytest.mark.parametrize("content", [None, "{not json", '{"version": 1}'])
+def test_a_missing_or_broken_table_is_said_in_the_log(tmp_path, monkeypatch, caplog, content):
+    path = tmp_path / "csound_slot_types.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(opcode_args, "SLOT_TYPES_FILE", path)
+    opcode_args.load_slot_types.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="csound_assistant.decoder"):
+            assert opcode_args.load_slot_types() == {}
+    finally:
+        opcode_args.load_slot_types.cache_clear()
+    assert "judged by the manual's loose rule" in caplog.text and str(path) in caplog.text
+
+
 def test_without_the_table_every_slot_is_judged_loosely(table, monkeypatch):
     """The loose rule takes a k variable in an i slot; the measured table knows oscili's
     table number is i-time only."""
