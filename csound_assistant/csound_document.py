@@ -30,7 +30,7 @@ PROSE, ORC, SCORE, OTHER = "prose", "orc", "score", "other"  # region kinds
 ORC_END = "</csinstruments>"
 # what may follow a text, the likeliest first (``goes_on`` stops at the first that fits)
 NEXT_CHARS = "\n,)" + string.ascii_lowercase + string.digits + "(;" + "".join(
-    c for c in string.printable[62:] if c not in "\n,)(;\t \r\x0b\x0c") + string.ascii_uppercase
+    c for c in string.punctuation if c not in ",)(;") + string.ascii_uppercase
 
 
 @dataclass
@@ -154,15 +154,15 @@ def _closing(region: Region, scope: Scope, line: str, complete: bool, left: int)
     if not text:
         return True
 
-    def only(*ends: str) -> bool:
+    def only(*ends: str, as_written: bool = False) -> bool:
         # keywords as written (Csound reads ``eNdIn`` as a name), tags in any case
-        said = text if ends[0].startswith("end") else text.lower()
+        said = text if as_written else text.lower()
         return said in ends if complete else any(e.startswith(said) for e in ends)
 
     if region.kind == ORC and scope.block == "":
-        return only("</csinstruments>")
+        return only(ORC_END)
     if region.kind == ORC and scope.block and left < CLOSE_ROOM:
-        return only("endin", "endop")
+        return only("endin", "endop", as_written=True)
     if region.kind == SCORE and left < SCORE_ROOM:
         return only("e", "</csscore>")
     return True

@@ -18,6 +18,7 @@ HEADER_WORDS = frozenset({"sr", "kr", "ksmps", "nchnls", "nchnls_i", "A4", "zaki
 # No name in the manual's examples is longer than 30 characters; a small model's runaway
 # "identifier" is (``reverbcsreamscaleagnegaL_i2dulence...``): cut at 40.
 LONGEST_NAME = 40
+COMMENT_ONLY = re.compile(r"[ \t\r]*(?:(?:;|//).*)?")  # the rest of a line holds no code
 BINARY = frozenset("*/%^|&#?<>")  # operators that need an operand before them
 # 1e-3 (being written: 1e); ``0.`` is a number begun, not a dot after one
 NUMBER = re.compile(r"0dbfs\b|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d*)?")
@@ -165,7 +166,7 @@ def scan_args(text: str, line, complete: bool = False, variables: bool = True,
         # a comment`` is not a comment to Csound
         if c == "\\":  # continues the statement on the next line: nothing may follow it
             # but a comment (``,\\n`` written out, ``,\\ next`` are Csound's ERROR_TOKEN)
-            return scan if re.fullmatch(r"[ \t\r]*(?:;.*|//.*)?", text[i + 1:]) else None
+            return scan if COMMENT_ONLY.fullmatch(text, i + 1) else None
         if text.startswith("/*", i) or text.startswith("{{", i) or c == "$":
             scan.free = True
             return scan

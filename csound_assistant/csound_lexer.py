@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass
 
 from .csound_expr import (
+    COMMENT_ONLY,
     EXPR_KEYWORDS,
     GOTO_WORDS,
     HEADER_WORDS,
@@ -76,6 +77,13 @@ def _function_names(table: OpcodeTable) -> tuple[str, ...]:
                         if n not in table.forms or any(f.out_max > 0 for f in table.forms[n])))
 
 
+def _starts_a_function(table: OpcodeTable, word: str) -> bool:
+    """Some name a call in an expression may have starts with ``word``."""
+    functions = _function_names(table)
+    i = bisect.bisect_left(functions, word)
+    return i < len(functions) and functions[i].startswith(word)
+
+
 @dataclass
 class Line:
     """One statement's text judged against the opcode table and the text's own names."""
@@ -106,9 +114,7 @@ class Line:
     def only_variable(self, word: str) -> bool:
         """``word``, going on, can only name a variable (no function, header word or keyword
         starts so): its rate is already its first letter's."""
-        functions = _function_names(self.table)
-        i = bisect.bisect_left(functions, word)
-        return not (i < len(functions) and functions[i].startswith(word)) \
+        return not _starts_a_function(self.table, word) \
             and not any(w.startswith(word) for w in HEADER_WORDS | EXPR_KEYWORDS | GOTO_WORDS)
 
     def first_prefix(self, word: str) -> bool:
@@ -133,9 +139,7 @@ class Line:
                 or any(w.startswith(word) for w in GOTO_WORDS) \
                 or any(n.startswith(word) for n in self.names):
             return True
-        functions = _function_names(self.table)
-        i = bisect.bisect_left(functions, word)
-        return i < len(functions) and functions[i].startswith(word)
+        return _starts_a_function(self.table, word)
 
     def check(self, text: str, complete: bool) -> bool:
         """Whether ``text`` (one line; whole when ``complete``) can be or start valid Csound."""
@@ -167,7 +171,7 @@ class Line:
         if rest[0] == ":":
             return self.check(rest[1:], complete) if not rest.startswith("::") else True
         if word in ("endin", "endop"):  # nothing follows them but a comment
-            return self._nests(word) and bool(re.fullmatch(r"[ \t\r]*(?:(?:;|//).*)?", rest))
+            return self._nests(word) and bool(COMMENT_ONLY.fullmatch(rest))
         if word in FREE_KEYWORDS:
             return self._nests(word)
         if word in HEADER_WORDS:  # ``sr = 48000``; only in the header (Csound reads
@@ -298,20 +302,24 @@ class Line:
     def _condition_ok(self, word: str, rest: str, complete: bool) -> bool:
         """A condition: an expression, closed by ``then``/goto or ``do``, that reads no
         a-rate variable (Csound judges it at i or k rate: ``if asig > 0`` is refused)."""
-        scan = scan_args(rest, self, complete, True)
+        scan = self._expr(rest, complete)
         if scan is None or scan.free:
             return scan is not None
-        if (complete or scan.ended) and scan.open_operand:
-            return False
         if any("a" in arg.rates and not arg.call for arg in scan.args) and not (
                 scan.open_word and not self.only_variable(scan.open_word)):
             return False  # (an ``a`` being written may yet be ``abs(``)
         return not complete or _condition_closed(word, rest)
 
     def _expr_ok(self, text: str, complete: bool) -> bool:
+        return self._expr(text, complete) is not None
+
+    def _expr(self, text: str, complete: bool) -> Scan | None:
+        """An expression's scan, or None where it cannot be valid (a parenthesis or ``?``
+        left open at its end)."""
         scan = scan_args(text, self, complete, True)
-        return scan is not None and (scan.free or not ((complete or scan.ended)
-                                                       and scan.open_operand))
+        if scan is None or scan.free or not ((complete or scan.ended) and scan.open_operand):
+            return scan
+        return None
 
 
 def _condition_closed(word: str, rest: str) -> bool:
